@@ -1,0 +1,246 @@
+// Command usagepipe consumes product-usage events from Kafka and keeps exact
+// per-account quarterly rollups in ClickHouse. See README.md.
+//
+//	usagepipe run      consume, aggregate, write (applies migrations first)
+//	usagepipe migrate  create or upgrade the ClickHouse objects
+//	usagepipe demo     everything on an embedded default, then a rollup table
+//	usagepipe gen      deterministic synthetic telemetry (and expected rollups)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
+
+	"github.com/usagepipe/usagepipe/ingest"
+	"github.com/usagepipe/usagepipe/schema"
+	"github.com/usagepipe/usagepipe/schema/store"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := runMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+func exitCode(err error, stderr io.Writer) int {
+	var ue *usageError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintln(stderr, "usagepipe:", ue.msg)
+		return 2
+	default:
+		fmt.Fprintln(stderr, "usagepipe:", err)
+		return 1
+	}
+}
+
+const topUsage = `usagepipe — exact per-account quarterly usage rollups from Kafka to ClickHouse
+
+usage: usagepipe <command> [flags]
+
+commands:
+  run       consume events, aggregate, write rollups to ClickHouse (migrates first)
+            --until-caught-up stops once every record present at start is written
+  migrate   create or upgrade the ClickHouse database, tables and views
+  demo      in-process Kafka + local ClickHouse + synthetic data, then print rollups
+  gen       produce deterministic synthetic telemetry (optionally write expected rollups)
+
+Run 'usagepipe <command> --help' for its flags. Every flag can also be set by
+an environment variable USAGEPIPE_<FLAG_NAME>; the flag wins.`
+
+func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, topUsage)
+		return usagef("a command is required: run, migrate, demo or gen")
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(ctx, args[1:], stderr)
+	case "migrate":
+		return cmdMigrate(ctx, args[1:], stderr)
+	case "demo":
+		return cmdDemo(ctx, args[1:], stdout, stderr)
+	case "gen":
+		return cmdGen(ctx, args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprintln(stdout, topUsage)
+		return nil
+	}
+	return usagef("unknown command %q (want run, migrate, demo or gen)", args[0])
+}
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+	var p pipelineSettings
+	f := newFlags("run", "Consume usage events, aggregate them and write facts to ClickHouse; the views\naccount_quarter_rollups and account_quarter_features give the rollups.", stderr)
+	p.register(f)
+	f.boolv(&p.untilCaughtUp, "until-caught-up", false, "stop (exit 0) once every record that existed at start is processed and flushed")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	log, err := p.log.logger(stderr)
+	if err != nil {
+		return err
+	}
+	return runPipeline(ctx, &p, log, prometheus.NewRegistry(), nil)
+}
+
+func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
+	var ch chSettings
+	var ls logSettings
+	f := newFlags("migrate", "Create or upgrade the ClickHouse database, fact tables and rollup views (idempotent).", stderr)
+	ch.register(f)
+	ls.register(f)
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	log, err := ls.logger(stderr)
+	if err != nil {
+		return err
+	}
+	scfg, err := ch.storeConfig()
+	if err != nil {
+		return err
+	}
+	st, err := openStore(ctx, scfg, log, nil, false)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: ch.database, FiscalStartMonth: ch.fiscalStartMonth}, log); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	log.Info("migrated", "database", ch.database, "fiscal_year_start_month", ch.fiscalStartMonth)
+	return nil
+}
+
+// openStore connects to ClickHouse; with wait it retries until ctx ends
+// (a pipeline started before its database keeps trying).
+func openStore(ctx context.Context, cfg store.Config, log *slog.Logger, reg prometheus.Registerer, wait bool) (*store.Store, error) {
+	// The database may not exist before the first migration: connect to
+	// "default" for migrations and writes name the database explicitly.
+	backoff := 500 * time.Millisecond
+	for {
+		st, err := store.Open(ctx, cfg, log, reg)
+		if err == nil {
+			if err = st.Ping(ctx); err == nil {
+				return st, nil
+			}
+			st.Close()
+		}
+		if !wait || ctx.Err() != nil {
+			return nil, fmt.Errorf("connect to clickhouse %v: %w", cfg.Addr, err)
+		}
+		log.Warn("clickhouse not reachable; retrying", "addr", cfg.Addr, "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to clickhouse %v: %w", cfg.Addr, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// runPipeline migrates, then runs the consumer and the metrics server in one
+// group until ctx ends or the consumer returns. extra are added Kafka client
+// options (the demo's in-process broker needs none).
+func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg *prometheus.Registry, extra []kgo.Opt) error {
+	icfg, err := p.ingestConfig()
+	if err != nil {
+		return err
+	}
+	scfg, err := p.ch.storeConfig()
+	if err != nil {
+		return err
+	}
+	kopts, err := p.kafka.options(log)
+	if err != nil {
+		return err
+	}
+	var ln net.Listener
+	if p.metricsAddr != "" {
+		if ln, err = net.Listen("tcp", p.metricsAddr); err != nil {
+			return usagef("metrics-addr: %v", err)
+		}
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	kmetrics := kprom.NewMetrics("usagepipe", kprom.Subsystem("kafka"), kprom.Registerer(reg))
+	kopts = append(append(kopts, kgo.WithHooks(kmetrics)), extra...)
+
+	st, err := openStore(ctx, scfg, log, reg, true)
+	if err != nil {
+		if ln != nil {
+			ln.Close()
+		}
+		return err
+	}
+	defer st.Close()
+	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.ch.database, FiscalStartMonth: p.ch.fiscalStartMonth}, log); err != nil {
+		if ln != nil {
+			ln.Close()
+		}
+		return fmt.Errorf("migrate: %w", err)
+	}
+	cons, err := ingest.New(icfg, st, log, reg, kopts...)
+	if err != nil {
+		if ln != nil {
+			ln.Close()
+		}
+		return err
+	}
+
+	var g run.Group
+	runCtx, cancel := context.WithCancel(ctx)
+	g.Add(func() error { return cons.Run(runCtx) }, func(error) { cancel() })
+	if ln != nil {
+		srv := &http.Server{Handler: httpHandler(reg, cons), ReadHeaderTimeout: 5 * time.Second}
+		g.Add(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("metrics server: %w", err)
+			}
+			return nil
+		}, func(error) {
+			sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+			defer c()
+			_ = srv.Shutdown(sctx)
+		})
+	}
+	log.Info("usagepipe running", "brokers", icfg.Brokers, "topic", icfg.Topic, "group", icfg.Group,
+		"clickhouse", scfg.Addr, "database", scfg.Database, "metrics", p.metricsAddr, "until_caught_up", icfg.UntilCaughtUp)
+	return g.Run()
+}
+
+func httpHandler(reg *prometheus.Registry, cons *ingest.Consumer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, why := cons.Ready()
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		fmt.Fprintln(w, why)
+	})
+	return mux
+}

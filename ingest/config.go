@@ -1,0 +1,79 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config is the consumer's configuration. Field comments give the setting
+// names users see (flags; env vars are USAGEPIPE_ + upper snake case).
+type Config struct {
+	Brokers  []string // --kafka-brokers
+	Topic    string   // --kafka-topic
+	Group    string   // --kafka-group
+	DLQTopic string   // --dlq-topic
+
+	MaxClockSkew time.Duration // --max-clock-skew
+	DedupWindow  time.Duration // --dedup-window
+
+	FlushInterval     time.Duration // --flush-interval: how often facts are written
+	MaxPendingFacts   int           // flush early when this many fact keys wait (memory bound)
+	MaxPollRecords    int           // records per poll
+	ReadyStallTimeout time.Duration // --ready-stall-timeout
+	SessionTimeout    time.Duration // Kafka group session timeout
+	RebalanceTimeout  time.Duration // Kafka group rebalance timeout
+	ShutdownTimeout   time.Duration // how long a final flush may take after SIGTERM
+	PingInterval      time.Duration // ClickHouse health check period
+
+	UntilCaughtUp bool // --until-caught-up
+}
+
+// Defaults returns the contract's defaults.
+func Defaults() Config {
+	return Config{
+		Brokers:           []string{"127.0.0.1:9092"},
+		Topic:             "usage-events",
+		Group:             "usagepipe",
+		DLQTopic:          "usage-events-dlq",
+		MaxClockSkew:      time.Hour,
+		DedupWindow:       24 * time.Hour,
+		FlushInterval:     time.Second,
+		MaxPendingFacts:   2_000_000,
+		MaxPollRecords:    50_000,
+		ReadyStallTimeout: 20 * time.Second,
+		SessionTimeout:    45 * time.Second,
+		RebalanceTimeout:  60 * time.Second,
+		ShutdownTimeout:   30 * time.Second,
+		PingInterval:      5 * time.Second,
+	}
+}
+
+// Validate reports the first bad setting, naming it.
+func (c *Config) Validate() error {
+	switch {
+	case len(c.Brokers) == 0 || c.Brokers[0] == "":
+		return errors.New("kafka-brokers: at least one broker is required")
+	case c.Topic == "":
+		return errors.New("kafka-topic: must not be empty")
+	case c.Group == "":
+		return errors.New("kafka-group: must not be empty")
+	case c.DLQTopic == "":
+		return errors.New("dlq-topic: must not be empty")
+	case c.DLQTopic == c.Topic:
+		return fmt.Errorf("dlq-topic: must differ from kafka-topic %q", c.Topic)
+	case c.MaxClockSkew < 0:
+		return fmt.Errorf("max-clock-skew: must not be negative, got %s", c.MaxClockSkew)
+	case c.DedupWindow < 0:
+		return fmt.Errorf("dedup-window: must not be negative, got %s", c.DedupWindow)
+	case c.FlushInterval < 10*time.Millisecond || c.FlushInterval > time.Hour:
+		return fmt.Errorf("flush-interval: must be between 10ms and 1h, got %s", c.FlushInterval)
+	case c.ReadyStallTimeout <= 0:
+		return fmt.Errorf("ready-stall-timeout: must be positive, got %s", c.ReadyStallTimeout)
+	case c.MaxPendingFacts <= 0 || c.MaxPollRecords <= 0:
+		return errors.New("max-pending-facts and max-poll-records must be positive")
+	case c.SessionTimeout <= 0 || c.RebalanceTimeout <= 0 || c.ShutdownTimeout <= 0 || c.PingInterval <= 0:
+		return errors.New("kafka session/rebalance timeouts, shutdown timeout and ping interval must be positive")
+	}
+	return nil
+}

@@ -1,0 +1,791 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/usagepipe/usagepipe/aggregate"
+	"github.com/usagepipe/usagepipe/ingest/decode"
+	"github.com/usagepipe/usagepipe/ingest/dedup"
+	"github.com/usagepipe/usagepipe/schema"
+	"github.com/usagepipe/usagepipe/schema/event"
+)
+
+// Writer stores one flush of facts; writing the same facts again must be
+// harmless. *store.Store implements it.
+type Writer interface {
+	Write(ctx context.Context, f *schema.Facts) error
+	Ping(ctx context.Context) error
+}
+
+// Consumer reads the events topic as a member of a consumer group and
+// writes facts to ClickHouse through a Writer.
+type Consumer struct {
+	cfg Config
+	log *slog.Logger
+	w   Writer
+	m   *metrics
+	cl  *kgo.Client
+	adm *kadm.Client
+
+	// mu guards everything below; it is held by the poll loop while it
+	// processes a poll and by the rebalance callbacks.
+	mu      sync.Mutex
+	parts   map[int32]*partState
+	agg     *aggregate.Aggregator
+	dec     *decode.Decoder
+	ev      event.Event
+	bufs    [2]schema.Facts
+	buf     int
+	flight  *flushJob // the flush being written, nil if none
+	broken  bool      // a flush failed for good: commit nothing more
+	closed  bool      // Run has flushed for the last time
+	lastRun time.Time // when the last flush was started
+
+	flushReq  chan *flushJob
+	flushDone chan *flushJob
+	flushCtx  context.Context
+
+	chUp        atomic.Bool
+	lastFlushOK atomic.Int64 // unix nanos
+	totalLag    atomic.Int64
+	warn        rateLimiter
+}
+
+// partState is what the consumer knows about one owned partition.
+type partState struct {
+	p         int32
+	committed int64 // the group's committed offset at assignment; -1 if none
+	aggFrom   int64 // offsets below this only rebuild the dedup set
+	next      int64 // next offset to process; -1 before the first record
+	flushed   int64 // next offset as of the last flush handed to the flusher
+	dedup     *dedup.Set
+	tsBucket  int64 // bucket start whose first record's timestamp is bucketTs
+	bucketTs  int64
+	lastTs    int64
+	hwm       int64
+	dlq       []*kgo.Record
+	delays    map[int64]int // record second → records, since the last flush
+}
+
+type commitPos struct {
+	offset int64
+	meta   string
+}
+
+// flushJob is one flush: what to write, and what to commit once written.
+type flushJob struct {
+	facts   *schema.Facts
+	dlq     []*kgo.Record
+	commits map[int32]commitPos
+	delays  map[int64]int
+	started time.Time
+	err     error
+}
+
+// New connects to Kafka (without joining the group yet: that happens in
+// Run) and prepares a consumer. extra are additional client options (TLS,
+// SASL, logging) built by the caller.
+func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extra ...kgo.Opt) (*Consumer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Consumer{
+		cfg:       cfg,
+		log:       log,
+		w:         w,
+		m:         newMetrics(reg),
+		parts:     make(map[int32]*partState),
+		agg:       aggregate.New(cfg.Topic),
+		dec:       decode.New(decode.Config{MaxClockSkew: cfg.MaxClockSkew}),
+		flushReq:  make(chan *flushJob),
+		flushDone: make(chan *flushJob, 1),
+		warn:      rateLimiter{every: 30 * time.Second},
+	}
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(cfg.Topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.AdjustFetchOffsetsFn(c.adjustOffsets),
+		kgo.OnPartitionsRevoked(c.onRevoked),
+		kgo.OnPartitionsLost(c.onLost),
+		kgo.DefaultProduceTopic(cfg.DLQTopic),
+		kgo.ProducerBatchMaxBytes(16 << 20), // rejected values can exceed 1 MiB (too_large)
+		kgo.FetchMaxBytes(64 << 20),
+		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
+	}
+	cl, err := kgo.NewClient(append(opts, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	c.cl = cl
+	c.adm = kadm.NewClient(cl)
+	c.chUp.Store(true)
+	return c, nil
+}
+
+// Client is the underlying Kafka client (for metrics plugins and tests).
+func (c *Consumer) Client() *kgo.Client { return c.cl }
+
+// Ready reports whether the consumer should receive traffic: ClickHouse
+// reachable, and not stalled (records waiting while no flush succeeded for
+// the stall timeout). The string says why not.
+func (c *Consumer) Ready() (bool, string) {
+	if !c.chUp.Load() {
+		return false, "clickhouse unreachable"
+	}
+	last := time.Unix(0, c.lastFlushOK.Load())
+	if c.totalLag.Load() > 0 && time.Since(last) > c.cfg.ReadyStallTimeout {
+		return false, fmt.Sprintf("lag %d records and no flush for %s", c.totalLag.Load(), time.Since(last).Round(time.Second))
+	}
+	return true, "ok"
+}
+
+// Run consumes until ctx is cancelled (then it flushes what it holds, within
+// cfg.ShutdownTimeout, and returns nil) or, with cfg.UntilCaughtUp, until
+// every record that existed when it started is flushed and committed.
+// It closes the Kafka client before returning.
+func (c *Consumer) Run(ctx context.Context) error {
+	defer c.cl.Close()
+	var targets map[int32]int64
+	if c.cfg.UntilCaughtUp {
+		var err error
+		if targets, err = c.endOffsets(ctx); err != nil {
+			return err
+		}
+	}
+	c.lastFlushOK.Store(time.Now().UnixNano())
+	c.m.lastFlush.SetToCurrentTime()
+
+	// The flusher may outlive ctx by ShutdownTimeout so that a SIGTERM still
+	// writes what was read.
+	flushCtx, cancelFlush := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelFlush()
+	c.flushCtx = flushCtx
+	stopWatch := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(c.cfg.ShutdownTimeout, cancelFlush)
+		context.AfterFunc(flushCtx, func() { t.Stop() })
+	})
+	defer stopWatch()
+
+	var wg sync.WaitGroup
+	wg.Go(func() { c.flusher(flushCtx) })
+	wg.Go(func() { c.pinger(flushCtx) })
+	defer wg.Wait()
+	defer cancelFlush()
+	defer close(c.flushReq)
+
+	err := c.loop(ctx, targets)
+	c.mu.Lock()
+	ferr := c.finish()
+	c.closed = true
+	c.mu.Unlock()
+	c.cl.AllowRebalance()
+	c.m.ready.Set(0)
+	if err == nil {
+		err = ferr
+	}
+	return err
+}
+
+func (c *Consumer) loop(ctx context.Context, targets map[int32]int64) error {
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		pollCtx, cancel := context.WithTimeout(ctx, c.cfg.FlushInterval/2+time.Millisecond)
+		fetches := c.cl.PollRecords(pollCtx, c.cfg.MaxPollRecords)
+		cancel()
+		if fetches.IsClientClosed() {
+			return nil
+		}
+		var fatal error
+		fetches.EachError(func(t string, p int32, err error) {
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				return
+			}
+			c.warn.Do(func(n int) { c.log.Warn("fetch error", "topic", t, "partition", p, "err", err, "repeats", n) })
+		})
+		c.mu.Lock()
+		fetches.EachPartition(c.processPartition)
+		c.collect()
+		if c.flushDue() {
+			fatal = c.startFlush(true)
+		}
+		done := c.cfg.UntilCaughtUp && c.flight == nil && c.caughtUp(ctx, targets)
+		c.m.pendingFacts.Set(float64(c.agg.Pending()))
+		c.updateReady()
+		c.mu.Unlock()
+		c.cl.AllowRebalance()
+		if fatal != nil {
+			return fatal
+		}
+		if done {
+			c.log.Info("caught up", "partitions", len(targets))
+			return nil
+		}
+	}
+}
+
+// processPartition handles the records of one partition from one poll.
+func (c *Consumer) processPartition(ftp kgo.FetchTopicPartition) {
+	st := c.parts[ftp.Partition]
+	if ftp.Topic != c.cfg.Topic || st == nil {
+		return // revoked or lost since the fetch: the new owner reads it
+	}
+	var consumed, dups, replayed int
+	var accepted [numTypes]int
+	for _, r := range ftp.Records {
+		off := r.Offset
+		if st.next >= 0 && off < st.next {
+			continue
+		}
+		ts := r.Timestamp.UnixMilli()
+		fresh := off >= st.committed
+		if !fresh {
+			replayed++
+		}
+		st.next = off + 1
+		st.lastTs = ts
+		if off < st.aggFrom { // dedup-only replay
+			if c.dec.Decode(r.Value, ts, &c.ev) == nil {
+				st.dedup.Check(c.ev.EventID, ts)
+			}
+			continue
+		}
+		if b := aggregate.BucketStart(off); b != st.tsBucket {
+			st.tsBucket, st.bucketTs = b, ts
+		}
+		if fresh {
+			consumed++
+			st.delays[ts/1000]++
+		}
+		if rej := c.dec.Decode(r.Value, ts, &c.ev); rej != nil {
+			c.agg.Skip(st.p, off)
+			if fresh {
+				c.m.rejected[rej.Reason].Inc()
+				st.dlq = append(st.dlq, deadLetter(r, rej))
+			}
+			continue
+		}
+		if st.dedup.Check(c.ev.EventID, ts) {
+			c.agg.Skip(st.p, off)
+			if fresh {
+				dups++
+			}
+			continue
+		}
+		c.agg.Add(st.p, off, &c.ev)
+		if fresh {
+			accepted[c.ev.Type]++
+		}
+	}
+	if ftp.HighWatermark > 0 {
+		st.hwm = ftp.HighWatermark
+	}
+	if st.next >= 0 && st.hwm > 0 {
+		c.m.lag.WithLabelValues(strconv.Itoa(int(st.p))).Set(float64(max(st.hwm-st.next, 0)))
+	}
+	c.m.consumed.Add(float64(consumed))
+	c.m.duplicates.Add(float64(dups))
+	c.m.replayed.Add(float64(replayed))
+	for t, n := range accepted {
+		if n > 0 {
+			c.m.accepted[t].Add(float64(n))
+		}
+	}
+}
+
+// deadLetter builds the dead-letter record for r (contract section 2).
+func deadLetter(r *kgo.Record, rej *event.Rejection) *kgo.Record {
+	return &kgo.Record{
+		Key:   r.Key,
+		Value: r.Value,
+		Headers: []kgo.RecordHeader{
+			{Key: "usagepipe.reason", Value: []byte(rej.Reason.String())},
+			{Key: "usagepipe.error", Value: []byte(rej.Msg)},
+			{Key: "usagepipe.source.topic", Value: []byte(r.Topic)},
+			{Key: "usagepipe.source.partition", Value: strconv.AppendInt(nil, int64(r.Partition), 10)},
+			{Key: "usagepipe.source.offset", Value: strconv.AppendInt(nil, r.Offset, 10)},
+		},
+	}
+}
+
+func (c *Consumer) flushDue() bool {
+	if c.agg.Pending() >= c.cfg.MaxPendingFacts {
+		return true
+	}
+	if time.Since(c.lastRun) < c.cfg.FlushInterval {
+		return false
+	}
+	if c.agg.Pending() > 0 {
+		return true
+	}
+	for _, st := range c.parts {
+		if st.next > st.flushed || len(st.dlq) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// startFlush hands everything gathered so far to the flusher. With async it
+// returns once the flusher has it (after waiting for the previous flush and
+// committing it); otherwise it also waits for this flush and commits it.
+func (c *Consumer) startFlush(async bool) error {
+	if err := c.waitFlight(); err != nil {
+		return err
+	}
+	job := &flushJob{facts: &c.bufs[c.buf], commits: make(map[int32]commitPos), delays: make(map[int64]int), started: time.Now()}
+	c.buf ^= 1
+	c.agg.Drain(job.facts)
+	for p, st := range c.parts {
+		job.dlq = append(job.dlq, st.dlq...)
+		st.dlq = nil
+		for s, n := range st.delays {
+			job.delays[s] += n
+		}
+		clear(st.delays)
+		if st.next > st.flushed {
+			job.commits[p] = commitPos{offset: st.next, meta: c.commitMeta(st)}
+			st.flushed = st.next
+		}
+	}
+	c.lastRun = time.Now()
+	c.flight = job
+	select {
+	case c.flushReq <- job:
+	case <-c.flushCtx.Done():
+		c.flight = nil
+		c.broken = true
+		return fmt.Errorf("flush: %w", c.flushCtx.Err())
+	}
+	if !async {
+		return c.waitFlight()
+	}
+	return nil
+}
+
+// waitFlight waits for the flush in flight, if any, and commits its offsets.
+func (c *Consumer) waitFlight() error {
+	if c.flight == nil {
+		return nil
+	}
+	job := <-c.flushDone
+	c.flight = nil
+	if job.err != nil {
+		c.broken = true
+		return job.err
+	}
+	c.commit(job.commits)
+	return nil
+}
+
+// collect commits a finished flush without waiting for one in flight.
+func (c *Consumer) collect() {
+	if c.flight == nil {
+		return
+	}
+	select {
+	case job := <-c.flushDone:
+		c.flight = nil
+		if job.err != nil {
+			c.broken = true
+			return
+		}
+		c.commit(job.commits)
+	default:
+	}
+}
+
+// commitMeta is stored with a committed offset so that the next owner of the
+// partition can rebuild the dedup set: it must replay from the first record
+// whose timestamp may still matter for the records it will recompute (those
+// from the committed offset's bucket start on).
+func (c *Consumer) commitMeta(st *partState) string {
+	ref := st.lastTs
+	if st.tsBucket == aggregate.BucketStart(st.next) && st.next%schema.BucketSize != 0 {
+		ref = st.bucketTs
+	}
+	from := ref - (c.cfg.DedupWindow + dedup.Slack).Milliseconds()
+	return metaPrefix + strconv.FormatInt(from, 10)
+}
+
+const metaPrefix = "usagepipe/v1 dedup_from_ms="
+
+func parseMeta(s string) (int64, bool) {
+	v, ok := strings.CutPrefix(s, metaPrefix)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	return n, err == nil
+}
+
+// commit commits offsets (with their metadata) of a written flush. A failed
+// commit is only logged: the next flush commits later offsets, and a
+// replay of uncommitted offsets is harmless.
+func (c *Consumer) commit(commits map[int32]commitPos) {
+	if len(commits) == 0 || c.broken {
+		return
+	}
+	offsets := map[string]map[int32]kgo.EpochOffset{c.cfg.Topic: {}}
+	for p, pos := range commits {
+		offsets[c.cfg.Topic][p] = kgo.EpochOffset{Epoch: -1, Offset: pos.offset}
+	}
+	ctx := kgo.PreCommitFnContext(c.flushCtx, func(req *kmsg.OffsetCommitRequest) error {
+		for i := range req.Topics {
+			t := &req.Topics[i]
+			for j := range t.Partitions {
+				if pos, ok := commits[t.Partitions[j].Partition]; ok && t.Topic == c.cfg.Topic {
+					meta := pos.meta
+					t.Partitions[j].Metadata = &meta
+				}
+			}
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var cerr error
+	c.cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		if err != nil {
+			cerr = err
+			return
+		}
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				if p.ErrorCode != 0 && cerr == nil {
+					cerr = fmt.Errorf("partition %d: error code %d", p.Partition, p.ErrorCode)
+				}
+			}
+		}
+	})
+	if cerr != nil {
+		c.warn.Do(func(n int) { c.log.Warn("offset commit failed; offsets will be committed by a later flush or replayed", "err", cerr, "repeats", n) })
+		return
+	}
+	for p, pos := range commits {
+		if st := c.parts[p]; st != nil && pos.offset > st.committed {
+			st.committed = pos.offset
+		}
+	}
+}
+
+// finish flushes and commits what is left (shutdown). Called with mu held.
+func (c *Consumer) finish() error {
+	if c.broken {
+		return c.waitFlight()
+	}
+	return c.startFlush(false)
+}
+
+// updateReady recomputes the lag total and the ready gauge.
+func (c *Consumer) updateReady() {
+	var lag int64
+	for _, st := range c.parts {
+		if st.next >= 0 && st.hwm > st.next {
+			lag += st.hwm - st.next
+		}
+	}
+	c.totalLag.Store(lag)
+	if ok, _ := c.Ready(); ok {
+		c.m.ready.Set(1)
+	} else {
+		c.m.ready.Set(0)
+	}
+}
+
+// flusher writes flush jobs one at a time: dead letters first, then facts,
+// each retried with backoff until it succeeds or ctx ends.
+func (c *Consumer) flusher(ctx context.Context) {
+	for job := range c.flushReq {
+		job.err = c.write(ctx, job)
+		if job.err == nil {
+			now := time.Now()
+			c.m.flushSeconds.Observe(now.Sub(job.started).Seconds())
+			c.m.flushOK.Inc()
+			c.m.lastFlush.Set(float64(now.UnixNano()) / 1e9)
+			c.lastFlushOK.Store(now.UnixNano())
+			for s, n := range job.delays {
+				d := now.Sub(time.Unix(s, 0)).Seconds() - 0.5
+				for range n {
+					c.m.delay.Observe(d)
+				}
+			}
+		}
+		c.flushDone <- job
+	}
+}
+
+func (c *Consumer) write(ctx context.Context, job *flushJob) error {
+	backoff := 100 * time.Millisecond
+	pendingDLQ := job.dlq
+	for {
+		err := c.produceDLQ(ctx, &pendingDLQ)
+		if err == nil {
+			err = c.w.Write(ctx, job.facts)
+			if err == nil {
+				c.chUp.Store(true)
+				return nil
+			}
+			c.chUp.Store(false)
+		}
+		c.m.flushErr.Inc()
+		if ctx.Err() != nil {
+			return fmt.Errorf("flush abandoned at shutdown: %w", err)
+		}
+		c.warn.Do(func(n int) { c.log.Warn("flush failed; retrying", "err", err, "backoff", backoff, "repeats", n) })
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("flush abandoned at shutdown: %w", err)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// produceDLQ produces the dead letters in *recs, leaving in *recs those that
+// failed.
+func (c *Consumer) produceDLQ(ctx context.Context, recs *[]*kgo.Record) error {
+	if len(*recs) == 0 {
+		return nil
+	}
+	results := c.cl.ProduceSync(ctx, *recs...)
+	var failed []*kgo.Record
+	var firstErr error
+	for _, r := range results {
+		if r.Err != nil {
+			failed = append(failed, r.Record)
+			if firstErr == nil {
+				firstErr = r.Err
+			}
+			continue
+		}
+		reason := string(r.Record.Headers[0].Value)
+		for _, rr := range event.Reasons {
+			if rr.String() == reason {
+				c.m.dlq[rr].Inc()
+			}
+		}
+	}
+	*recs = failed
+	if firstErr != nil {
+		return fmt.Errorf("dead-letter produce to %s: %w", c.cfg.DLQTopic, firstErr)
+	}
+	return nil
+}
+
+// pinger keeps chUp current while no flush is running.
+func (c *Consumer) pinger(ctx context.Context) {
+	t := time.NewTicker(c.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, c.cfg.PingInterval)
+		err := c.w.Ping(pctx)
+		cancel()
+		c.chUp.Store(err == nil)
+		if ok, _ := c.Ready(); ok {
+			c.m.ready.Set(1)
+		} else {
+			c.m.ready.Set(0)
+		}
+	}
+}
+
+// endOffsets lists the last stable offset of every partition of the topic:
+// what --until-caught-up must reach.
+func (c *Consumer) endOffsets(ctx context.Context) (map[int32]int64, error) {
+	listed, err := c.adm.ListCommittedOffsets(ctx, c.cfg.Topic)
+	if err != nil {
+		return nil, fmt.Errorf("list end offsets of %s: %w", c.cfg.Topic, err)
+	}
+	out := make(map[int32]int64)
+	var lerr error
+	listed.Each(func(o kadm.ListedOffset) {
+		if o.Err != nil {
+			lerr = fmt.Errorf("list end offsets of %s: partition %d: %w", o.Topic, o.Partition, o.Err)
+			return
+		}
+		out[o.Partition] = o.Offset
+	})
+	if lerr != nil {
+		return nil, lerr
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("topic %s does not exist", c.cfg.Topic)
+	}
+	return out, nil
+}
+
+// caughtUp reports whether the group's committed offsets reach targets.
+func (c *Consumer) caughtUp(ctx context.Context, targets map[int32]int64) bool {
+	for p, st := range c.parts {
+		if t := targets[p]; st.committed < t {
+			return false
+		}
+	}
+	resp, err := c.adm.FetchOffsets(ctx, c.cfg.Group)
+	if err != nil {
+		return false
+	}
+	for p, t := range targets {
+		if t <= 0 {
+			continue
+		}
+		if st := c.parts[p]; st != nil && st.committed >= t {
+			continue
+		}
+		o, ok := resp.Lookup(c.cfg.Topic, p)
+		if !ok || o.Err != nil || o.At < t {
+			return false
+		}
+	}
+	return true
+}
+
+// adjustOffsets runs when partitions are assigned, before fetching: it
+// rewinds each to the start of its committed offset's count bucket, and
+// further back to where its dedup window starts, and sets up its state.
+func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	parts := offsets[c.cfg.Topic]
+	if len(parts) == 0 {
+		return offsets, nil
+	}
+	var meta kadm.OffsetResponses
+	var dedupFrom = map[int32]int64{}
+	for _, o := range parts {
+		if o.EpochOffset().Offset >= 0 {
+			var err error
+			if meta, err = c.adm.FetchOffsetsForTopics(ctx, c.cfg.Group, c.cfg.Topic); err != nil {
+				return nil, fmt.Errorf("fetch committed offsets: %w", err)
+			}
+			break
+		}
+	}
+	for p := range parts {
+		if r, ok := meta.Lookup(c.cfg.Topic, p); ok && r.Err == nil {
+			if from, ok := parseMeta(r.Metadata); ok {
+				dedupFrom[p] = from
+			}
+		}
+	}
+	// One ListOffsets per distinct timestamp (usually one per partition).
+	replayFrom := map[int32]int64{}
+	for p, from := range dedupFrom {
+		listed, err := c.adm.ListOffsetsAfterMilli(ctx, from, c.cfg.Topic)
+		if err != nil {
+			return nil, fmt.Errorf("list offsets after %d: %w", from, err)
+		}
+		if o, ok := listed.Lookup(c.cfg.Topic, p); ok && o.Err == nil && o.Offset >= 0 {
+			replayFrom[p] = o.Offset
+		}
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[int32]kgo.Offset, len(parts))
+	for p, o := range parts {
+		st := &partState{p: p, committed: -1, next: -1, flushed: -1, tsBucket: -1, dedup: dedup.New(c.cfg.DedupWindow), delays: map[int64]int{}}
+		committed := o.EpochOffset().Offset
+		if committed < 0 {
+			out[p] = o // never committed: start from the earliest record
+		} else {
+			st.committed = committed
+			st.aggFrom = aggregate.BucketStart(committed)
+			st.flushed = committed
+			start := int64(0) // no metadata: rebuild dedup from the log start
+			if rf, ok := replayFrom[p]; ok {
+				start = min(rf, st.aggFrom)
+			}
+			if _, ok := dedupFrom[p]; !ok {
+				out[p] = kgo.NewOffset().AtStart()
+			} else {
+				out[p] = kgo.NewOffset().At(start).WithEpoch(-1)
+			}
+		}
+		c.parts[p] = st
+		c.agg.Assign(p)
+	}
+	c.m.ownPartitions.Set(float64(len(c.parts)))
+	offsets[c.cfg.Topic] = out
+	return offsets, nil
+}
+
+// onRevoked flushes and commits everything before the partitions go, so the
+// next owner replays as little as possible (drain, then let go).
+func (c *Consumer) onRevoked(_ context.Context, _ *kgo.Client, revoked map[string][]int32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.broken && !c.closed {
+		if err := c.startFlush(false); err != nil {
+			c.log.Warn("flush on revoke failed; the next owner replays", "err", err)
+		}
+	}
+	c.drop(revoked[c.cfg.Topic])
+}
+
+// onLost drops state without committing: another member owns the
+// partitions now, and anything written meanwhile is harmless.
+func (c *Consumer) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.drop(lost[c.cfg.Topic])
+}
+
+func (c *Consumer) drop(parts []int32) {
+	for _, p := range parts {
+		delete(c.parts, p)
+		c.agg.Drop(p)
+		c.m.lag.DeleteLabelValues(strconv.Itoa(int(p)))
+	}
+	c.m.ownPartitions.Set(float64(len(c.parts)))
+}
+
+// rateLimiter runs a function at most once per interval and counts the
+// calls it swallowed.
+type rateLimiter struct {
+	mu      sync.Mutex
+	every   time.Duration
+	last    time.Time
+	dropped int
+}
+
+func (r *rateLimiter) Do(fn func(repeats int)) {
+	r.mu.Lock()
+	if time.Since(r.last) < r.every {
+		r.dropped++
+		r.mu.Unlock()
+		return
+	}
+	n := r.dropped
+	r.last, r.dropped = time.Now(), 0
+	r.mu.Unlock()
+	fn(n)
+}

@@ -1,0 +1,44 @@
+// Package ingest consumes the events topic: it decodes and validates every
+// record (ingest/decode), sends rejected ones to the dead-letter topic,
+// drops duplicates (ingest/dedup), aggregates the rest (aggregate) and
+// writes the resulting facts to ClickHouse, committing Kafka offsets only
+// after ClickHouse (and the dead-letter topic) acknowledged what they cover.
+//
+// # Exactly-once results
+//
+// Writes are idempotent (see package aggregate), so the consumer is
+// at-least-once on the wire and exactly-once in the rollups:
+//   - On assignment a partition is rewound to the start of the count bucket
+//     holding its committed offset, and further back to where its dedup
+//     window starts. Records before the bucket start only rebuild the dedup
+//     set; records before the committed offset are recomputed but produce no
+//     dead letters and no metrics a second time. The replay start is found
+//     from the offset-commit metadata ("usagepipe/v1 dedup_from_ms=…").
+//   - A record is dropped as a duplicate only when its first copy is at a
+//     lower offset of the same partition; that copy is either committed
+//     (so durably counted) or in memory and flushed before any commit
+//     covering either.
+//   - Revoke: flush and commit, then let go. Loss: drop state, commit
+//     nothing. A zombie's late writes are harmless; its commit is fenced by
+//     the group generation.
+//   - ClickHouse down: the flusher retries with backoff; the poll loop stops
+//     polling once the next flush is due, so memory stays bounded by one
+//     flush interval plus the client's fetch buffer; /readyz turns 503.
+//
+// # Concurrency
+//
+// Run owns three goroutines: the poll loop (the caller's), the flusher and
+// a ClickHouse pinger; all stop before Run returns. Rebalance callbacks run
+// on the Kafka client's goroutine and take the same mutex as the poll loop;
+// rebalances are blocked while a poll is being processed.
+//
+// # Metrics
+//
+// usagepipe_records_consumed_total, usagepipe_events_accepted_total{type},
+// usagepipe_events_rejected_total{reason}, usagepipe_events_duplicate_total,
+// usagepipe_dlq_records_total{reason}, usagepipe_flush_duration_seconds,
+// usagepipe_flushes_total{result}, usagepipe_consumer_lag_records{partition},
+// usagepipe_event_delay_seconds, usagepipe_last_flush_timestamp_seconds,
+// usagepipe_ready, usagepipe_clickhouse_up, usagepipe_records_replayed_total,
+// usagepipe_pending_facts, usagepipe_assigned_partitions.
+package ingest

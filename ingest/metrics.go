@@ -1,0 +1,80 @@
+package ingest
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/usagepipe/usagepipe/schema/event"
+)
+
+type metrics struct {
+	consumed      prometheus.Counter
+	accepted      [numTypes]prometheus.Counter
+	rejected      [numReasons]prometheus.Counter
+	dlq           [numReasons]prometheus.Counter
+	duplicates    prometheus.Counter
+	flushSeconds  prometheus.Histogram
+	flushOK       prometheus.Counter
+	flushErr      prometheus.Counter
+	lag           *prometheus.GaugeVec
+	delay         prometheus.Histogram
+	lastFlush     prometheus.Gauge
+	ready         prometheus.Gauge
+	clickhouseUp  prometheus.Gauge
+	replayed      prometheus.Counter
+	pendingFacts  prometheus.Gauge
+	ownPartitions prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := promauto.With(reg)
+	m := &metrics{
+		consumed: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_records_consumed_total",
+			Help: "Records read from the events topic for the first time (replays after a restart are not counted again)."}),
+		duplicates: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_events_duplicate_total",
+			Help: "Valid events dropped as duplicates of an earlier event_id of the same partition inside the dedup window."}),
+		flushSeconds: f.NewHistogram(prometheus.HistogramOpts{Name: "usagepipe_flush_duration_seconds",
+			Help:    "Time to write one flush (dead-letter records, then ClickHouse facts) including retries.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}}),
+		lag: f.NewGaugeVec(prometheus.GaugeOpts{Name: "usagepipe_consumer_lag_records",
+			Help: "High watermark minus the next offset this instance will process, per owned partition."}, []string{"partition"}),
+		delay: f.NewHistogram(prometheus.HistogramOpts{Name: "usagepipe_event_delay_seconds",
+			Help:    "Kafka record timestamp to the moment its facts were acknowledged by ClickHouse.",
+			Buckets: []float64{.1, .25, .5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 900, 3600}}),
+		lastFlush: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_last_flush_timestamp_seconds",
+			Help: "Unix time of the last successful flush."}),
+		ready: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_ready",
+			Help: "1 while /readyz answers 200: ClickHouse reachable and the consumer making progress."}),
+		clickhouseUp: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_clickhouse_up",
+			Help: "1 when the last ClickHouse ping or write succeeded."}),
+		replayed: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_records_replayed_total",
+			Help: "Records read again after an assignment: to rebuild the dedup window or to recompute the open count bucket."}),
+		pendingFacts: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_pending_facts",
+			Help: "Fact keys aggregated in memory and not yet handed to a flush."}),
+		ownPartitions: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_assigned_partitions",
+			Help: "Partitions of the events topic this instance owns."}),
+	}
+	flushes := f.NewCounterVec(prometheus.CounterOpts{Name: "usagepipe_flushes_total",
+		Help: "Flush attempts by result: ok, or error (each failed attempt; the flush is retried)."}, []string{"result"})
+	m.flushOK, m.flushErr = flushes.WithLabelValues("ok"), flushes.WithLabelValues("error")
+	accepted := f.NewCounterVec(prometheus.CounterOpts{Name: "usagepipe_events_accepted_total",
+		Help: "Valid, non-duplicate events by type (what the rollups count)."}, []string{"type"})
+	for _, t := range event.Types {
+		m.accepted[t] = accepted.WithLabelValues(t.String())
+	}
+	rejected := f.NewCounterVec(prometheus.CounterOpts{Name: "usagepipe_events_rejected_total",
+		Help: "Records rejected by reason; each goes to the dead-letter topic."}, []string{"reason"})
+	dlq := f.NewCounterVec(prometheus.CounterOpts{Name: "usagepipe_dlq_records_total",
+		Help: "Records acknowledged by the dead-letter topic, by reason."}, []string{"reason"})
+	for _, r := range event.Reasons {
+		m.rejected[r] = rejected.WithLabelValues(r.String())
+		m.dlq[r] = dlq.WithLabelValues(r.String())
+	}
+	return m
+}
+
+// Array sizes indexed by event.Type and event.Reason.
+const (
+	numTypes   = int(event.SeatsPurchased) + 1
+	numReasons = int(event.ReasonTimestampOutOfRange) + 1
+)
