@@ -483,7 +483,9 @@ func (c *Consumer) commit(commits map[int32]commitPos) {
 		}
 	})
 	if cerr != nil {
-		c.warn.Do(func(n int) { c.log.Warn("offset commit failed; offsets will be committed by a later flush or replayed", "err", cerr, "repeats", n) })
+		c.warn.Do(func(n int) {
+			c.log.Warn("offset commit failed; offsets will be committed by a later flush or replayed", "err", cerr, "repeats", n)
+		})
 		return
 	}
 	for p, pos := range commits {
