@@ -28,12 +28,15 @@ const EnvAddr = "USAGEPIPE_TEST_CLICKHOUSE"
 
 var addr string
 
+// Runner runs tests: *testing.M, or a wrapper such as kafkatest.Runner.
+type Runner interface{ Run() int }
+
 // Main runs the tests of a package against a ClickHouse server and exits.
-func Main(m *testing.M) {
+func Main(m Runner) {
 	os.Exit(run(m))
 }
 
-func run(m *testing.M) int {
+func run(m Runner) int {
 	addr = os.Getenv(EnvAddr)
 	if addr == "" {
 		dir, err := os.MkdirTemp("", "usagepipe-chtest-")
