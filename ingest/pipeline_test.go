@@ -56,6 +56,15 @@ func (p *pipeline) produce(cfg gen.Config) {
 	p.produced = append(p.produced, recs...)
 }
 
+// lastRecordTime is just after the latest record timestamp produced so far.
+func (p *pipeline) lastRecordTime() time.Time {
+	var last int64
+	for _, r := range p.produced {
+		last = max(last, r.TimestampMs)
+	}
+	return time.UnixMilli(last + 1000)
+}
+
 // run runs the consumer with --until-caught-up semantics and returns it.
 func (p *pipeline) run(group string) {
 	p.t.Helper()
@@ -207,8 +216,9 @@ func TestPipelineMatchesReference(t *testing.T) {
 
 			// A second run after new data, including re-sent copies of
 			// events of the first run (same seed: same event IDs).
-			p.produce(gen.Config{Seed: 8, Events: 5_000, Accounts: 150, Users: 3_000, Features: 12, Quarters: 4, BadRatio: 0.02, DupRatio: 0.03})
-			p.produce(gen.Config{Seed: 7, Events: 2_000, Accounts: 150, Users: 3_000, Features: 12, Quarters: 3})
+			// Record timestamps keep increasing, as a broker's would.
+			p.produce(gen.Config{Seed: 8, Events: 5_000, Accounts: 150, Users: 3_000, Features: 12, Quarters: 4, BadRatio: 0.02, DupRatio: 0.03, RecordTime: p.lastRecordTime()})
+			p.produce(gen.Config{Seed: 7, Events: 2_000, Accounts: 150, Users: 3_000, Features: 12, Quarters: 3, RecordTime: p.lastRecordTime().Add(-23 * time.Hour)})
 			p.run("g1")
 			want = p.check()
 			p.checkDLQ(want)

@@ -284,6 +284,10 @@ transaction.state.log.num.partitions=5
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Tests replay fixed historical and generated timestamps; Kafka 4 rejects
+# records more than 1h in the future by default.
+log.message.timestamp.after.max.ms=9223372036854775807
+log.message.timestamp.before.max.ms=9223372036854775807
 num.network.threads=2
 num.io.threads=4
 `, clientAddr, controllerPort, dataDir)
