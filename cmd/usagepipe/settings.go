@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -169,7 +170,13 @@ func (k *kafkaSettings) brokerList() ([]string, error) {
 // options builds the TLS, SASL and logging client options. Secrets come
 // from files or the environment only, never from argv.
 func (k *kafkaSettings) options(log *slog.Logger) ([]kgo.Opt, error) {
-	opts := []kgo.Opt{kgo.WithLogger(kslog.New(log))}
+	// The Kafka client logs every assignment and metadata refresh at info;
+	// keep its info lines for --log-level debug.
+	klog := log
+	if !log.Enabled(context.Background(), slog.LevelDebug) {
+		klog = slog.New(minLevel{log.Handler(), slog.LevelWarn})
+	}
+	opts := []kgo.Opt{kgo.WithLogger(kslog.New(klog))}
 	if k.tls || k.caFile != "" || k.certFile != "" {
 		cfg, err := tlsConfig("kafka-tls", k.caFile, k.certFile, k.keyFile)
 		if err != nil {
@@ -198,6 +205,16 @@ func (k *kafkaSettings) options(log *slog.Logger) ([]kgo.Opt, error) {
 		return nil, usagef("kafka-sasl-mechanism: must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, got %q", k.saslMechanism)
 	}
 	return opts, nil
+}
+
+// minLevel drops records below a level.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
 }
 
 func tlsConfig(setting, caFile, certFile, keyFile string) (*tls.Config, error) {
@@ -322,6 +339,7 @@ type pipelineSettings struct {
 func (p *pipelineSettings) register(f *flags) {
 	p.kafka.register(f, true)
 	p.ch.register(f)
+	p.log.register(f)
 	f.str(&p.metricsAddr, "metrics-addr", ":9464", "HTTP address for /metrics, /healthz and /readyz (empty: off)")
 	f.dur(&p.maxClockSkew, "max-clock-skew", time.Hour, "reject events whose occurred_at is more than this after the record timestamp")
 	f.dur(&p.dedupWindow, "dedup-window", 24*time.Hour, "an event_id repeated within this much record time in a partition is a duplicate")
