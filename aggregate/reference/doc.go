@@ -9,9 +9,10 @@
 // Readability is preferred over speed; Compute still handles a few million
 // records in seconds.
 //
-// Concurrency: Compute is a pure function of its arguments; it starts no
-// goroutines, keeps no state between calls, does not modify its input and is
-// safe to call concurrently.
+// Concurrency: Compute is a pure function of its arguments; it keeps no
+// state between calls, does not modify its input and is safe to call
+// concurrently. Internally it processes up to GOMAXPROCS partitions at once
+// and has joined every goroutine it started before it returns.
 //
 // Metrics: none.
 package reference

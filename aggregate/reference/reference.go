@@ -3,7 +3,9 @@ package reference
 import (
 	"cmp"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/usagepipe/usagepipe/schema"
@@ -87,38 +89,29 @@ func Compute(records []Record, opt Options) Result {
 		return cmp.Or(cmp.Compare(a.topic, b.topic), cmp.Compare(a.id, b.id))
 	})
 
-	in := newInterner()
-	var events []event
-	skewMs := opt.MaxClockSkew.Milliseconds()
-	windowMs := opt.DedupWindow.Milliseconds()
-	for _, p := range parts {
-		recs := byPartition[p]
-		slices.SortStableFunc(recs, func(a, b *Record) int { return cmp.Compare(a.Offset, b.Offset) })
+	// Partitions are independent (dedup is per partition): process them
+	// concurrently, at most GOMAXPROCS at a time.
+	results := make([]partitionResult, len(parts))
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for i, p := range parts {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			results[i] = processPartition(byPartition[p], opt)
+		})
+	}
+	wg.Wait()
 
-		// latestTs[event_id] is the greatest Kafka timestamp of the valid
-		// records with that event_id seen so far in this partition,
-		// duplicates included.
-		latestTs := make(map[string]int64)
-		for _, r := range recs {
-			ev, reason := validate(r.Value, r.TimestampMs, skewMs)
-			if reason != "" {
-				res.Rejected = append(res.Rejected, Rejected{Partition: r.Partition, Offset: r.Offset, Reason: reason})
-				continue
-			}
-			prev, seen := latestTs[ev.eventID]
-			if !seen || r.TimestampMs > prev {
-				latestTs[ev.eventID] = r.TimestampMs
-			}
-			if seen && prev >= r.TimestampMs-windowMs {
-				res.Duplicates++
-				continue
-			}
-			res.Accepted++
-			ev.account = in.intern(ev.account)
-			ev.user = in.intern(ev.user)
-			ev.feature = in.intern(ev.feature)
-			events = append(events, ev)
-		}
+	for _, r := range results {
+		res.Accepted += len(r.events)
+		res.Duplicates += r.duplicates
+		res.Rejected = append(res.Rejected, r.rejected...)
+	}
+	events := make([]event, 0, res.Accepted)
+	for i := range results {
+		events = append(events, results[i].events...)
+		results[i].events = nil
 	}
 	slices.SortStableFunc(res.Rejected, func(a, b Rejected) int {
 		return cmp.Or(cmp.Compare(a.Partition, b.Partition), cmp.Compare(a.Offset, b.Offset))
@@ -128,16 +121,76 @@ func Compute(records []Record, opt Options) Result {
 	return res
 }
 
+// partitionResult is what one partition contributes.
+type partitionResult struct {
+	events     []event // accepted, not duplicates
+	rejected   []Rejected
+	duplicates int
+}
+
+// processPartition validates and deduplicates one partition's records.
+func processPartition(recs []*Record, opt Options) partitionResult {
+	slices.SortStableFunc(recs, func(a, b *Record) int { return cmp.Compare(a.Offset, b.Offset) })
+	skewMs := opt.MaxClockSkew.Milliseconds()
+	windowMs := opt.DedupWindow.Milliseconds()
+
+	var res partitionResult
+	res.events = make([]event, 0, len(recs))
+	in := newInterner()
+	var members object // scratch for validate
+	// latestTs[event_id] is the greatest Kafka timestamp of the valid
+	// records with that event_id seen so far, duplicates included.
+	latestTs := make(map[string]int64, len(recs))
+	for _, r := range recs {
+		d, reason := validate(r.Value, r.TimestampMs, skewMs, &members)
+		if reason != "" {
+			res.rejected = append(res.rejected, Rejected{Partition: r.Partition, Offset: r.Offset, Reason: reason})
+			continue
+		}
+		id := string(d.eventID)
+		prev, seen := latestTs[id]
+		if !seen || r.TimestampMs > prev {
+			latestTs[id] = r.TimestampMs
+		}
+		if seen && prev >= r.TimestampMs-windowMs {
+			res.duplicates++
+			continue
+		}
+		res.events = append(res.events, event{
+			eventID: id,
+			typ:     d.typ,
+			account: in.intern(d.account),
+			user:    in.intern(d.user),
+			feature: in.intern(d.feature),
+			ms:      d.ms,
+			seats:   d.seats,
+		})
+	}
+	return res
+}
+
+// event is an accepted, non-duplicate event.
+type event struct {
+	eventID string
+	typ     string
+	account string
+	user    string // "" for seats_purchased
+	feature string // feature_used only
+	ms      int64  // occurred_at, UTC epoch milliseconds
+	seats   int64  // seats_purchased only
+}
+
 // interner keeps one copy of each repeated string (accounts, users,
 // features), which keeps millions of events in little memory.
 type interner map[string]string
 
 func newInterner() interner { return make(interner) }
 
-func (in interner) intern(s string) string {
-	if t, ok := in[s]; ok {
-		return t
+func (in interner) intern(b []byte) string {
+	if s, ok := in[string(b)]; ok {
+		return s
 	}
+	s := string(b)
 	in[s] = s
 	return s
 }
@@ -148,8 +201,11 @@ func (in interner) intern(s string) string {
 // partitions — are ordered by their remaining fields so the result does not
 // depend on input order.
 func later(a, b event) int {
+	if a.ms != b.ms {
+		return cmp.Compare(a.ms, b.ms)
+	}
+	// Rare from here on; cmp.Or evaluates every comparison.
 	return cmp.Or(
-		cmp.Compare(a.ms, b.ms),
 		cmp.Compare(a.eventID, b.eventID),
 		cmp.Compare(a.typ, b.typ),
 		cmp.Compare(a.seats, b.seats),
@@ -158,24 +214,37 @@ func later(a, b event) int {
 	)
 }
 
+// byAccountThenLater orders events by account, then by later.
+func byAccountThenLater(a, b event) int {
+	if a.account != b.account {
+		return cmp.Compare(a.account, b.account)
+	}
+	return later(a, b)
+}
+
 // rollups computes contract section 4 from the accepted, non-duplicate
-// events.
+// events. It reorders events.
 func rollups(events []event, fiscalStart int) ([]schema.Rollup, []schema.FeatureRow) {
 	if len(events) == 0 {
 		return nil, nil
 	}
-	byAccount := make(map[string][]event)
 	var latestMs int64
 	for _, e := range events {
-		byAccount[e.account] = append(byAccount[e.account], e)
 		latestMs = max(latestMs, e.ms)
 	}
 	last := quarterOf(latestMs, fiscalStart)
 
+	// Group by account, each account's events from earliest to latest.
+	slices.SortFunc(events, byAccountThenLater)
 	var rows []schema.Rollup
 	var features []schema.FeatureRow
-	for account, evs := range byAccount {
-		slices.SortFunc(evs, later)
+	for len(events) > 0 {
+		n := 1
+		for n < len(events) && events[n].account == events[0].account {
+			n++
+		}
+		account, evs := events[0].account, events[:n]
+		events = events[n:]
 		for q := quarterOf(evs[0].ms, fiscalStart); !q.start.After(last.start); q = quarterOf(q.end.UnixMilli(), fiscalStart) {
 			row, feats := accountQuarter(account, q, evs)
 			rows = append(rows, row)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -47,13 +48,14 @@ const (
 	endOccurredAtMs = 4260211200000 // 2105-01-01T00:00:00Z, the first instant not accepted
 )
 
-// event is one valid event, fields decoded.
-type event struct {
-	eventID string
-	typ     string
-	account string
-	user    string // "" for seats_purchased
-	feature string // feature_used only
+// decoded is a valid record's event as validate returns it. Strings are
+// bytes that may alias the record value; Compute copies what it keeps.
+type decoded struct {
+	eventID []byte
+	typ     string // one of the type constants
+	account []byte
+	user    []byte // nil for seats_purchased
+	feature []byte // feature_used only
 	ms      int64  // occurred_at, UTC epoch milliseconds
 	seats   int64  // seats_purchased only
 }
@@ -63,10 +65,31 @@ type event struct {
 // as +24:00), so the shape is checked first.
 var rfc3339 = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-]([0-9]{2}):([0-9]{2}))$`)
 
-// validate applies the contract's rules, in the order of the brief, to one
-// record value. It returns the decoded event, or the reject reason.
-func validate(value []byte, recordTsMs int64, skewMs int64) (event, string) {
-	var ev event
+// validate applies the contract's rules to one record value, checking in
+// this order (the numbers mark the steps below):
+//
+//  1. size over 1 MiB: too_large;
+//  2. empty, not UTF-8, not JSON, not an object: malformed_json;
+//  3. schema_version (absent or null is 1): an integer other than 1 is
+//     unsupported_schema_version, any other JSON value invalid_field;
+//  4. event_id, type, account_id, then user_id (not for seats_purchased) and
+//     feature (feature_used): absent or null is missing_field, not a string
+//     or not 1–128 bytes once decoded invalid_field;
+//  5. type not one of the five: unknown_type (checked after event_id, type
+//     and account_id, since user_id and feature depend on it);
+//  6. product, optional (null is absent): not a string or over 64 bytes is
+//     invalid_field; fields a type does not use are ignored;
+//  7. occurred_at: absent or null missing_field; an RFC 3339 string or an
+//     integer literal (epoch ms), else invalid_field; before 2000, from 2105
+//     on, or after the record timestamp plus the skew:
+//     timestamp_out_of_range;
+//  8. seats (seats_purchased): absent or null missing_field; not an
+//     integer literal in 0..10,000,000 invalid_field.
+//
+// A repeated key's first occurrence wins. It returns the decoded event, or
+// the reject reason. members is scratch space, reused between calls.
+func validate(value []byte, recordTsMs int64, skewMs int64, members *object) (decoded, string) {
+	var ev decoded
 
 	// 1. Size.
 	if len(value) > maxValueBytes {
@@ -74,13 +97,13 @@ func validate(value []byte, recordTsMs int64, skewMs int64) (event, string) {
 	}
 
 	// 2. A JSON object, valid UTF-8.
-	fields, ok := parseObject(value)
-	if !ok {
+	if !parseObject(value, members) {
 		return ev, ReasonMalformedJSON
 	}
+	obj := *members
 
 	// 3. schema_version: absent or null means 1.
-	if raw, ok := fields["schema_version"]; ok && !isNull(raw) {
+	if raw, ok := obj.get("schema_version"); ok {
 		if !isIntLiteral(raw) {
 			return ev, ReasonInvalidField
 		}
@@ -91,19 +114,29 @@ func validate(value []byte, recordTsMs int64, skewMs int64) (event, string) {
 
 	// 4. Required strings every type has.
 	var reason string
-	if ev.eventID, reason = requiredString(fields, "event_id"); reason != "" {
+	if ev.eventID, reason = requiredString(obj, "event_id"); reason != "" {
 		return ev, reason
 	}
-	if ev.typ, reason = requiredString(fields, "type"); reason != "" {
+	typ, reason := requiredString(obj, "type")
+	if reason != "" {
 		return ev, reason
 	}
-	if ev.account, reason = requiredString(fields, "account_id"); reason != "" {
+	if ev.account, reason = requiredString(obj, "account_id"); reason != "" {
 		return ev, reason
 	}
 
 	// 5. Known type.
-	switch ev.typ {
-	case typeLogin, typeFeatureUsed, typeSeatAssigned, typeSeatUnassigned, typeSeatsPurchased:
+	switch string(typ) {
+	case typeLogin:
+		ev.typ = typeLogin
+	case typeFeatureUsed:
+		ev.typ = typeFeatureUsed
+	case typeSeatAssigned:
+		ev.typ = typeSeatAssigned
+	case typeSeatUnassigned:
+		ev.typ = typeSeatUnassigned
+	case typeSeatsPurchased:
+		ev.typ = typeSeatsPurchased
 	default:
 		return ev, ReasonUnknownType
 	}
@@ -111,18 +144,18 @@ func validate(value []byte, recordTsMs int64, skewMs int64) (event, string) {
 	// 4, continued: strings some types require. Fields a type does not use
 	// are ignored, whatever they hold (6).
 	if ev.typ != typeSeatsPurchased {
-		if ev.user, reason = requiredString(fields, "user_id"); reason != "" {
+		if ev.user, reason = requiredString(obj, "user_id"); reason != "" {
 			return ev, reason
 		}
 	}
 	if ev.typ == typeFeatureUsed {
-		if ev.feature, reason = requiredString(fields, "feature"); reason != "" {
+		if ev.feature, reason = requiredString(obj, "feature"); reason != "" {
 			return ev, reason
 		}
 	}
 
 	// 6. product: optional for every type.
-	if raw, ok := fields["product"]; ok && !isNull(raw) {
+	if raw, ok := obj.get("product"); ok {
 		s, ok := decodeString(raw)
 		if !ok || len(s) > maxProductBytes {
 			return ev, ReasonInvalidField
@@ -130,7 +163,11 @@ func validate(value []byte, recordTsMs int64, skewMs int64) (event, string) {
 	}
 
 	// 7. occurred_at.
-	if ev.ms, reason = occurredAt(fields["occurred_at"]); reason != "" {
+	raw, ok := obj.get("occurred_at")
+	if !ok {
+		return ev, ReasonMissingField
+	}
+	if ev.ms, reason = occurredAt(raw); reason != "" {
 		return ev, reason
 	}
 	if ev.ms < minOccurredAtMs || ev.ms >= endOccurredAtMs || ev.ms > recordTsMs+skewMs {
@@ -139,8 +176,8 @@ func validate(value []byte, recordTsMs int64, skewMs int64) (event, string) {
 
 	// 8. seats.
 	if ev.typ == typeSeatsPurchased {
-		raw, ok := fields["seats"]
-		if !ok || isNull(raw) {
+		raw, ok := obj.get("seats")
+		if !ok {
 			return ev, ReasonMissingField
 		}
 		if !isIntLiteral(raw) {
@@ -155,44 +192,114 @@ func validate(value []byte, recordTsMs int64, skewMs int64) (event, string) {
 	return ev, ""
 }
 
-// parseObject returns the members of a JSON object, the first occurrence of
-// a repeated key winning, each value as its raw JSON text. ok is false when
-// value is empty, not UTF-8, not JSON, or not an object.
-func parseObject(value []byte) (map[string]json.RawMessage, bool) {
-	if len(value) == 0 || !utf8.Valid(value) || !json.Valid(value) {
-		return nil, false
-	}
-	dec := json.NewDecoder(bytes.NewReader(value))
-	dec.UseNumber()
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil, false
-	}
-	fields := make(map[string]json.RawMessage)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, false
-		}
-		key, ok := tok.(string)
-		if !ok {
-			return nil, false
-		}
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return nil, false
-		}
-		if _, seen := fields[key]; !seen {
-			fields[key] = json.RawMessage(bytes.TrimSpace(raw))
-		}
-	}
-	return fields, true
+// object is a JSON object's members in order: keys decoded, values as raw
+// JSON text aliasing the input.
+type object []member
+
+type member struct {
+	key   []byte
+	value []byte
 }
 
-func isNull(raw json.RawMessage) bool { return string(raw) == "null" }
+// get returns the value of the first member called name (a repeated key's
+// first occurrence wins). A null value counts as absent.
+func (o object) get(name string) ([]byte, bool) {
+	for _, m := range o {
+		if string(m.key) == name {
+			return m.value, string(m.value) != "null"
+		}
+	}
+	return nil, false
+}
+
+// parseObject sets *obj to the members of a JSON object, reusing its
+// memory. It returns false when value is empty, not UTF-8, not JSON, or not
+// an object.
+//
+// encoding/json decides validity; only then are the top-level members split
+// out by hand: encoding/json's Decoder can do that too, but at several times
+// the cost, and decoding into a map would keep a repeated key's last value.
+func parseObject(value []byte, obj *object) bool {
+	*obj = (*obj)[:0]
+	if len(value) == 0 || !utf8.Valid(value) || !json.Valid(value) {
+		return false
+	}
+	i := skipSpace(value, 0)
+	if value[i] != '{' {
+		return false
+	}
+	i = skipSpace(value, i+1)
+	for value[i] != '}' {
+		if value[i] == ',' {
+			i = skipSpace(value, i+1)
+		}
+		keyEnd := endOfString(value, i)
+		key, ok := decodeString(value[i:keyEnd])
+		if !ok {
+			return false
+		}
+		i = skipSpace(value, keyEnd) // at ':'
+		i = skipSpace(value, i+1)
+		valueEnd := endOfValue(value, i)
+		*obj = append(*obj, member{key: key, value: value[i:valueEnd]})
+		i = skipSpace(value, valueEnd)
+	}
+	return true
+}
+
+// The helpers below walk JSON text that json.Valid accepted.
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// endOfString returns the index just past the string starting at b[i] ('"').
+func endOfString(b []byte, i int) int {
+	for j := i + 1; ; j++ {
+		switch b[j] {
+		case '\\':
+			j++ // skip the escaped byte; \uXXXX's hex digits are harmless
+		case '"':
+			return j + 1
+		}
+	}
+}
+
+// endOfValue returns the index just past the value starting at b[i].
+func endOfValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return endOfString(b, i)
+	case '{', '[':
+		depth := 0
+		for j := i; ; j++ {
+			switch b[j] {
+			case '"':
+				j = endOfString(b, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1
+				}
+			}
+		}
+	default: // a number, true, false or null
+		j := i
+		for j < len(b) && !strings.ContainsRune(",}] \t\n\r", rune(b[j])) {
+			j++
+		}
+		return j
+	}
+}
 
 // isIntLiteral reports whether raw (valid JSON) is a number without a
 // fraction or exponent.
-func isIntLiteral(raw json.RawMessage) bool {
+func isIntLiteral(raw []byte) bool {
 	s := bytes.TrimPrefix(raw, []byte("-"))
 	if len(s) == 0 {
 		return false
@@ -205,37 +312,38 @@ func isIntLiteral(raw json.RawMessage) bool {
 	return true
 }
 
-// decodeString decodes raw if it is a JSON string.
-func decodeString(raw json.RawMessage) (string, bool) {
+// decodeString decodes raw if it is a JSON string. The result aliases raw
+// when there is nothing to unescape.
+func decodeString(raw []byte) ([]byte, bool) {
 	if len(raw) == 0 || raw[0] != '"' {
-		return "", false
+		return nil, false
+	}
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return raw[1 : len(raw)-1], true // no escapes: the bytes are the string
 	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", false
+		return nil, false
 	}
-	return s, true
+	return []byte(s), true
 }
 
 // requiredString returns the string field name, 1–128 bytes once decoded.
-func requiredString(fields map[string]json.RawMessage, name string) (string, string) {
-	raw, ok := fields[name]
-	if !ok || isNull(raw) {
-		return "", ReasonMissingField
+func requiredString(obj object, name string) ([]byte, string) {
+	raw, ok := obj.get(name)
+	if !ok {
+		return nil, ReasonMissingField
 	}
 	s, ok := decodeString(raw)
 	if !ok || len(s) == 0 || len(s) > maxIDBytes {
-		return "", ReasonInvalidField
+		return nil, ReasonInvalidField
 	}
 	return s, ""
 }
 
 // occurredAt parses occurred_at: an RFC 3339 string or integer epoch
 // milliseconds. Only the parse is checked here, not the range.
-func occurredAt(raw json.RawMessage) (int64, string) {
-	if raw == nil || isNull(raw) {
-		return 0, ReasonMissingField
-	}
+func occurredAt(raw []byte) (int64, string) {
 	if isIntLiteral(raw) {
 		ms, err := strconv.ParseInt(string(raw), 10, 64)
 		if err != nil {
@@ -248,14 +356,14 @@ func occurredAt(raw json.RawMessage) (int64, string) {
 	if !ok {
 		return 0, ReasonInvalidField
 	}
-	m := rfc3339.FindStringSubmatch(s)
+	m := rfc3339.FindSubmatch(s)
 	if m == nil {
 		return 0, ReasonInvalidField
 	}
-	if m[3] != "" && (m[3] > "23" || m[4] > "59") { // offset ±HH:MM
+	if len(m[3]) > 0 && (string(m[3]) > "23" || string(m[4]) > "59") { // offset ±HH:MM
 		return 0, ReasonInvalidField
 	}
-	norm := []byte(s)
+	norm := bytes.Clone(s)
 	norm[10] = 'T'
 	if last := len(norm) - 1; norm[last] == 'z' {
 		norm[last] = 'Z'
