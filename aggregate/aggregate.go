@@ -14,6 +14,12 @@
 // therefore rewinds to the start of the bucket that holds its committed
 // offset (BucketStart) and simply recomputes.
 //
+// Layout: state is grouped per account and, inside it, per user, so that an
+// event touches one map of accounts and then small per-account structures
+// that stay in cache; names are interned once (the account and user structs
+// are the interned names) and the hot path does not allocate once an
+// account, user and month have been seen.
+//
 // An Aggregator is owned by one goroutine (the consumer loop) and is not
 // safe for concurrent use. It exports no metrics.
 package aggregate
@@ -29,106 +35,101 @@ import (
 // BucketStart returns the first offset of the count bucket holding offset.
 func BucketStart(offset int64) int64 { return offset - offset%schema.BucketSize }
 
-// id is an interned string.
-type id uint32
-
-// strings interns account, user and feature names so that the per-event
-// maps use small fixed-size keys and the hot path does not allocate once a
-// name has been seen.
-type interner struct {
-	ids  map[string]id
-	strs []string
-}
-
-func (t *interner) get(b []byte) id {
-	if v, ok := t.ids[string(b)]; ok { // no allocation: compiler-optimised lookup
-		return v
-	}
-	s := string(b)
-	v := id(len(t.strs))
-	t.ids[s] = v
-	t.strs = append(t.strs, s)
-	return v
-}
-
-type userMonth struct {
-	acct, user id
-	month      int32
-}
-
-type featureUser struct {
-	acct, feat, user id
-	month            int32
-}
-
-type acctMonth struct {
-	acct  id
-	month int32
-}
-
-type countKey struct {
-	acct  id
-	feat  id // noFeature for logins
-	month int32
-	kind  uint8
-}
-
-const noFeature = ^id(0)
-
+// latest is the latest seat event or purchase under the contract's tie
+// rule (greater occurred_at, then greater event_id).
 type latest struct {
+	month    int32
 	ms       int64
-	eventID  string
+	eventID  []byte // owned copy, reused across flushes
 	assigned bool
 	seats    int64
 }
 
-// newer reports whether (ms, eid) is later than l under the contract's tie
-// rule (greater occurred_at, then greater event_id).
 func (l *latest) newer(ms int64, eid []byte) bool {
 	if ms != l.ms {
 		return ms > l.ms
 	}
-	return bytes.Compare(eid, []byte(l.eventID)) > 0
+	return bytes.Compare(eid, l.eventID) > 0
 }
 
-type countVal struct {
+func (l *latest) set(month int32, ev *event.Event) {
+	l.month, l.ms, l.assigned, l.seats = month, ev.OccurredAtMs, ev.Type == event.SeatAssigned, ev.Seats
+	l.eventID = append(l.eventID[:0], ev.EventID...)
+}
+
+type monthMs struct {
+	month int32
+	ms    int64
+}
+
+type featMonth struct {
+	feat  *feature
+	month int32
+}
+
+type feature struct{ name string }
+
+// user is one user of one account, with what it did since the last Drain.
+type user struct {
+	name     string
+	dirty    bool
+	activity []monthMs   // latest activity per month
+	features []featMonth // features used per month
+	seats    []latest    // latest seat event per month
+}
+
+type countKey struct {
+	part  int32
+	month int32
+	feat  *feature // nil for logins
+}
+
+type count struct {
 	n     uint64
 	dirty bool
 }
 
-// partition is the count state of one owned partition: the counts of its
-// current bucket since the bucket's first offset.
+// account is one account's state.
+type account struct {
+	name       string
+	dirty      bool
+	users      map[string]*user
+	dirtyUsers []*user
+	purchases  []latest // latest purchase per month since the last Drain
+	months     []int32  // months with an event since the last Drain
+	counts     map[countKey]*count
+	dirtyCount []countKey
+	inParts    []int32 // partitions whose bucket lists this account
+}
+
+// partition is the count bucket state of one owned partition.
 type partition struct {
-	bucket  int64 // bucket number (offset / BucketSize) of counts
-	next    int64 // offset after the last record added
-	started bool
-	counts  map[countKey]countVal
-	dirty   []countKey
+	bucket   int64 // bucket number (offset / BucketSize) being counted
+	next     int64 // offset after the last record seen
+	started  bool
+	accounts []*account // accounts with counts in this bucket
 }
 
 // Aggregator accumulates facts since the last Drain.
 type Aggregator struct {
-	topic string
-	names interner
-
-	activity     map[userMonth]int64
-	featureUsers map[featureUser]struct{}
-	seats        map[userMonth]latest
-	purchases    map[acctMonth]latest
-	parts        map[int32]*partition
-	closed       []schema.EventCount // counts of buckets finished since the last Drain
+	topic    string
+	accounts map[string]*account
+	features map[string]*feature
+	dirty    []*account
+	parts    map[int32]*partition
+	closed   []schema.EventCount // counts of buckets finished since the last Drain
+	users    int
+	freeCnt  []*count
+	pending  int // fact rows the next Drain will write (approximately)
 }
 
 // New returns an empty Aggregator for events of topic.
 func New(topic string) *Aggregator {
 	return &Aggregator{
-		topic:        topic,
-		names:        interner{ids: make(map[string]id)},
-		activity:     make(map[userMonth]int64),
-		featureUsers: make(map[featureUser]struct{}),
-		seats:        make(map[userMonth]latest),
-		purchases:    make(map[acctMonth]latest),
-		parts:        make(map[int32]*partition),
+		topic:    topic,
+		accounts: make(map[string]*account),
+		features: make(map[string]*feature),
+		parts:    make(map[int32]*partition),
 	}
 }
 
@@ -136,13 +137,80 @@ func New(topic string) *Aggregator {
 // must be at a bucket start (BucketStart of the committed offset), so that
 // every count written covers its bucket from its first offset.
 func (a *Aggregator) Assign(p int32) {
-	a.parts[p] = &partition{counts: make(map[countKey]countVal)}
+	if old := a.parts[p]; old != nil {
+		a.forget(p, old)
+	}
+	a.parts[p] = &partition{}
 }
 
 // Drop forgets partition p's counts (on revoke after a flush, or on loss).
-// Facts already merged into the shared maps stay: they are true facts about
-// events and harmless to write whoever owns p now.
-func (a *Aggregator) Drop(p int32) { delete(a.parts, p) }
+// Other facts already gathered stay: they are true facts about events and
+// harmless to write whoever owns p now.
+func (a *Aggregator) Drop(p int32) {
+	if part := a.parts[p]; part != nil {
+		a.forget(p, part)
+		delete(a.parts, p)
+	}
+}
+
+// forget deletes partition p's counts from its accounts, unwritten.
+func (a *Aggregator) forget(p int32, part *partition) {
+	for _, acc := range part.accounts {
+		for k, c := range acc.counts {
+			if k.part == p {
+				delete(acc.counts, k)
+				a.freeCnt = append(a.freeCnt, c)
+			}
+		}
+		keep := acc.dirtyCount[:0]
+		for _, k := range acc.dirtyCount {
+			if k.part != p {
+				keep = append(keep, k)
+			}
+		}
+		acc.dirtyCount = keep
+		parts := acc.inParts[:0]
+		for _, x := range acc.inParts {
+			if x != p {
+				parts = append(parts, x)
+			}
+		}
+		acc.inParts = parts
+	}
+	part.accounts = nil
+}
+
+func (a *Aggregator) account(name []byte) *account {
+	if acc, ok := a.accounts[string(name)]; ok { // no allocation
+		return acc
+	}
+	acc := &account{name: string(name), users: make(map[string]*user), counts: make(map[countKey]*count)}
+	a.accounts[acc.name] = acc
+	return acc
+}
+
+func (a *Aggregator) user(acc *account, name []byte) *user {
+	u, ok := acc.users[string(name)]
+	if !ok {
+		u = &user{name: string(name)}
+		acc.users[u.name] = u
+		a.users++
+	}
+	if !u.dirty {
+		u.dirty = true
+		acc.dirtyUsers = append(acc.dirtyUsers, u)
+	}
+	return u
+}
+
+func (a *Aggregator) feature(name []byte) *feature {
+	f, ok := a.features[string(name)]
+	if !ok {
+		f = &feature{name: string(name)}
+		a.features[f.name] = f
+	}
+	return f
+}
 
 // Add aggregates one accepted, non-duplicate event read at offset of
 // partition p. ev's slices are not retained.
@@ -154,39 +222,116 @@ func (a *Aggregator) Add(p int32, offset int64, ev *event.Event) {
 	}
 	a.advance(p, part, offset)
 
-	acct := a.names.get(ev.AccountID)
+	acc := a.account(ev.AccountID)
+	if !acc.dirty {
+		acc.dirty = true
+		a.dirty = append(a.dirty, acc)
+	}
 	month := quarter.MonthIndex(ev.OccurredAtMs)
+	if n := len(acc.months); n == 0 || acc.months[n-1] != month {
+		a.pending += addMonth(&acc.months, month)
+	}
 	switch ev.Type {
 	case event.Login, event.FeatureUsed:
-		user := a.names.get(ev.UserID)
-		k := userMonth{acct, user, month}
-		if last, ok := a.activity[k]; !ok || ev.OccurredAtMs > last {
-			a.activity[k] = ev.OccurredAtMs
-		}
-		ck := countKey{acct: acct, feat: noFeature, month: month, kind: schema.KindLogin}
+		u := a.user(acc, ev.UserID)
+		u.activity = maxActivity(u.activity, month, ev.OccurredAtMs)
+		key := countKey{part: p, month: month}
 		if ev.Type == event.FeatureUsed {
-			feat := a.names.get(ev.Feature)
-			a.featureUsers[featureUser{acct, feat, user, month}] = struct{}{}
-			ck = countKey{acct: acct, feat: feat, month: month, kind: schema.KindFeatureUsed}
+			f := a.feature(ev.Feature)
+			key.feat = f
+			u.features = addFeature(u.features, f, month)
 		}
-		v := part.counts[ck]
-		v.n++
-		if !v.dirty {
-			v.dirty = true
-			part.dirty = append(part.dirty, ck)
+		c := acc.counts[key]
+		if c == nil {
+			c = a.newCount()
+			if !acc.listedIn(p) {
+				acc.inParts = append(acc.inParts, p)
+				part.accounts = append(part.accounts, acc)
+			}
+			acc.counts[key] = c
 		}
-		part.counts[ck] = v
+		c.n++
+		a.pending++ // counts are bounded by events, not keys: flush early on volume too
+		if !c.dirty {
+			c.dirty = true
+			acc.dirtyCount = append(acc.dirtyCount, key)
+		}
 	case event.SeatAssigned, event.SeatUnassigned:
-		k := userMonth{acct, a.names.get(ev.UserID), month}
-		if l, ok := a.seats[k]; !ok || l.newer(ev.OccurredAtMs, ev.EventID) {
-			a.seats[k] = latest{ms: ev.OccurredAtMs, eventID: string(ev.EventID), assigned: ev.Type == event.SeatAssigned}
-		}
+		a.pending++
+		u := a.user(acc, ev.UserID)
+		u.seats = addLatest(u.seats, month, ev)
 	case event.SeatsPurchased:
-		k := acctMonth{acct, month}
-		if l, ok := a.purchases[k]; !ok || l.newer(ev.OccurredAtMs, ev.EventID) {
-			a.purchases[k] = latest{ms: ev.OccurredAtMs, eventID: string(ev.EventID), seats: ev.Seats}
+		a.pending++
+		acc.purchases = addLatest(acc.purchases, month, ev)
+	}
+}
+
+// listedIn reports whether acc is in partition p's list of accounts with
+// counts in the current bucket.
+func (acc *account) listedIn(p int32) bool {
+	for _, x := range acc.inParts {
+		if x == p {
+			return true
 		}
 	}
+	return false
+}
+
+func (a *Aggregator) newCount() *count {
+	if n := len(a.freeCnt); n > 0 {
+		c := a.freeCnt[n-1]
+		a.freeCnt = a.freeCnt[:n-1]
+		*c = count{}
+		return c
+	}
+	return &count{}
+}
+
+func addMonth(ms *[]int32, m int32) int {
+	for _, x := range *ms {
+		if x == m {
+			return 0
+		}
+	}
+	*ms = append(*ms, m)
+	return 1
+}
+
+func maxActivity(s []monthMs, month int32, ms int64) []monthMs {
+	for i := range s {
+		if s[i].month == month {
+			s[i].ms = max(s[i].ms, ms)
+			return s
+		}
+	}
+	return append(s, monthMs{month, ms})
+}
+
+func addFeature(s []featMonth, f *feature, month int32) []featMonth {
+	for _, x := range s {
+		if x.feat == f && x.month == month {
+			return s
+		}
+	}
+	return append(s, featMonth{f, month})
+}
+
+func addLatest(s []latest, month int32, ev *event.Event) []latest {
+	for i := range s {
+		if s[i].month == month {
+			if s[i].newer(ev.OccurredAtMs, ev.EventID) {
+				s[i].set(month, ev)
+			}
+			return s
+		}
+	}
+	if len(s) < cap(s) { // reuse the event_id buffer of a drained entry
+		s = s[:len(s)+1]
+	} else {
+		s = append(s, latest{})
+	}
+	s[len(s)-1].set(month, ev)
+	return s
 }
 
 // Skip notes that offset of partition p was read but adds nothing (a
@@ -208,33 +353,47 @@ func (a *Aggregator) advance(p int32, part *partition, offset int64) {
 		part.started, part.bucket = true, b
 	} else if b != part.bucket {
 		a.closeBucket(p, part)
-		clear(part.counts)
 		part.bucket = b
 	}
 	part.next = offset + 1
 }
 
-// closeBucket moves the dirty counts of part's bucket to a.closed.
+// closeBucket moves the dirty counts of part's bucket to a.closed and
+// forgets the bucket's counts.
 func (a *Aggregator) closeBucket(p int32, part *partition) {
 	end := min(part.next, (part.bucket+1)*schema.BucketSize)
-	a.closed = a.appendCounts(a.closed, p, part, end)
+	for _, acc := range part.accounts {
+		a.closed = a.appendCounts(a.closed, acc, p, part.bucket, end)
+	}
+	a.forget(p, part)
 }
 
-func (a *Aggregator) appendCounts(dst []schema.EventCount, p int32, part *partition, end int64) []schema.EventCount {
-	for _, k := range part.dirty {
-		v := part.counts[k]
-		feat := ""
-		if k.feat != noFeature {
-			feat = a.names.strs[k.feat]
+// appendCounts appends acc's dirty counts of partition p (all partitions
+// when p < 0) and marks them clean.
+func (a *Aggregator) appendCounts(dst []schema.EventCount, acc *account, p int32, bucket, end int64) []schema.EventCount {
+	keep := acc.dirtyCount[:0]
+	for _, k := range acc.dirtyCount {
+		if p >= 0 && k.part != p {
+			keep = append(keep, k)
+			continue
+		}
+		c := acc.counts[k]
+		kind, feat := schema.KindLogin, ""
+		if k.feat != nil {
+			kind, feat = schema.KindFeatureUsed, k.feat.name
+		}
+		cb, ce := bucket, end
+		if p < 0 {
+			part := a.parts[k.part]
+			cb, ce = part.bucket, part.next
 		}
 		dst = append(dst, schema.EventCount{
-			Account: a.names.strs[k.acct], Month: k.month, Kind: k.kind, Feature: feat,
-			Topic: a.topic, Partition: p, Bucket: uint64(part.bucket), CoveredEnd: uint64(end), Events: v.n,
+			Account: acc.name, Month: k.month, Kind: kind, Feature: feat,
+			Topic: a.topic, Partition: k.part, Bucket: uint64(cb), CoveredEnd: uint64(ce), Events: c.n,
 		})
-		v.dirty = false
-		part.counts[k] = v
+		c.dirty = false
 	}
-	part.dirty = part.dirty[:0]
+	acc.dirtyCount = keep
 	return dst
 }
 
@@ -244,48 +403,41 @@ func (a *Aggregator) appendCounts(dst []schema.EventCount, p int32, part *partit
 // and stay open. Row order is unspecified: no stored value depends on it.
 func (a *Aggregator) Drain(f *schema.Facts) {
 	f.Reset()
-	months := make(map[acctMonth]struct{})
-	for k, ms := range a.activity {
-		f.UserActivity = append(f.UserActivity, schema.UserActivity{Account: a.names.strs[k.acct], User: a.names.strs[k.user], Month: k.month, LastMs: ms})
-		months[acctMonth{k.acct, k.month}] = struct{}{}
-	}
-	for k := range a.featureUsers {
-		f.FeatureUsers = append(f.FeatureUsers, schema.FeatureUser{Account: a.names.strs[k.acct], Feature: a.names.strs[k.feat], User: a.names.strs[k.user], Month: k.month})
-	}
-	for k, l := range a.seats {
-		f.SeatEvents = append(f.SeatEvents, schema.SeatEvent{Account: a.names.strs[k.acct], User: a.names.strs[k.user], Month: k.month, OccurredMs: l.ms, EventID: l.eventID, Assigned: l.assigned})
-		months[acctMonth{k.acct, k.month}] = struct{}{}
-	}
-	for k, l := range a.purchases {
-		f.SeatPurchases = append(f.SeatPurchases, schema.SeatPurchase{Account: a.names.strs[k.acct], Month: k.month, OccurredMs: l.ms, EventID: l.eventID, Seats: l.seats})
-		months[acctMonth{k.acct, k.month}] = struct{}{}
-	}
-	for k := range months {
-		f.AccountMonths = append(f.AccountMonths, schema.AccountMonth{Account: a.names.strs[k.acct], Month: k.month})
-	}
 	f.EventCounts = append(f.EventCounts, a.closed...)
 	a.closed = a.closed[:0]
-	for p, part := range a.parts {
-		if part.started {
-			f.EventCounts = a.appendCounts(f.EventCounts, p, part, part.next)
+	for _, acc := range a.dirty {
+		acc.dirty = false
+		for _, m := range acc.months {
+			f.AccountMonths = append(f.AccountMonths, schema.AccountMonth{Account: acc.name, Month: m})
 		}
+		acc.months = acc.months[:0]
+		for _, l := range acc.purchases {
+			f.SeatPurchases = append(f.SeatPurchases, schema.SeatPurchase{Account: acc.name, Month: l.month, OccurredMs: l.ms, EventID: string(l.eventID), Seats: l.seats})
+		}
+		acc.purchases = acc.purchases[:0]
+		for _, u := range acc.dirtyUsers {
+			u.dirty = false
+			for _, x := range u.activity {
+				f.UserActivity = append(f.UserActivity, schema.UserActivity{Account: acc.name, User: u.name, Month: x.month, LastMs: x.ms})
+			}
+			for _, x := range u.features {
+				f.FeatureUsers = append(f.FeatureUsers, schema.FeatureUser{Account: acc.name, Feature: x.feat.name, User: u.name, Month: x.month})
+			}
+			for _, l := range u.seats {
+				f.SeatEvents = append(f.SeatEvents, schema.SeatEvent{Account: acc.name, User: u.name, Month: l.month, OccurredMs: l.ms, EventID: string(l.eventID), Assigned: l.assigned})
+			}
+			u.activity, u.features, u.seats = u.activity[:0], u.features[:0], u.seats[:0]
+		}
+		acc.dirtyUsers = acc.dirtyUsers[:0]
+		f.EventCounts = a.appendCounts(f.EventCounts, acc, -1, 0, 0)
 	}
-	clear(a.activity)
-	clear(a.featureUsers)
-	clear(a.seats)
-	clear(a.purchases)
+	a.dirty = a.dirty[:0]
+	a.pending = 0
 }
 
-// Pending reports how many fact keys wait for the next Drain (a flush
-// trigger and a memory bound).
-func (a *Aggregator) Pending() int {
-	n := len(a.activity) + len(a.featureUsers) + len(a.seats) + len(a.purchases) + len(a.closed)
-	for _, p := range a.parts {
-		n += len(p.dirty)
-	}
-	return n
-}
+// Pending approximates the fact rows waiting for the next Drain: a flush
+// trigger and a memory bound. It grows by at most one per event.
+func (a *Aggregator) Pending() int { return a.pending }
 
-// Names is the number of distinct interned names (accounts, users,
-// features) held in memory.
-func (a *Aggregator) Names() int { return len(a.names.strs) }
+// Names is the number of distinct accounts and users held in memory.
+func (a *Aggregator) Names() int { return len(a.accounts) + a.users }

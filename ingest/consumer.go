@@ -570,34 +570,54 @@ func (c *Consumer) write(ctx context.Context, job *flushJob) error {
 }
 
 // produceDLQ produces the dead letters in *recs, leaving in *recs those that
-// failed.
+// failed. Large values (too_large records are over 1 MiB) are produced one
+// per request so that no batch exceeds what the topic accepts for a single
+// record.
 func (c *Consumer) produceDLQ(ctx context.Context, recs *[]*kgo.Record) error {
 	if len(*recs) == 0 {
 		return nil
 	}
-	results := c.cl.ProduceSync(ctx, *recs...)
-	var failed []*kgo.Record
+	var small, failed []*kgo.Record
 	var firstErr error
-	for _, r := range results {
-		if r.Err != nil {
-			failed = append(failed, r.Record)
-			if firstErr == nil {
-				firstErr = r.Err
+	note := func(results kgo.ProduceResults) {
+		for _, r := range results {
+			if r.Err != nil {
+				failed = append(failed, r.Record)
+				if firstErr == nil {
+					firstErr = r.Err
+				}
+				continue
 			}
-			continue
+			c.m.dlq[reasonOf(r.Record)].Inc()
 		}
-		reason := string(r.Record.Headers[0].Value)
-		for _, rr := range event.Reasons {
-			if rr.String() == reason {
-				c.m.dlq[rr].Inc()
-			}
+	}
+	for _, r := range *recs {
+		if len(r.Value)+len(r.Key) > largeDeadLetter {
+			note(c.cl.ProduceSync(ctx, r))
+		} else {
+			small = append(small, r)
 		}
+	}
+	if len(small) > 0 {
+		note(c.cl.ProduceSync(ctx, small...))
 	}
 	*recs = failed
 	if firstErr != nil {
 		return fmt.Errorf("dead-letter produce to %s: %w", c.cfg.DLQTopic, firstErr)
 	}
 	return nil
+}
+
+// largeDeadLetter is the size above which a dead letter is produced alone.
+const largeDeadLetter = 256 << 10
+
+func reasonOf(r *kgo.Record) event.Reason {
+	for _, rr := range event.Reasons {
+		if rr.String() == string(r.Headers[0].Value) {
+			return rr
+		}
+	}
+	return event.ReasonNone
 }
 
 // pinger keeps chUp current while no flush is running.

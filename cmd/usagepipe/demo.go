@@ -29,7 +29,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	p.register(f)
 	f.intv(&events, "events", 200_000, "synthetic records to produce")
 	f.intv(&rows, "rows", 12, "accounts to print")
-	f.str(&dataDir, "data-dir", ".demo", "where the private ClickHouse keeps its data (when --clickhouse-addr is not given)")
+	f.str(&dataDir, "data-dir", "", "where the private ClickHouse keeps its data when --clickhouse-addr is not given (default: a temporary directory, removed at the end)")
 	f.setDefault("clickhouse-addr", "")
 	f.setDefault("clickhouse-database", "usagepipe_demo")
 	f.setDefault("metrics-addr", "")
@@ -43,7 +43,16 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	started := time.Now()
 
 	if p.ch.addr == "" {
-		dir, err := filepath.Abs(dataDir)
+		dir := dataDir
+		if dir == "" {
+			tmp, err := os.MkdirTemp("", "usagepipe-demo-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(tmp)
+			dir = tmp
+		}
+		dir, err := filepath.Abs(dir)
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,200 @@
+package schema
+
+import (
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"text/template"
+)
+
+//go:embed sql/*.sql
+var sqlFiles embed.FS
+
+// bootstrap statements run on every migrate; each is IF NOT EXISTS.
+var bootstrap = []string{"000_database.sql", "001_schema_migrations.sql"}
+
+// A migration is a versioned, append-only step. Its statements must be
+// idempotent (IF NOT EXISTS, ADD COLUMN IF NOT EXISTS, …): a migrate that
+// crashed half way runs them again. Never edit a released migration; add one.
+type migration struct {
+	version uint32
+	name    string
+	files   []string
+}
+
+var migrations = []migration{
+	{1, "0001_fact_tables", []string{
+		"fact_account_months.sql",
+		"fact_user_activity.sql",
+		"fact_feature_users.sql",
+		"fact_event_counts.sql",
+		"fact_seat_events.sql",
+		"fact_seat_purchases.sql",
+	}},
+}
+
+// views are repeatable: migrate (re)creates one whenever its rendered
+// definition differs from the one it recorded, e.g. when the fiscal start
+// month changed. They read only fact tables, never each other.
+var views = []struct{ name, file string }{
+	{"account_quarter_rollups", "account_quarter_rollups.sql"},
+	{"account_quarter_features", "account_quarter_features.sql"},
+}
+
+// statement is one rendered SQL statement.
+type statement struct {
+	file   string
+	sql    string
+	marker string // views: the hash in the view's last alias
+}
+
+// rendered is everything migrate runs for one Config.
+type rendered struct {
+	cfg        Config
+	bootstrap  []statement
+	migrations [][]statement // parallel to migrations
+	views      []statement   // parallel to views
+}
+
+// DDL returns every statement Migrate may run for cfg, rendered, in order:
+// the database and bookkeeping table, the migrations' statements, then the
+// views. Migrate runs the views as CREATE OR REPLACE VIEW where the server
+// supports it, and otherwise as DROP TABLE IF EXISTS + CREATE VIEW IF NOT
+// EXISTS.
+func DDL(cfg Config) ([]string, error) {
+	r, err := render(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, s := range r.bootstrap {
+		out = append(out, s.sql)
+	}
+	for _, m := range r.migrations {
+		for _, s := range m {
+			out = append(out, s.sql)
+		}
+	}
+	for _, s := range r.views {
+		out = append(out, s.sql)
+	}
+	return out, nil
+}
+
+func render(cfg Config) (*rendered, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	r := &rendered{cfg: cfg}
+	one := func(file string) (statement, error) {
+		s, err := renderFile(cfg, file, markerPlaceholder)
+		if err != nil || !strings.Contains(s, markerPlaceholder) {
+			return statement{file: file, sql: s}, err
+		}
+		// A view: its last alias carries a hash of its own text, so that
+		// migrate can tell from system.tables which version is installed.
+		marker := "v" + checksum(s)[:16]
+		return statement{file: file, sql: strings.ReplaceAll(s, markerPlaceholder, marker), marker: marker}, nil
+	}
+	for _, f := range bootstrap {
+		s, err := one(f)
+		if err != nil {
+			return nil, err
+		}
+		r.bootstrap = append(r.bootstrap, s)
+	}
+	for _, m := range migrations {
+		var ss []statement
+		for _, f := range m.files {
+			s, err := one(f)
+			if err != nil {
+				return nil, err
+			}
+			ss = append(ss, s)
+		}
+		r.migrations = append(r.migrations, ss)
+	}
+	for _, v := range views {
+		s, err := one(v.file)
+		if err != nil {
+			return nil, err
+		}
+		if strings.Count(s.sql, "CREATE VIEW ") != 1 || s.marker == "" {
+			return nil, fmt.Errorf("schema: %s: want exactly one CREATE VIEW, and a {{.Marker}}", v.file)
+		}
+		r.views = append(r.views, s)
+	}
+	return r, nil
+}
+
+// markerPlaceholder stands for a view's marker while its hash is computed.
+const markerPlaceholder = "MARKER_PLACEHOLDER"
+
+func renderFile(cfg Config, file, marker string) (string, error) {
+	src, err := sqlFiles.ReadFile("sql/" + file)
+	if err != nil {
+		return "", fmt.Errorf("schema: %w", err)
+	}
+	t, err := template.New(file).Option("missingkey=error").Funcs(quarterFuncs(cfg)).Parse(string(src))
+	if err != nil {
+		return "", fmt.Errorf("schema: parse %s: %w", file, err)
+	}
+	var b strings.Builder
+	data := struct {
+		DB               string
+		FiscalStartMonth int
+		Marker           string
+	}{cfg.Database, cfg.FiscalStartMonth, marker}
+	if err := t.Execute(&b, data); err != nil {
+		return "", fmt.Errorf("schema: render %s: %w", file, err)
+	}
+	return strings.TrimSpace(b.String()), nil
+}
+
+// quarterFuncs are the template functions of the quarter arithmetic of
+// aggregate/quarter, in SQL, with the fiscal start month fs baked in. A
+// quarter is identified by qi, the month index (year*12 + month-1) of its
+// first month.
+//
+//	qi "m"     qi of the quarter containing Date expression m (Int32)
+//	qstart "q" quarter_start (Date) of quarter index q
+//	label "q"  the quarter label of quarter index q (contract section 3)
+//	lastq      qi of the quarter holding the latest month of any account
+func quarterFuncs(cfg Config) template.FuncMap {
+	f := cfg.FiscalStartMonth - 1 // months the fiscal year is shifted by
+	minus := func(x string, k int) string {
+		if k == 0 {
+			return x
+		}
+		return fmt.Sprintf("(%s - %d)", x, k)
+	}
+	qi := func(m string) string {
+		mi := fmt.Sprintf("(toInt32(toYear(%[1]s)) * 12 + toInt32(toMonth(%[1]s)) - 1)", m)
+		return fmt.Sprintf("toInt32(%s - %s %% 3)", mi, minus(mi, f))
+	}
+	prefix := "'FY', "
+	if f == 0 {
+		prefix = ""
+	}
+	return template.FuncMap{
+		"qi": qi,
+		"qstart": func(q string) string {
+			return fmt.Sprintf("addMonths(toDate('2000-01-01'), %s - 24000)", q)
+		},
+		"label": func(q string) string {
+			pos := fmt.Sprintf("%s %% 12", minus(q, f)) // months since the fiscal year's start
+			return fmt.Sprintf("concat(%stoString(intDiv(%s - %s + 11, 12)), '-Q', toString(intDiv(%s, 3) + 1))", prefix, q, pos, pos)
+		},
+		"lastq": func() string {
+			return fmt.Sprintf("(SELECT %s FROM %s.fact_account_months)", qi("max(month)"), cfg.Database)
+		},
+	}
+}
+
+func checksum(sql string) string {
+	h := sha256.Sum256([]byte(sql))
+	return hex.EncodeToString(h[:])
+}

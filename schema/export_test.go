@@ -1,0 +1,26 @@
+package schema
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// MigrateTo applies only the first upTo migrations, and the views if
+// withViews: a database as an older usagepipe left it.
+func MigrateTo(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger, upTo int, withViews bool) error {
+	return migrate(ctx, conn, cfg, log, upTo, withViews)
+}
+
+// QuarterSQL returns the SQL quarter functions the views are rendered with.
+func QuarterSQL(cfg Config) (qi, qstart, label func(string) string) {
+	fm := quarterFuncs(cfg.withDefaults())
+	return fm["qi"].(func(string) string), fm["qstart"].(func(string) string), fm["label"].(func(string) string)
+}
+
+// SupportsCreateOrReplaceView exposes the version gate.
+var SupportsCreateOrReplaceView = supportsCreateOrReplaceView
+
+// ViewStatements exposes how migrate (re)creates a view.
+var ViewStatements = viewStatements

@@ -1,0 +1,216 @@
+package schema
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// Migrate creates or upgrades usagepipe's ClickHouse objects for cfg:
+// the database, the bookkeeping table schema_migrations, every migration
+// not yet recorded there, and each view unless system.tables shows this
+// very definition installed (its last alias carries a hash of its SQL; a
+// new release or fiscal start month changes it). It is idempotent: a
+// second run changes nothing. Runs that overlap (several `usagepipe run`
+// starting at once) are harmless: every statement is IF NOT EXISTS or
+// installs the same view. A nil log logs nothing.
+func Migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger) error {
+	return migrate(ctx, conn, cfg, log, len(migrations), true)
+}
+
+// migrate applies the first upTo migrations, and the views if withViews.
+// Tests use it to build a database at an older version.
+func migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger, upTo int, withViews bool) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r, err := render(cfg)
+	if err != nil {
+		return err
+	}
+	db := r.cfg.Database
+	sv, err := conn.ServerVersion()
+	if err != nil {
+		return fmt.Errorf("migrate: server version: %w", err)
+	}
+	for _, s := range r.bootstrap {
+		if err := conn.Exec(ctx, s.sql); err != nil {
+			return fmt.Errorf("migrate: %s: %w", s.file, err)
+		}
+	}
+	applied, err := readApplied(ctx, conn, db)
+	if err != nil {
+		return err
+	}
+
+	for i, m := range migrations[:upTo] {
+		sum := checksum(joinSQL(r.migrations[i]))
+		if a, ok := applied[m.name]; ok {
+			if a != sum {
+				log.Warn("applied migration differs from this binary's; not re-running it", "migration", m.name)
+			}
+			continue
+		}
+		for _, s := range r.migrations[i] {
+			if err := conn.Exec(ctx, s.sql); err != nil {
+				return fmt.Errorf("migrate %s: %s: %w", m.name, s.file, err)
+			}
+		}
+		if err := record(ctx, conn, db, m.name, "migration", m.version, sum, ""); err != nil {
+			return err
+		}
+		log.Info("applied migration", "database", db, "migration", m.name)
+	}
+	if !withViews {
+		return nil
+	}
+
+	replace := supportsCreateOrReplaceView(sv.Version.Major, sv.Version.Minor)
+	for i, v := range views {
+		s := r.views[i]
+		engine, def, err := viewDefinition(ctx, conn, db, v.name)
+		if err != nil {
+			return err
+		}
+		if engine == "View" && strings.Contains(def, s.marker) {
+			continue // this very definition is installed
+		}
+		if engine != "" && engine != "View" {
+			// A table of that name (made by hand or by some older design):
+			// keep its data aside rather than drop it.
+			aside := fmt.Sprintf("%s_replaced_%d", v.name, time.Now().Unix())
+			if err := conn.Exec(ctx, "RENAME TABLE "+db+"."+v.name+" TO "+db+"."+aside); err != nil {
+				return fmt.Errorf("migrate: move table %s aside: %w", v.name, err)
+			}
+			log.Warn("moved a table out of a view's way", "database", db, "table", v.name, "now", aside, "engine", engine)
+		}
+		for attempt := 1; ; attempt++ {
+			for _, q := range viewStatements(db, v.name, s.sql, replace) {
+				if err := conn.Exec(ctx, q); err != nil {
+					return fmt.Errorf("migrate: view %s: %w", v.name, err)
+				}
+			}
+			engine, got, err := viewDefinition(ctx, conn, db, v.name)
+			if err != nil {
+				return err
+			}
+			if engine == "View" && strings.Contains(got, s.marker) {
+				def = got
+				break
+			}
+			// Another migrate with a different definition (another release,
+			// another fiscal start month) won the race.
+			if attempt == 5 {
+				return fmt.Errorf("migrate: view %s: replaced by a different definition while migrating; is a usagepipe with other settings or another version migrating %s too?", v.name, db)
+			}
+		}
+		if err := record(ctx, conn, db, v.name, "view", 0, s.marker, def); err != nil {
+			return err
+		}
+		log.Info("created view", "database", db, "view", v.name, "fiscal_start_month", r.cfg.FiscalStartMonth, "replaced", engine != "")
+	}
+	return nil
+}
+
+// viewStatements are the statements that (re)create view name from its
+// rendered CREATE VIEW statement: CREATE OR REPLACE VIEW where the server
+// has it (atomic for readers); else DROP + CREATE VIEW IF NOT EXISTS (18.16),
+// where IF NOT EXISTS makes an overlapping migrate's create harmless.
+func viewStatements(db, name, create string, replace bool) []string {
+	if replace {
+		return []string{strings.Replace(create, "CREATE VIEW ", "CREATE OR REPLACE VIEW ", 1)}
+	}
+	return []string{"DROP TABLE IF EXISTS " + db + "." + name, strings.Replace(create, "CREATE VIEW ", "CREATE VIEW IF NOT EXISTS ", 1)}
+}
+
+// supportsCreateOrReplaceView: CREATE OR REPLACE VIEW came with
+// ClickHouse 19.4 (PR 4654); 19.6 leaves a margin.
+func supportsCreateOrReplaceView(major, minor uint64) bool {
+	return major > 19 || major == 19 && minor >= 6
+}
+
+// readApplied returns the checksum of every migration and view recorded
+// in schema_migrations, by name.
+func readApplied(ctx context.Context, conn driver.Conn, db string) (map[string]string, error) {
+	rows, err := conn.Query(ctx, "SELECT name, argMax(checksum, seq) FROM "+db+".schema_migrations GROUP BY name")
+	if err != nil {
+		return nil, fmt.Errorf("migrate: read schema_migrations: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var name, sum string
+		if err := rows.Scan(&name, &sum); err != nil {
+			return nil, fmt.Errorf("migrate: read schema_migrations: %w", err)
+		}
+		out[name] = sum
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("migrate: read schema_migrations: %w", err)
+	}
+	return out, nil
+}
+
+// viewDefinition returns the engine ("" if there is no such object) and
+// the server's CREATE query of db.name. On 18.16 reading system.tables
+// fails while another migrate drops the view, so it tries a few times.
+func viewDefinition(ctx context.Context, conn driver.Conn, db, name string) (engine, def string, err error) {
+	for attempt := 1; ; attempt++ {
+		engine, def, err = readViewDefinition(ctx, conn, db, name)
+		if err == nil || attempt == 5 {
+			return engine, def, err
+		}
+		select {
+		case <-ctx.Done():
+			return "", "", err
+		case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
+		}
+	}
+}
+
+func readViewDefinition(ctx context.Context, conn driver.Conn, db, name string) (engine, def string, err error) {
+	rows, err := conn.Query(ctx, "SELECT engine, create_table_query FROM system.tables WHERE database = ? AND name = ?", db, name)
+	if err != nil {
+		return "", "", fmt.Errorf("migrate: read system.tables: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := rows.Scan(&engine, &def); err != nil {
+			return "", "", fmt.Errorf("migrate: read system.tables: %w", err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return "", "", fmt.Errorf("migrate: read system.tables: %w", err)
+	}
+	return engine, def, nil
+}
+
+// record appends one row to schema_migrations. It uses a batch: on 18.16
+// Exec("INSERT … VALUES") hangs.
+func record(ctx context.Context, conn driver.Conn, db, name, kind string, version uint32, sum, def string) error {
+	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+db+".schema_migrations (name, kind, version, checksum, definition, applied_at, seq)")
+	if err != nil {
+		return fmt.Errorf("migrate: record %s: %w", name, err)
+	}
+	defer b.Close()
+	now := time.Now()
+	if err := b.Append(name, kind, version, sum, def, now, uint64(now.UnixNano())); err != nil {
+		return fmt.Errorf("migrate: record %s: %w", name, err)
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("migrate: record %s: %w", name, err)
+	}
+	return nil
+}
+
+func joinSQL(ss []statement) string {
+	parts := make([]string, len(ss))
+	for i, s := range ss {
+		parts[i] = s.sql
+	}
+	return strings.Join(parts, ";\n")
+}

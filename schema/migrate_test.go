@@ -1,0 +1,348 @@
+package schema_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/usagepipe/usagepipe/schema"
+	"github.com/usagepipe/usagepipe/schema/chtest"
+	"github.com/usagepipe/usagepipe/schema/store"
+)
+
+// open returns a Store on a fresh database (not yet migrated).
+func open(t *testing.T) (*store.Store, string) {
+	t.Helper()
+	db := chtest.NewDatabase(t)
+	st, err := store.Open(context.Background(), store.Config{Addr: []string{chtest.Addr()}, Database: db}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st, db
+}
+
+// migrated returns a Store on a fresh, migrated database.
+func migrated(t *testing.T, fiscalStart int) *store.Store {
+	t.Helper()
+	st, db := open(t)
+	if err := schema.Migrate(context.Background(), st.Conn(), schema.Config{Database: db, FiscalStartMonth: fiscalStart}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// snapshot describes every object of db as the server stores it, and the
+// number of bookkeeping rows.
+func snapshot(t *testing.T, conn driver.Conn, db string) string {
+	t.Helper()
+	ctx := context.Background()
+	rows, err := conn.Query(ctx, "SELECT name, engine, create_table_query, toString(metadata_modification_time) FROM system.tables WHERE database = ? ORDER BY name", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		var name, engine, create, mtime string
+		if err := rows.Scan(&name, &engine, &create, &mtime); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s %s %s\n  %s\n", name, engine, mtime, create)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM "+db+".schema_migrations").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(&b, "schema_migrations rows: %d\n", n)
+	return b.String()
+}
+
+func tableNames(t *testing.T, conn driver.Conn, db string) []string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), "SELECT name FROM system.tables WHERE database = ? ORDER BY name", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+var allObjects = "account_quarter_features account_quarter_rollups fact_account_months fact_event_counts fact_feature_users fact_seat_events fact_seat_purchases fact_user_activity schema_migrations"
+
+func TestMigrateCreatesDatabaseAndObjects(t *testing.T) {
+	st, _ := open(t)
+	ctx := context.Background()
+	db := "usage_" + strings.TrimPrefix(chtest.NewDatabase(t), "t_") // a database that does not exist yet
+	t.Cleanup(func() { _ = st.Conn().Exec(context.Background(), "DROP DATABASE IF EXISTS "+db) })
+	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: db}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(tableNames(t, st.Conn(), db), " "); got != allObjects {
+		t.Errorf("objects = %s\nwant      %s", got, allObjects)
+	}
+}
+
+func TestMigrateTwiceChangesNothing(t *testing.T) {
+	st, db := open(t)
+	ctx := context.Background()
+	cfg := schema.Config{Database: db, FiscalStartMonth: 4}
+	if err := schema.Migrate(ctx, st.Conn(), cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, st.Conn(), db)
+	time.Sleep(1100 * time.Millisecond) // metadata_modification_time has seconds
+	if err := schema.Migrate(ctx, st.Conn(), cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	if after := snapshot(t, st.Conn(), db); after != before {
+		t.Errorf("second migrate changed the database:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// TestMigrateUpgradesOlderVersion: a database an older usagepipe left (the
+// fact tables, already holding facts, and no views) gets the views, and
+// keeps its data.
+func TestMigrateUpgradesOlderVersion(t *testing.T) {
+	st, db := open(t)
+	ctx := context.Background()
+	cfg := schema.Config{Database: db}
+	if err := schema.MigrateTo(ctx, st.Conn(), cfg, nil, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(tableNames(t, st.Conn(), db), " "); strings.Contains(got, "account_quarter") {
+		t.Fatalf("views exist before the upgrade: %s", got)
+	}
+	evs := seatsAndActivity()
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.Migrate(ctx, st.Conn(), cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(tableNames(t, st.Conn(), db), " "); got != allObjects {
+		t.Errorf("objects = %s\nwant      %s", got, allObjects)
+	}
+	checkViews(t, st, evs, 1)
+}
+
+// TestMigrateAdoptsUnrecordedTables: fact tables created by hand (or by a
+// usagepipe from before the bookkeeping table) are adopted, not recreated.
+func TestMigrateAdoptsUnrecordedTables(t *testing.T) {
+	st, db := open(t)
+	ctx := context.Background()
+	cfg := schema.Config{Database: db}
+	ss, err := schema.DDL(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ss {
+		if strings.Contains(s, "CREATE TABLE IF NOT EXISTS "+db+".fact_") {
+			if err := st.Conn().Exec(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	evs := seatsAndActivity()
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.Migrate(ctx, st.Conn(), cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkViews(t, st, evs, 1)
+}
+
+// TestMigrateFiscalChangeRecreatesViews: the fiscal start month lives in
+// the views only; changing it replaces them, and the facts stay.
+func TestMigrateFiscalChangeRecreatesViews(t *testing.T) {
+	st, db := open(t)
+	ctx := context.Background()
+	evs := seatsAndActivity()
+	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: db}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	checkViews(t, st, evs, 1)
+	for _, fs := range []int{4, 4, 1, 10} {
+		if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: db, FiscalStartMonth: fs}, nil); err != nil {
+			t.Fatal(err)
+		}
+		checkViews(t, st, evs, fs)
+	}
+}
+
+// TestMigrateRepairsView: a view dropped or altered by hand is put back.
+func TestMigrateRepairsView(t *testing.T) {
+	st, db := open(t)
+	ctx := context.Background()
+	cfg := schema.Config{Database: db}
+	if err := schema.Migrate(ctx, st.Conn(), cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := snapshot(t, st.Conn(), db)
+	evs := seatsAndActivity()
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Conn().Exec(ctx, "DROP TABLE "+db+".account_quarter_rollups"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Conn().Exec(ctx, "DROP TABLE "+db+".account_quarter_features"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Conn().Exec(ctx, "CREATE VIEW "+db+".account_quarter_features AS SELECT 1 AS x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.Migrate(ctx, st.Conn(), cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkViews(t, st, evs, 1)
+	got := snapshot(t, st.Conn(), db)
+	strip := func(s string) string { // ignore times and the bookkeeping count
+		var keep []string
+		for line := range strings.SplitSeq(s, "\n") {
+			if f := strings.Fields(line); len(f) == 4 && !strings.HasPrefix(line, " ") {
+				line = f[0] + " " + f[1]
+			}
+			if !strings.HasPrefix(line, "schema_migrations rows") {
+				keep = append(keep, line)
+			}
+		}
+		return strings.Join(keep, "\n")
+	}
+	if strip(got) != strip(want) {
+		t.Errorf("repaired objects differ:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// viewColumns lists the views' columns as "table name type".
+func viewColumns(t *testing.T, conn driver.Conn, db string) []string {
+	t.Helper()
+	var out []string
+	for _, v := range viewNames {
+		rows, err := conn.Query(context.Background(), columnsQuery(db, v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var table, name, typ string
+			if err := rows.Scan(&table, &name, &typ); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, table+" "+name+" "+typ)
+		}
+		rows.Close()
+	}
+	return out
+}
+
+// TestMigrateConcurrent: several `usagepipe run` starting at once each
+// migrate the same database, also while replacing views of an older
+// fiscal setting.
+func TestMigrateConcurrent(t *testing.T) {
+	st, db := open(t)
+	ctx := context.Background()
+	evs := seatsAndActivity()
+	for _, fs := range []int{1, 4} {
+		errs := make(chan error, 4)
+		for range 4 {
+			go func() { errs <- schema.Migrate(ctx, st.Conn(), schema.Config{Database: db, FiscalStartMonth: fs}, nil) }()
+		}
+		for range 4 {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+		write(t, st, factsOf(evs, nil))
+		checkViews(t, st, evs, fs)
+	}
+}
+
+// TestMigrateReplacesForeignView: the view installed is another setting's
+// (another migrate won a race, or the bookkeeping says otherwise): migrate
+// goes by the definition in system.tables, not by its records.
+func TestMigrateReplacesForeignView(t *testing.T) {
+	st, db := open(t)
+	ctx := context.Background()
+	evs := seatsAndActivity()
+	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: db, FiscalStartMonth: 4}, nil); err != nil {
+		t.Fatal(err)
+	}
+	write(t, st, factsOf(evs, nil))
+	ss, err := schema.DDL(schema.Config{Database: db, FiscalStartMonth: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range ss {
+		if _, rest, ok := strings.Cut(q, "CREATE VIEW "+db+"."); ok {
+			name, _, _ := strings.Cut(rest, " ")
+			for _, q := range schema.ViewStatements(db, name, q, false) {
+				if err := st.Conn().Exec(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	checkViews(t, st, evs, 1)
+	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: db, FiscalStartMonth: 4}, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkViews(t, st, evs, 4)
+}
+
+// TestMigrateMovesTableAside: a table (not a view) where a view belongs is
+// renamed, not dropped, and the view takes its place.
+func TestMigrateMovesTableAside(t *testing.T) {
+	st, db := open(t)
+	ctx := context.Background()
+	if err := schema.MigrateTo(ctx, st.Conn(), schema.Config{Database: db}, nil, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Conn().Exec(ctx, "CREATE TABLE "+db+".account_quarter_rollups (account_id String, n UInt64) ENGINE = MergeTree ORDER BY account_id"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.Conn().PrepareBatch(ctx, "INSERT INTO "+db+".account_quarter_rollups (account_id, n)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Append("kept", uint64(7)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Send(); err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: db}, nil); err != nil {
+		t.Fatal(err)
+	}
+	evs := seatsAndActivity()
+	write(t, st, factsOf(evs, nil))
+	checkViews(t, st, evs, 1)
+	var aside string
+	for _, n := range tableNames(t, st.Conn(), db) {
+		if strings.HasPrefix(n, "account_quarter_rollups_replaced_") {
+			aside = n
+		}
+	}
+	var n uint64
+	if err := st.Conn().QueryRow(ctx, "SELECT sum(n) FROM "+db+"."+aside).Scan(&n); err != nil || n != 7 {
+		t.Errorf("table moved aside (%q): sum(n) = %d, %v; want 7", aside, n, err)
+	}
+}

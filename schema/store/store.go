@@ -1,0 +1,422 @@
+package store
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/usagepipe/usagepipe/schema"
+)
+
+// Config says how to reach ClickHouse.
+type Config struct {
+	Addr     []string // host:port of the native protocol
+	Database string   // "" means schema.DefaultDatabase
+	User     string   // "" means "default"
+	Password string
+	TLS      *tls.Config // nil: plain TCP
+	// DialTimeout bounds connecting; 0 means 10s.
+	DialTimeout time.Duration
+	// WriteTimeout bounds one Write (all its tables); 0 means only the
+	// caller's context does.
+	WriteTimeout time.Duration
+}
+
+// ErrInvalidFact is wrapped by the error Write returns for a fact it
+// refuses to store (a month outside schema.MinMonth–MaxMonth, a negative
+// time or seat count, an unknown count kind). Nothing of that Write was
+// stored.
+var ErrInvalidFact = errors.New("invalid fact")
+
+// Validate reports a bad setting, naming it.
+func (c Config) Validate() error {
+	if len(c.Addr) == 0 {
+		return errors.New("clickhouse address: none given")
+	}
+	for _, a := range c.Addr {
+		if a == "" {
+			return errors.New("clickhouse address: empty")
+		}
+	}
+	if c.Database != "" {
+		if err := schema.ValidateDatabase(c.Database); err != nil {
+			return err
+		}
+	}
+	if c.DialTimeout < 0 || c.WriteTimeout < 0 {
+		return errors.New("clickhouse timeouts must not be negative")
+	}
+	return nil
+}
+
+// The fact tables in the order Write writes them: account months first, so
+// that a crash part way leaves no fact whose account the views don't list.
+const (
+	tAccountMonths = iota
+	tUserActivity
+	tFeatureUsers
+	tEventCounts
+	tSeatEvents
+	tSeatPurchases
+	nTables
+)
+
+var tables = [nTables]struct{ name, cols string }{
+	{"fact_account_months", "account_id, month"},
+	{"fact_user_activity", "account_id, month, user_id, last_activity_ms"},
+	{"fact_feature_users", "account_id, month, feature, user_id"},
+	{"fact_event_counts", "account_id, month, kind, feature, src_topic, src_partition, bucket, covered_end, events"},
+	{"fact_seat_events", "account_id, user_id, month, occurred_ms, event_id, assigned"},
+	{"fact_seat_purchases", "account_id, month, occurred_ms, event_id, seats"},
+}
+
+// Store writes facts to ClickHouse and reads the views back. Its methods
+// are safe for concurrent use.
+type Store struct {
+	conn    driver.Conn
+	db      string
+	timeout time.Duration
+	log     *slog.Logger
+	insert  [nTables]string
+	rows    [nTables]prometheus.Counter
+	bufs    sync.Pool // *columns
+}
+
+// Open connects to ClickHouse and pings it. The database need not exist
+// yet (schema.Migrate creates it): the connection uses the server's default
+// database and Store names its tables in full. A nil log logs nothing; a
+// nil reg registers nothing.
+func Open(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	db := cfg.Database
+	if db == "" {
+		db = schema.DefaultDatabase
+	}
+	user := cfg.User
+	if user == "" {
+		user = "default"
+	}
+	dial := cfg.DialTimeout
+	if dial == 0 {
+		dial = 10 * time.Second
+	}
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Addr:        cfg.Addr,
+		Auth:        clickhouse.Auth{Username: user, Password: cfg.Password},
+		TLS:         cfg.TLS,
+		DialTimeout: dial,
+		Compression: &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse open: %w", err)
+	}
+	if err := conn.Ping(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("clickhouse ping %v: %w", cfg.Addr, err)
+	}
+	rows := promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
+		Name: "usagepipe_clickhouse_rows_written_total",
+		Help: "Fact rows ClickHouse acknowledged, by table.",
+	}, []string{"table"})
+	s := &Store{conn: conn, db: db, timeout: cfg.WriteTimeout, log: log}
+	for i, t := range tables {
+		s.insert[i] = "INSERT INTO " + db + "." + t.name + " (" + t.cols + ")"
+		s.rows[i] = rows.WithLabelValues(t.name)
+	}
+	s.bufs.New = func() any { return new(columns) }
+	log.Debug("clickhouse connected", "addr", cfg.Addr, "database", db)
+	return s, nil
+}
+
+// Conn is the underlying connection (for schema.Migrate and health checks).
+func (s *Store) Conn() driver.Conn { return s.conn }
+
+// Database is the database the Store writes to.
+func (s *Store) Database() string { return s.db }
+
+// Ping checks that ClickHouse answers.
+func (s *Store) Ping(ctx context.Context) error { return s.conn.Ping(ctx) }
+
+// Close closes the connection.
+func (s *Store) Close() error { return s.conn.Close() }
+
+// Write stores f: one batch INSERT per non-empty table, account months
+// first. Every fact is idempotent, so a Write may be repeated, or follow a
+// failed one, without changing what the views return. The error names the
+// table that failed; tables before it may have been written.
+func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
+	if err := validate(f); err != nil {
+		return err
+	}
+	if s.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
+	c := s.bufs.Get().(*columns)
+	defer func() { c.reset(); s.bufs.Put(c) }()
+
+	if n := len(f.AccountMonths); n > 0 {
+		c.reset()
+		for i := range f.AccountMonths {
+			r := &f.AccountMonths[i]
+			c.add(r.Account, r.Month)
+		}
+		if err := s.send(ctx, tAccountMonths, n, c.s[0], c.d); err != nil {
+			return err
+		}
+	}
+	if n := len(f.UserActivity); n > 0 {
+		c.reset()
+		for i := range f.UserActivity {
+			r := &f.UserActivity[i]
+			c.add(r.Account, r.Month)
+			c.s[1] = append(c.s[1], r.User)
+			c.u[0] = append(c.u[0], uint64(r.LastMs))
+		}
+		if err := s.send(ctx, tUserActivity, n, c.s[0], c.d, c.s[1], c.u[0]); err != nil {
+			return err
+		}
+	}
+	if n := len(f.FeatureUsers); n > 0 {
+		c.reset()
+		for i := range f.FeatureUsers {
+			r := &f.FeatureUsers[i]
+			c.add(r.Account, r.Month)
+			c.s[1] = append(c.s[1], r.Feature)
+			c.s[2] = append(c.s[2], r.User)
+		}
+		if err := s.send(ctx, tFeatureUsers, n, c.s[0], c.d, c.s[1], c.s[2]); err != nil {
+			return err
+		}
+	}
+	if n := len(f.EventCounts); n > 0 {
+		c.reset()
+		for i := range f.EventCounts {
+			r := &f.EventCounts[i]
+			c.add(r.Account, r.Month)
+			c.u8 = append(c.u8, r.Kind)
+			c.s[1] = append(c.s[1], r.Feature)
+			c.s[2] = append(c.s[2], r.Topic)
+			c.i32 = append(c.i32, r.Partition)
+			c.u[0] = append(c.u[0], r.Bucket)
+			c.u[1] = append(c.u[1], r.CoveredEnd)
+			c.u[2] = append(c.u[2], r.Events)
+		}
+		if err := s.send(ctx, tEventCounts, n, c.s[0], c.d, c.u8, c.s[1], c.s[2], c.i32, c.u[0], c.u[1], c.u[2]); err != nil {
+			return err
+		}
+	}
+	if n := len(f.SeatEvents); n > 0 {
+		c.reset()
+		for i := range f.SeatEvents {
+			r := &f.SeatEvents[i]
+			c.add(r.Account, r.Month)
+			c.s[1] = append(c.s[1], r.User)
+			c.u[0] = append(c.u[0], uint64(r.OccurredMs))
+			c.s[2] = append(c.s[2], r.EventID)
+			var a uint8
+			if r.Assigned {
+				a = 1
+			}
+			c.u8 = append(c.u8, a)
+		}
+		if err := s.send(ctx, tSeatEvents, n, c.s[0], c.s[1], c.d, c.u[0], c.s[2], c.u8); err != nil {
+			return err
+		}
+	}
+	if n := len(f.SeatPurchases); n > 0 {
+		c.reset()
+		for i := range f.SeatPurchases {
+			r := &f.SeatPurchases[i]
+			c.add(r.Account, r.Month)
+			c.u[0] = append(c.u[0], uint64(r.OccurredMs))
+			c.s[1] = append(c.s[1], r.EventID)
+			c.u[1] = append(c.u[1], uint64(r.Seats))
+		}
+		if err := s.send(ctx, tSeatPurchases, n, c.s[0], c.d, c.u[0], c.s[1], c.u[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// send inserts one table's columns (in the order of tables[t].cols) as one
+// batch, appending each column whole.
+func (s *Store) send(ctx context.Context, t, n int, cols ...any) (err error) {
+	name := tables[t].name
+	b, err := s.conn.PrepareBatch(ctx, s.insert[t])
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = b.Abort()
+		}
+	}()
+	for i, col := range cols {
+		if err := b.Column(i).Append(col); err != nil {
+			return fmt.Errorf("write %s: column %d: %w", name, i, err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	s.rows[t].Add(float64(n))
+	return nil
+}
+
+// columns are the reusable column buffers of one Write.
+type columns struct {
+	s   [3][]string
+	u   [3][]uint64
+	d   []time.Time
+	u8  []uint8
+	i32 []int32
+	// the Date of the last month seen: facts come grouped by account, and
+	// an account's months are few, so most rows hit it.
+	lastMonth int32
+	lastDate  time.Time
+}
+
+// add appends the account and month columns every table has.
+func (c *columns) add(account string, month int32) {
+	c.s[0] = append(c.s[0], account)
+	if month != c.lastMonth || c.lastDate.IsZero() {
+		c.lastMonth, c.lastDate = month, monthDate(month)
+	}
+	c.d = append(c.d, c.lastDate)
+}
+
+func (c *columns) reset() {
+	for i := range c.s {
+		clear(c.s[i]) // drop references to the caller's strings
+		c.s[i] = c.s[i][:0]
+	}
+	for i := range c.u {
+		c.u[i] = c.u[i][:0]
+	}
+	c.d, c.u8, c.i32 = c.d[:0], c.u8[:0], c.i32[:0]
+}
+
+// monthDate is the first day of month index mi (year*12 + month-1) at UTC
+// midnight, computed without time.Date (days_from_civil, Howard Hinnant).
+func monthDate(mi int32) time.Time {
+	y, m := int64(mi)/12, int64(mi)%12+1 // mi ≥ schema.MinMonth > 0
+	if m <= 2 {
+		y--
+	}
+	era := y / 400 // y ≥ 1999 > 0
+	yoe := y - era*400
+	mp := (m + 9) % 12
+	doy := (153*mp + 2) / 5 // day 1 of the month
+	doe := yoe*365 + yoe/4 - yoe/100 + doy
+	days := era*146097 + doe - 719468
+	return time.Unix(days*86400, 0).UTC()
+}
+
+func validate(f *schema.Facts) error {
+	bad := func(table string, i int, what string) error {
+		return fmt.Errorf("write %s: row %d: %w: %s", table, i, ErrInvalidFact, what)
+	}
+	month := func(m int32) bool { return m >= schema.MinMonth && m <= schema.MaxMonth }
+	for i, r := range f.AccountMonths {
+		if !month(r.Month) {
+			return bad("fact_account_months", i, fmt.Sprintf("month index %d out of range", r.Month))
+		}
+	}
+	for i, r := range f.UserActivity {
+		if !month(r.Month) || r.LastMs < 0 {
+			return bad("fact_user_activity", i, fmt.Sprintf("month index %d, last activity %d", r.Month, r.LastMs))
+		}
+	}
+	for i, r := range f.FeatureUsers {
+		if !month(r.Month) {
+			return bad("fact_feature_users", i, fmt.Sprintf("month index %d out of range", r.Month))
+		}
+	}
+	for i, r := range f.EventCounts {
+		if !month(r.Month) || (r.Kind != schema.KindLogin && r.Kind != schema.KindFeatureUsed) {
+			return bad("fact_event_counts", i, fmt.Sprintf("month index %d, kind %d", r.Month, r.Kind))
+		}
+	}
+	for i, r := range f.SeatEvents {
+		if !month(r.Month) || r.OccurredMs < 0 {
+			return bad("fact_seat_events", i, fmt.Sprintf("month index %d, occurred %d", r.Month, r.OccurredMs))
+		}
+	}
+	for i, r := range f.SeatPurchases {
+		if !month(r.Month) || r.OccurredMs < 0 || r.Seats < 0 {
+			return bad("fact_seat_purchases", i, fmt.Sprintf("month index %d, occurred %d, seats %d", r.Month, r.OccurredMs, r.Seats))
+		}
+	}
+	return nil
+}
+
+// ReadRollups returns every row of account_quarter_rollups, ordered by
+// account_id and quarter_start.
+func (s *Store) ReadRollups(ctx context.Context) ([]schema.Rollup, error) {
+	rows, err := s.conn.Query(ctx, "SELECT account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins, feature_events, features_used, last_activity_at FROM "+s.db+".account_quarter_rollups ORDER BY account_id, quarter_start")
+	if err != nil {
+		return nil, fmt.Errorf("read account_quarter_rollups: %w", err)
+	}
+	defer rows.Close()
+	var out []schema.Rollup
+	for rows.Next() {
+		var r schema.Rollup
+		if err := rows.Scan(&r.AccountID, &r.QuarterStart, &r.QuarterEnd, &r.Quarter, &r.SeatsPurchased, &r.SeatsAssigned, &r.SeatUtilization,
+			&r.ActiveUsers, &r.ActiveAssignedUsers, &r.ActivationRate, &r.Logins, &r.FeatureEvents, &r.FeaturesUsed, &r.LastActivityAt); err != nil {
+			return nil, fmt.Errorf("read account_quarter_rollups: %w", err)
+		}
+		r.QuarterStart, r.QuarterEnd, r.LastActivityAt = utcDate(r.QuarterStart), utcDate(r.QuarterEnd), r.LastActivityAt.UTC()
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read account_quarter_rollups: %w", err)
+	}
+	return out, nil
+}
+
+// ReadFeatures returns every row of account_quarter_features, ordered by
+// account_id, quarter_start and feature.
+func (s *Store) ReadFeatures(ctx context.Context) ([]schema.FeatureRow, error) {
+	rows, err := s.conn.Query(ctx, "SELECT account_id, quarter_start, feature, active_users, events FROM "+s.db+".account_quarter_features ORDER BY account_id, quarter_start, feature")
+	if err != nil {
+		return nil, fmt.Errorf("read account_quarter_features: %w", err)
+	}
+	defer rows.Close()
+	var out []schema.FeatureRow
+	for rows.Next() {
+		var r schema.FeatureRow
+		if err := rows.Scan(&r.AccountID, &r.QuarterStart, &r.Feature, &r.ActiveUsers, &r.Events); err != nil {
+			return nil, fmt.Errorf("read account_quarter_features: %w", err)
+		}
+		r.QuarterStart = utcDate(r.QuarterStart)
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read account_quarter_features: %w", err)
+	}
+	return out, nil
+}
+
+// utcDate is the UTC midnight of t's calendar date: the driver returns
+// Dates in the server's time zone.
+func utcDate(t time.Time) time.Time {
+	y, m, d := t.Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
+}
