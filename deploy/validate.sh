@@ -19,7 +19,7 @@ set -Eeuo pipefail
 
 HELM_VERSION=v3.19.0               # go install helm.sh/helm/v3/cmd/helm@…
 KUBERNETES_VALIDATE_VERSION=1.37.0 # PyPI; bundles the Kubernetes schemas
-CHDB_CORE_VERSION=26.3.0           # PyPI; embedded ClickHouse 26.3 (LTS) to parse access.sql
+CHDB_CORE_VERSION=${CHDB_CORE_VERSION:-26.9.0} # the engine chdb 4.4.0 (schema tests) uses: one download
 PROMETHEUS_DEB_UPSTREAM=2.42.      # Debian 12's prometheus package (promtool only)
 DOCKER_COMPOSE_DEB_UPSTREAM=1.29.  # Debian 12's docker-compose package
 # Kubernetes versions the rendered chart must be valid for (oldest, newest).

@@ -131,8 +131,8 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		kgo.OnPartitionsLost(c.onLost),
 		kgo.DefaultProduceTopic(cfg.DLQTopic),
 		kgo.ProducerBatchMaxBytes(16 << 20), // rejected values can exceed 1 MiB (too_large)
-		kgo.FetchMaxBytes(64 << 20),
-		kgo.FetchMaxPartitionBytes(16 << 20),
+		kgo.FetchMaxBytes(32 << 20),
+		kgo.FetchMaxPartitionBytes(8 << 20),
 		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
 	}
@@ -643,24 +643,30 @@ func (c *Consumer) pinger(ctx context.Context) {
 }
 
 // endOffsets lists the last stable offset of every partition of the topic:
-// what --until-caught-up must reach.
+// what --until-caught-up must reach. A partition whose retained log is
+// empty (start = end) has nothing to reach: its target is 0.
 func (c *Consumer) endOffsets(ctx context.Context) (map[int32]int64, error) {
-	listed, err := c.adm.ListCommittedOffsets(ctx, c.cfg.Topic)
+	ends, err := c.adm.ListCommittedOffsets(ctx, c.cfg.Topic)
+	if err == nil {
+		err = ends.Error()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list end offsets of %s: %w", c.cfg.Topic, err)
 	}
-	out := make(map[int32]int64)
-	var lerr error
-	listed.Each(func(o kadm.ListedOffset) {
-		if o.Err != nil {
-			lerr = fmt.Errorf("list end offsets of %s: partition %d: %w", o.Topic, o.Partition, o.Err)
-			return
-		}
-		out[o.Partition] = o.Offset
-	})
-	if lerr != nil {
-		return nil, lerr
+	starts, err := c.adm.ListStartOffsets(ctx, c.cfg.Topic)
+	if err == nil {
+		err = starts.Error()
 	}
+	if err != nil {
+		return nil, fmt.Errorf("list start offsets of %s: %w", c.cfg.Topic, err)
+	}
+	out := make(map[int32]int64)
+	ends.Each(func(o kadm.ListedOffset) {
+		out[o.Partition] = o.Offset
+		if s, ok := starts.Lookup(o.Topic, o.Partition); ok && s.Offset >= o.Offset {
+			out[o.Partition] = 0
+		}
+	})
 	if len(out) == 0 {
 		return nil, fmt.Errorf("topic %s does not exist", c.cfg.Topic)
 	}
@@ -670,12 +676,13 @@ func (c *Consumer) endOffsets(ctx context.Context) (map[int32]int64, error) {
 // caughtUp reports whether the group's committed offsets reach targets.
 func (c *Consumer) caughtUp(ctx context.Context, targets map[int32]int64) bool {
 	for p, st := range c.parts {
-		if t := targets[p]; st.committed < t {
+		if t := targets[p]; t > 0 && st.committed < t {
 			return false
 		}
 	}
 	resp, err := c.adm.FetchOffsets(ctx, c.cfg.Group)
 	if err != nil {
+		c.log.Debug("caught-up check: fetch group offsets", "err", err)
 		return false
 	}
 	for p, t := range targets {
@@ -687,6 +694,7 @@ func (c *Consumer) caughtUp(ctx context.Context, targets map[int32]int64) bool {
 		}
 		o, ok := resp.Lookup(c.cfg.Topic, p)
 		if !ok || o.Err != nil || o.At < t {
+			c.log.Debug("caught-up check: partition behind", "partition", p, "target", t, "committed", o.At, "err", o.Err)
 			return false
 		}
 	}

@@ -1,0 +1,360 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/usagepipe/usagepipe/ingest/kafkatest"
+	"github.com/usagepipe/usagepipe/schema/chserver"
+	"github.com/usagepipe/usagepipe/schema/chtest"
+	"github.com/usagepipe/usagepipe/schema/store"
+)
+
+func TestMain(m *testing.M) { chtest.Main(kafkatest.Runner(m)) }
+
+// exec runs the command line in-process and returns the exit code and what
+// it printed.
+func exec(ctx context.Context, args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	err := runMain(ctx, args, &out, &errb)
+	code := exitCode(err, &errb)
+	return code, out.String(), errb.String()
+}
+
+// check runs args and expects exit code 2 with a last line naming want.
+func check(t *testing.T, env map[string]string, want string, args []string) {
+	t.Helper()
+	code, _, stderr := exec(context.Background(), args...)
+	if code != 2 {
+		t.Fatalf("%v %v: exit %d, want 2 (stderr %q)", env, args, code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, "usagepipe: ") || !strings.Contains(last, want) {
+		t.Fatalf("%v %v: last line %q, want one naming %q", env, args, last, want)
+	}
+}
+
+func TestBadSettingIsOneLineNamingItAndExit2(t *testing.T) {
+	f := func(env map[string]string, want string, args ...string) {
+		t.Helper()
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			for k, v := range env {
+				t.Setenv(k, v)
+			}
+			check(t, env, want, args)
+		})
+	}
+	f(nil, "fiscal-year-start-month", "run", "--fiscal-year-start-month", "13")
+	f(nil, "fiscal-year-start-month", "migrate", "--fiscal-year-start-month", "0")
+	f(map[string]string{"USAGEPIPE_MAX_CLOCK_SKEW": "soon"}, "USAGEPIPE_MAX_CLOCK_SKEW", "run")
+	f(map[string]string{"USAGEPIPE_FISCAL_YEAR_START_MONTH": "april"}, "USAGEPIPE_FISCAL_YEAR_START_MONTH", "run")
+	f(nil, "dedup-window", "run", "--dedup-window", "-1h")
+	f(nil, "max-clock-skew", "run", "--max-clock-skew", "-5m")
+	f(nil, "kafka-sasl-mechanism", "run", "--kafka-sasl-mechanism", "GSSAPI", "--kafka-sasl-user", "u")
+	f(nil, "kafka-sasl-user", "run", "--kafka-sasl-mechanism", "PLAIN")
+	f(nil, "log-format", "run", "--log-format", "xml")
+	f(nil, "log-level", "migrate", "--log-level", "loud")
+	f(nil, "kafka-brokers", "run", "--kafka-brokers", " , ")
+	f(nil, "dlq-topic", "run", "--dlq-topic", "usage-events")
+	f(nil, "clickhouse-addr", "migrate", "--clickhouse-addr", "")
+	f(nil, "clickhouse-password-file", "migrate", "--clickhouse-password-file", "/nonexistent/pw")
+	f(nil, "kafka-tls-ca-file", "run", "--kafka-tls-ca-file", "/nonexistent/ca.pem")
+	f(nil, "flush-interval", "run", "--flush-interval", "0s")
+	f(nil, "unknown command", "frobnicate")
+	f(nil, "flag provided but not defined: -nope", "run", "--nope")
+}
+
+func TestFlagWinsOverEnvironment(t *testing.T) {
+	t.Setenv("USAGEPIPE_FISCAL_YEAR_START_MONTH", "13") // bad, but the flag overrides it
+	var p pipelineSettings
+	fl := newFlags("run", "", io.Discard)
+	p.register(fl)
+	if err := fl.parse([]string{"--fiscal-year-start-month", "4"}); err != nil {
+		t.Fatal(err)
+	}
+	if p.ch.fiscalStartMonth != 4 {
+		t.Fatalf("fiscal start = %d, want the flag's 4", p.ch.fiscalStartMonth)
+	}
+	t.Setenv("USAGEPIPE_KAFKA_TOPIC", "from-env")
+	var q pipelineSettings
+	fl = newFlags("run", "", io.Discard)
+	q.register(fl)
+	if err := fl.parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if q.kafka.topic != "from-env" || q.ch.fiscalStartMonth != 13 {
+		t.Fatalf("env not applied: topic %q fiscal %d", q.kafka.topic, q.ch.fiscalStartMonth)
+	}
+}
+
+func TestHelpListsEnvAndHidesSecrets(t *testing.T) {
+	t.Setenv("USAGEPIPE_CLICKHOUSE_PASSWORD", "hunter2-secret")
+	t.Setenv("USAGEPIPE_KAFKA_SASL_PASSWORD", "sasl-secret")
+	for _, cmd := range []string{"run", "migrate", "gen", "demo"} {
+		code, out, stderr := exec(context.Background(), cmd, "--help")
+		all := out + stderr
+		if code != 0 {
+			t.Fatalf("%s --help: exit %d", cmd, code)
+		}
+		if strings.Contains(all, "hunter2") || strings.Contains(all, "sasl-secret") {
+			t.Fatalf("%s --help shows a secret:\n%s", cmd, all)
+		}
+		if !strings.Contains(all, "$USAGEPIPE_CLICKHOUSE_ADDR") && !strings.Contains(all, "$USAGEPIPE_KAFKA_BROKERS") {
+			t.Fatalf("%s --help does not name env vars:\n%s", cmd, all)
+		}
+	}
+	if _, out, _ := exec(context.Background(), "--help"); !strings.Contains(out, "until-caught-up") {
+		t.Fatalf("top-level help:\n%s", out)
+	}
+}
+
+func TestSecretFromFile(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("USAGEPIPE_CLICKHOUSE_PASSWORD", "from-env")
+	c := chSettings{addr: "127.0.0.1:9000", database: "usage", user: "ingest", passwordFile: pw, fiscalStartMonth: 1}
+	cfg, err := c.storeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Password != "s3cret" {
+		t.Fatalf("password %q, want the file's (newline trimmed)", cfg.Password)
+	}
+	c.passwordFile = ""
+	if cfg, _ = c.storeConfig(); cfg.Password != "from-env" {
+		t.Fatalf("password %q, want the environment's", cfg.Password)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func get(url string) (int, string) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < within {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s", what, within)
+	return 0
+}
+
+// TestLiveMetricsAndReadiness runs `usagepipe run` against kfake and a
+// private ClickHouse, checks every contract metric on /metrics, then stops
+// ClickHouse: /readyz must fail within 30s while the process stays up, and
+// recover by itself when ClickHouse is back.
+func TestLiveMetricsAndReadiness(t *testing.T) {
+	ctx := context.Background()
+	chDir := t.TempDir()
+	srv, err := chserver.Start(ctx, chDir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Stop() })
+	port := srv.Addr[strings.LastIndex(srv.Addr, ":")+1:]
+	cluster := kafkatest.Kfake(t, kfake.SeedTopics(3, "usage-events"), kfake.SeedTopics(1, "usage-events-dlq"))
+	brokers := strings.Join(cluster.ListenAddrs(), ",")
+	if code, _, stderr := exec(ctx, "gen", "--kafka-brokers", brokers, "--events", "3000", "--accounts", "20", "--users", "200", "--bad-ratio", "0.05", "--dup-ratio", "0.05"); code != 0 {
+		t.Fatalf("gen: %s", stderr)
+	}
+	metrics := freeAddr(t)
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan string, 1)
+	go func() {
+		code, _, stderr := exec(runCtx, "run", "--kafka-brokers", brokers, "--clickhouse-addr", srv.Addr, "--metrics-addr", metrics,
+			"--flush-interval", "200ms", "--ready-stall-timeout", "5s")
+		done <- fmt.Sprintf("exit %d: %s", code, stderr)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	base := "http://" + metrics
+	waitFor(t, "/readyz 200", 30*time.Second, func() bool { c, _ := get(base + "/readyz"); return c == 200 })
+	waitFor(t, "all records consumed", 30*time.Second, func() bool {
+		_, m := get(base + "/metrics")
+		return strings.Contains(m, "usagepipe_records_consumed_total 3000") || strings.Contains(m, "usagepipe_records_consumed_total 3055")
+	})
+	_, m := get(base + "/metrics")
+	for _, name := range []string{
+		"usagepipe_records_consumed_total", `usagepipe_events_accepted_total{type="login"}`, `usagepipe_events_rejected_total{reason="malformed_json"}`,
+		"usagepipe_events_duplicate_total", "usagepipe_flush_duration_seconds_bucket", `usagepipe_flushes_total{result="ok"}`,
+		"usagepipe_clickhouse_rows_written_total", `usagepipe_consumer_lag_records{partition="0"}`, "usagepipe_event_delay_seconds_bucket",
+		"usagepipe_last_flush_timestamp_seconds", "usagepipe_kafka_", "go_goroutines", "process_resident_memory_bytes",
+	} {
+		if !strings.Contains(m, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	for _, line := range strings.Split(m, "\n") {
+		if strings.Contains(line, "acct-0") || strings.Contains(line, "user-0") {
+			t.Errorf("/metrics exposes an ID: %s", line)
+		}
+	}
+	if c, _ := get(base + "/healthz"); c != 200 {
+		t.Fatalf("/healthz = %d", c)
+	}
+
+	srv.Stop()
+	took := waitFor(t, "/readyz non-200 after ClickHouse stopped", 30*time.Second, func() bool { c, _ := get(base + "/readyz"); return c != 200 && c != 0 })
+	t.Logf("readyz failed %s after ClickHouse stopped", took.Round(100*time.Millisecond))
+	// New data arrives while ClickHouse is down; the process keeps running.
+	if code, _, stderr := exec(ctx, "gen", "--kafka-brokers", brokers, "--seed", "2", "--events", "1000", "--accounts", "20", "--users", "200"); code != 0 {
+		t.Fatalf("gen: %s", stderr)
+	}
+	time.Sleep(3 * time.Second)
+	select {
+	case r := <-done:
+		t.Fatalf("run exited while ClickHouse was down: %s", r)
+	default:
+	}
+	if c, _ := get(base + "/healthz"); c != 200 {
+		t.Fatalf("/healthz = %d while ClickHouse is down", c)
+	}
+	var p int
+	fmt.Sscan(port, &p)
+	srv2, err := chserver.Start(ctx, chDir, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv2.Stop() })
+	took = waitFor(t, "/readyz 200 after ClickHouse restarted", 60*time.Second, func() bool { c, _ := get(base + "/readyz"); return c == 200 })
+	t.Logf("readyz recovered %s after ClickHouse restarted", took.Round(100*time.Millisecond))
+	waitFor(t, "records of the outage written", 60*time.Second, func() bool {
+		_, m := get(base + "/metrics")
+		return strings.Contains(m, "usagepipe_consumer_lag_records{partition=\"0\"} 0") && strings.Contains(m, "usagepipe_records_consumed_total 40")
+	})
+	st, err := store.Open(ctx, store.Config{Addr: []string{srv2.Addr}, Database: "usage"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	rows, err := st.ReadRollups(ctx)
+	if err != nil || len(rows) == 0 {
+		t.Fatalf("rollups after recovery: %d rows, %v", len(rows), err)
+	}
+}
+
+// TestKafkaSCRAMOverTLS runs gen and run against a kfake broker that demands
+// SCRAM-SHA-256 over TLS, with the CA and password given as files.
+func TestKafkaSCRAMOverTLS(t *testing.T) {
+	dir := t.TempDir()
+	serverCert, caPEM := testCA(t)
+	caFile, pwFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "pw")
+	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pwFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cluster := kafkatest.Kfake(t, kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "alice", "s3cret"),
+		kfake.TLS(&tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12}))
+	brokers := strings.Join(cluster.ListenAddrs(), ",")
+	sec := []string{"--kafka-brokers", brokers, "--kafka-tls", "--kafka-tls-ca-file", caFile,
+		"--kafka-sasl-mechanism", "SCRAM-SHA-256", "--kafka-sasl-user", "alice", "--kafka-sasl-password-file", pwFile}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	if code, out, stderr := exec(ctx, append([]string{"gen", "--events", "500", "--accounts", "5", "--users", "50"}, sec...)...); code != 0 {
+		t.Fatalf("gen over SCRAM+TLS: %s", stderr)
+	} else {
+		t.Logf("gen took %s: %s", time.Since(start), out)
+	}
+	db := chtest.NewDatabase(t)
+	args := append([]string{"run", "--until-caught-up", "--clickhouse-addr", chtest.Addr(), "--clickhouse-database", db, "--metrics-addr", "", "--log-level", "debug"}, sec...)
+	runCtx, cancelRun := context.WithTimeout(ctx, 20*time.Second)
+	defer cancelRun()
+	if code, _, stderr := exec(runCtx, args...); code != 0 || runCtx.Err() != nil {
+		t.Fatalf("run over SCRAM+TLS: exit %d: %s", code, stderr)
+	}
+	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: db}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	rows, err := st.ReadRollups(ctx)
+	if err != nil || len(rows) == 0 {
+		t.Fatalf("rollups: %d rows, %v", len(rows), err)
+	}
+	// A wrong password is refused (gen fails instead of producing).
+	if err := os.WriteFile(pwFile, []byte("wrong"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 20*time.Second)
+	defer cancelShort()
+	if code, _, _ := exec(short, append([]string{"gen", "--events", "10", "--accounts", "1", "--users", "1"}, sec...)...); code == 0 {
+		t.Fatal("gen with a wrong SASL password succeeded")
+	}
+}
+
+// testCA returns a server certificate for 127.0.0.1 and the PEM of the CA
+// that signed it.
+func testCA(t *testing.T) (tls.Certificate, []byte) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "usagepipe test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kfake"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+}
