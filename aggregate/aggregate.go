@@ -26,6 +26,7 @@ package aggregate
 
 import (
 	"bytes"
+	"hash/maphash"
 
 	"github.com/usagepipe/usagepipe/aggregate/quarter"
 	"github.com/usagepipe/usagepipe/schema"
@@ -57,20 +58,29 @@ func (l *latest) set(month int32, ev *event.Event) {
 	l.eventID = append(l.eventID[:0], ev.EventID...)
 }
 
+// monthMs is a user's activity in one month, read from one partition:
+// latest login/feature_used and the logins not yet folded into counts.
 type monthMs struct {
-	month int32
-	ms    int64
+	month  int32
+	part   int32
+	ms     int64
+	logins uint32
 }
 
+// featMonth is a feature a user used in a month, read from one partition,
+// with the events not yet folded into counts.
 type featMonth struct {
 	feat  *feature
 	month int32
+	part  int32
+	n     uint32
 }
 
 type feature struct{ name string }
 
 // user is one user of one account, with what it did since the last Drain.
 type user struct {
+	acct     *account
 	name     string
 	dirty    bool
 	activity []monthMs   // latest activity per month
@@ -92,8 +102,8 @@ type count struct {
 // account is one account's state.
 type account struct {
 	name       string
+	id         uint64
 	dirty      bool
-	users      map[string]*user
 	dirtyUsers []*user
 	purchases  []latest // latest purchase per month since the last Drain
 	months     []int32  // months with an event since the last Drain
@@ -114,11 +124,12 @@ type partition struct {
 type Aggregator struct {
 	topic    string
 	accounts map[string]*account
+	users    map[[2]uint64]*user // by a 128-bit hash of (account, user): one lookup, no string compare
+	seeds    [2]maphash.Seed
 	features map[string]*feature
 	dirty    []*account
 	parts    map[int32]*partition
 	closed   []schema.EventCount // counts of buckets finished since the last Drain
-	users    int
 	freeCnt  []*count
 	pending  int // fact rows the next Drain will write (approximately)
 }
@@ -128,6 +139,8 @@ func New(topic string) *Aggregator {
 	return &Aggregator{
 		topic:    topic,
 		accounts: make(map[string]*account),
+		users:    make(map[[2]uint64]*user),
+		seeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 		features: make(map[string]*feature),
 		parts:    make(map[int32]*partition),
 	}
@@ -184,17 +197,20 @@ func (a *Aggregator) account(name []byte) *account {
 	if acc, ok := a.accounts[string(name)]; ok { // no allocation
 		return acc
 	}
-	acc := &account{name: string(name), users: make(map[string]*user), counts: make(map[countKey]*count)}
+	acc := &account{name: string(name), id: uint64(len(a.accounts)) + 1, counts: make(map[countKey]*count)}
 	a.accounts[acc.name] = acc
 	return acc
 }
 
+// user finds or creates a user of acc. Users are keyed by two independently
+// seeded 64-bit hashes of the name, mixed with the account: two names are
+// taken for one only on a 128-bit collision (as in ingest/dedup).
 func (a *Aggregator) user(acc *account, name []byte) *user {
-	u, ok := acc.users[string(name)]
+	k := [2]uint64{maphash.Bytes(a.seeds[0], name) ^ acc.id*0x9e3779b97f4a7c15, maphash.Bytes(a.seeds[1], name) + acc.id}
+	u, ok := a.users[k]
 	if !ok {
-		u = &user{name: string(name)}
-		acc.users[u.name] = u
-		a.users++
+		u = &user{acct: acc, name: string(name)}
+		a.users[k] = u
 	}
 	if !u.dirty {
 		u.dirty = true
@@ -233,28 +249,15 @@ func (a *Aggregator) Add(p int32, offset int64, ev *event.Event) {
 	}
 	switch ev.Type {
 	case event.Login, event.FeatureUsed:
+		// Counts are kept on the user (already in cache) and folded into
+		// the account's bucket counts at Drain, one account at a time.
 		u := a.user(acc, ev.UserID)
-		u.activity = maxActivity(u.activity, month, ev.OccurredAtMs)
-		key := countKey{part: p, month: month}
-		if ev.Type == event.FeatureUsed {
-			f := a.feature(ev.Feature)
-			key.feat = f
-			u.features = addFeature(u.features, f, month)
-		}
-		c := acc.counts[key]
-		if c == nil {
-			c = a.newCount()
-			if !acc.listedIn(p) {
-				acc.inParts = append(acc.inParts, p)
-				part.accounts = append(part.accounts, acc)
-			}
-			acc.counts[key] = c
-		}
-		c.n++
 		a.pending++ // counts are bounded by events, not keys: flush early on volume too
-		if !c.dirty {
-			c.dirty = true
-			acc.dirtyCount = append(acc.dirtyCount, key)
+		if ev.Type == event.Login {
+			u.activity = addActivity(u.activity, month, p, ev.OccurredAtMs, 1)
+		} else {
+			u.activity = addActivity(u.activity, month, p, ev.OccurredAtMs, 0)
+			u.features = addFeature(u.features, a.feature(ev.Feature), month, p)
 		}
 	case event.SeatAssigned, event.SeatUnassigned:
 		a.pending++
@@ -297,23 +300,63 @@ func addMonth(ms *[]int32, m int32) int {
 	return 1
 }
 
-func maxActivity(s []monthMs, month int32, ms int64) []monthMs {
+func addActivity(s []monthMs, month, part int32, ms int64, logins uint32) []monthMs {
 	for i := range s {
-		if s[i].month == month {
+		if s[i].month == month && s[i].part == part {
 			s[i].ms = max(s[i].ms, ms)
+			s[i].logins += logins
 			return s
 		}
 	}
-	return append(s, monthMs{month, ms})
+	return append(s, monthMs{month: month, part: part, ms: ms, logins: logins})
 }
 
-func addFeature(s []featMonth, f *feature, month int32) []featMonth {
-	for _, x := range s {
-		if x.feat == f && x.month == month {
+func addFeature(s []featMonth, f *feature, month, part int32) []featMonth {
+	for i := range s {
+		if s[i].feat == f && s[i].month == month && s[i].part == part {
+			s[i].n++
 			return s
 		}
 	}
-	return append(s, featMonth{f, month})
+	return append(s, featMonth{feat: f, month: month, part: part, n: 1})
+}
+
+// fold moves u's unfolded event counts of partition p (every partition when
+// p < 0) into acc's bucket counts.
+func (a *Aggregator) fold(acc *account, u *user, p int32) {
+	for i := range u.activity {
+		x := &u.activity[i]
+		if x.logins > 0 && (p < 0 || x.part == p) {
+			a.count(acc, countKey{part: x.part, month: x.month}, x.logins)
+			x.logins = 0
+		}
+	}
+	for i := range u.features {
+		x := &u.features[i]
+		if x.n > 0 && (p < 0 || x.part == p) {
+			a.count(acc, countKey{part: x.part, month: x.month, feat: x.feat}, x.n)
+			x.n = 0
+		}
+	}
+}
+
+func (a *Aggregator) count(acc *account, k countKey, n uint32) {
+	c := acc.counts[k]
+	if c == nil {
+		c = a.newCount()
+		acc.counts[k] = c
+		if !acc.listedIn(k.part) {
+			acc.inParts = append(acc.inParts, k.part)
+			if part := a.parts[k.part]; part != nil {
+				part.accounts = append(part.accounts, acc)
+			}
+		}
+	}
+	c.n += uint64(n)
+	if !c.dirty {
+		c.dirty = true
+		acc.dirtyCount = append(acc.dirtyCount, k)
+	}
 }
 
 func addLatest(s []latest, month int32, ev *event.Event) []latest {
@@ -361,6 +404,11 @@ func (a *Aggregator) advance(p int32, part *partition, offset int64) {
 // closeBucket moves the dirty counts of part's bucket to a.closed and
 // forgets the bucket's counts.
 func (a *Aggregator) closeBucket(p int32, part *partition) {
+	for _, acc := range a.dirty {
+		for _, u := range acc.dirtyUsers {
+			a.fold(acc, u, p)
+		}
+	}
 	end := min(part.next, (part.bucket+1)*schema.BucketSize)
 	for _, acc := range part.accounts {
 		a.closed = a.appendCounts(a.closed, acc, p, part.bucket, end)
@@ -416,6 +464,9 @@ func (a *Aggregator) Drain(f *schema.Facts) {
 		}
 		acc.purchases = acc.purchases[:0]
 		for _, u := range acc.dirtyUsers {
+			a.fold(acc, u, -1)
+		}
+		for _, u := range acc.dirtyUsers {
 			u.dirty = false
 			for _, x := range u.activity {
 				f.UserActivity = append(f.UserActivity, schema.UserActivity{Account: acc.name, User: u.name, Month: x.month, LastMs: x.ms})
@@ -440,4 +491,4 @@ func (a *Aggregator) Drain(f *schema.Facts) {
 func (a *Aggregator) Pending() int { return a.pending }
 
 // Names is the number of distinct accounts and users held in memory.
-func (a *Aggregator) Names() int { return len(a.accounts) + a.users }
+func (a *Aggregator) Names() int { return len(a.accounts) + len(a.users) }
