@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -58,6 +59,9 @@ type Consumer struct {
 	flushDone chan *flushJob
 	flushCtx  context.Context
 
+	commitMu sync.Mutex      // guards acked; never held while calling the client
+	acked    map[int32]int64 // offsets the group has acknowledged, per partition
+
 	chUp        atomic.Bool
 	lastFlushOK atomic.Int64 // unix nanos
 	totalLag    atomic.Int64
@@ -67,7 +71,7 @@ type Consumer struct {
 // partState is what the consumer knows about one owned partition.
 type partState struct {
 	p         int32
-	committed int64 // the group's committed offset at assignment; -1 if none
+	committed int64 // the group's committed offset at assignment; -1 if none (records below it were handled before)
 	aggFrom   int64 // offsets below this only rebuild the dedup set
 	next      int64 // next offset to process; -1 before the first record
 	flushed   int64 // next offset as of the last flush handed to the flusher
@@ -116,6 +120,7 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		flushReq:  make(chan *flushJob),
 		flushDone: make(chan *flushJob, 1),
 		warn:      rateLimiter{every: 30 * time.Second},
+		acked:     make(map[int32]int64),
 	}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
@@ -355,7 +360,7 @@ func (c *Consumer) flushDue() bool {
 // returns once the flusher has it (after waiting for the previous flush and
 // committing it); otherwise it also waits for this flush and commits it.
 func (c *Consumer) startFlush(async bool) error {
-	if err := c.waitFlight(); err != nil {
+	if err := c.waitFlight(!async); err != nil {
 		return err
 	}
 	job := &flushJob{facts: &c.bufs[c.buf], commits: make(map[int32]commitPos), delays: make(map[int64]int), started: time.Now()}
@@ -383,13 +388,14 @@ func (c *Consumer) startFlush(async bool) error {
 		return fmt.Errorf("flush: %w", c.flushCtx.Err())
 	}
 	if !async {
-		return c.waitFlight()
+		return c.waitFlight(true)
 	}
 	return nil
 }
 
-// waitFlight waits for the flush in flight, if any, and commits its offsets.
-func (c *Consumer) waitFlight() error {
+// waitFlight waits for the flush in flight, if any, and commits its offsets
+// (synchronously if sync: on revoke and at shutdown).
+func (c *Consumer) waitFlight(sync bool) error {
 	if c.flight == nil {
 		return nil
 	}
@@ -399,7 +405,7 @@ func (c *Consumer) waitFlight() error {
 		c.broken = true
 		return job.err
 	}
-	c.commit(job.commits)
+	c.commit(job.commits, sync)
 	return nil
 }
 
@@ -415,7 +421,7 @@ func (c *Consumer) collect() {
 			c.broken = true
 			return
 		}
-		c.commit(job.commits)
+		c.commit(job.commits, false)
 	default:
 	}
 }
@@ -444,62 +450,74 @@ func parseMeta(s string) (int64, bool) {
 	return n, err == nil
 }
 
-// commit commits offsets (with their metadata) of a written flush. A failed
-// commit is only logged: the next flush commits later offsets, and a
-// replay of uncommitted offsets is harmless.
-func (c *Consumer) commit(commits map[int32]commitPos) {
+// commit commits offsets (with their metadata) of a written flush. From the
+// poll loop it is asynchronous: franz-go orders commits and holds them while
+// the member is between JoinGroup and SyncGroup, which must not stall
+// consuming. On revoke and at shutdown it is synchronous. A failed commit
+// is only logged: the next flush commits later offsets, and a replay of
+// uncommitted offsets is harmless.
+func (c *Consumer) commit(commits map[int32]commitPos, sync bool) {
 	if len(commits) == 0 || c.broken {
 		return
 	}
 	offsets := map[string]map[int32]kgo.EpochOffset{c.cfg.Topic: {}}
+	meta := make(map[int32]string, len(commits))
 	for p, pos := range commits {
 		offsets[c.cfg.Topic][p] = kgo.EpochOffset{Epoch: -1, Offset: pos.offset}
+		meta[p] = pos.meta
 	}
 	ctx := kgo.PreCommitFnContext(c.flushCtx, func(req *kmsg.OffsetCommitRequest) error {
 		for i := range req.Topics {
 			t := &req.Topics[i]
 			for j := range t.Partitions {
-				if pos, ok := commits[t.Partitions[j].Partition]; ok && t.Topic == c.cfg.Topic {
-					meta := pos.meta
-					t.Partitions[j].Metadata = &meta
+				if m, ok := meta[t.Partitions[j].Partition]; ok && t.Topic == c.cfg.Topic {
+					t.Partitions[j].Metadata = &m
 				}
 			}
 		}
 		return nil
 	})
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var cerr error
-	c.cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
-		if err != nil {
-			cerr = err
+	onDone := func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		if err == nil && resp == nil {
 			return
 		}
-		for _, t := range resp.Topics {
-			for _, p := range t.Partitions {
-				if p.ErrorCode != 0 && cerr == nil {
-					cerr = fmt.Errorf("partition %d: error code %d", p.Partition, p.ErrorCode)
+		var failed error = err
+		c.commitMu.Lock()
+		if resp != nil {
+			for _, t := range resp.Topics {
+				for _, p := range t.Partitions {
+					if p.ErrorCode != 0 {
+						if failed == nil {
+							failed = fmt.Errorf("partition %d: %w", p.Partition, kerr.ErrorForCode(p.ErrorCode))
+						}
+						continue
+					}
+					if o := offsets[c.cfg.Topic][p.Partition].Offset; t.Topic == c.cfg.Topic && o > c.acked[p.Partition] {
+						c.acked[p.Partition] = o
+					}
 				}
 			}
 		}
-	})
-	if cerr != nil {
-		c.warn.Do(func(n int) {
-			c.log.Warn("offset commit failed; offsets will be committed by a later flush or replayed", "err", cerr, "repeats", n)
-		})
-		return
-	}
-	for p, pos := range commits {
-		if st := c.parts[p]; st != nil && pos.offset > st.committed {
-			st.committed = pos.offset
+		c.commitMu.Unlock()
+		if failed != nil {
+			c.warn.Do(func(n int) {
+				c.log.Warn("offset commit failed; a later flush commits, or the next owner replays", "err", failed, "repeats", n)
+			})
 		}
 	}
+	if !sync {
+		c.cl.CommitOffsets(ctx, offsets, onDone)
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c.cl.CommitOffsetsSync(ctx, offsets, onDone)
 }
 
 // finish flushes and commits what is left (shutdown). Called with mu held.
 func (c *Consumer) finish() error {
 	if c.broken {
-		return c.waitFlight()
+		return c.waitFlight(true)
 	}
 	return c.startFlush(false)
 }
@@ -570,9 +588,7 @@ func (c *Consumer) write(ctx context.Context, job *flushJob) error {
 }
 
 // produceDLQ produces the dead letters in *recs, leaving in *recs those that
-// failed. Large values (too_large records are over 1 MiB) are produced one
-// per request so that no batch exceeds what the topic accepts for a single
-// record.
+// failed.
 func (c *Consumer) produceDLQ(ctx context.Context, recs *[]*kgo.Record) error {
 	if len(*recs) == 0 {
 		return nil
@@ -591,12 +607,22 @@ func (c *Consumer) produceDLQ(ctx context.Context, recs *[]*kgo.Record) error {
 			c.m.dlq[reasonOf(r.Record)].Inc()
 		}
 	}
+	// One ProduceSync per chunk of at most dlqChunkBytes, one at a time, so
+	// that no record batch exceeds the topic's max.message.bytes (1 MiB by
+	// default); a larger record goes alone.
+	size := 0
 	for _, r := range *recs {
-		if len(r.Value)+len(r.Key) > largeDeadLetter {
+		n := len(r.Value) + len(r.Key) + 256
+		if n > dlqChunkBytes {
 			note(c.cl.ProduceSync(ctx, r))
-		} else {
-			small = append(small, r)
+			continue
 		}
+		if size+n > dlqChunkBytes {
+			note(c.cl.ProduceSync(ctx, small...))
+			small, size = small[:0], 0
+		}
+		small = append(small, r)
+		size += n
 	}
 	if len(small) > 0 {
 		note(c.cl.ProduceSync(ctx, small...))
@@ -608,8 +634,8 @@ func (c *Consumer) produceDLQ(ctx context.Context, recs *[]*kgo.Record) error {
 	return nil
 }
 
-// largeDeadLetter is the size above which a dead letter is produced alone.
-const largeDeadLetter = 256 << 10
+// dlqChunkBytes bounds the dead letters produced together.
+const dlqChunkBytes = 512 << 10
 
 func reasonOf(r *kgo.Record) event.Reason {
 	for _, rr := range event.Reasons {
@@ -675,10 +701,16 @@ func (c *Consumer) endOffsets(ctx context.Context) (map[int32]int64, error) {
 
 // caughtUp reports whether the group's committed offsets reach targets.
 func (c *Consumer) caughtUp(ctx context.Context, targets map[int32]int64) bool {
-	for p, st := range c.parts {
-		if t := targets[p]; t > 0 && st.committed < t {
-			return false
+	c.commitMu.Lock()
+	behind := false
+	for p := range c.parts {
+		if t := targets[p]; t > 0 && c.acked[p] < t {
+			behind = true
 		}
+	}
+	c.commitMu.Unlock()
+	if behind {
+		return false
 	}
 	resp, err := c.adm.FetchOffsets(ctx, c.cfg.Group)
 	if err != nil {
@@ -687,9 +719,6 @@ func (c *Consumer) caughtUp(ctx context.Context, targets map[int32]int64) bool {
 	}
 	for p, t := range targets {
 		if t <= 0 {
-			continue
-		}
-		if st := c.parts[p]; st != nil && st.committed >= t {
 			continue
 		}
 		o, ok := resp.Lookup(c.cfg.Topic, p)
@@ -748,6 +777,9 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		if committed < 0 {
 			out[p] = o // never committed: start from the earliest record
 		} else {
+			c.commitMu.Lock()
+			c.acked[p] = max(c.acked[p], committed)
+			c.commitMu.Unlock()
 			st.committed = committed
 			st.aggFrom = aggregate.BucketStart(committed)
 			st.flushed = committed

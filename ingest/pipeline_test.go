@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -230,5 +231,47 @@ func TestPipelineMatchesReference(t *testing.T) {
 			q.run("g-fiscal")
 			q.check()
 		})
+	}
+}
+
+// TestDeadLetterBacklog: a backlog of rejected records far larger than one
+// record batch the dead-letter topic accepts (1 MiB by default) must reach
+// it whole, in chunks, without stalling the pipeline.
+func TestDeadLetterBacklog(t *testing.T) {
+	b := kafkatest.Brokers(t)[0]
+	p := newPipeline(t, b, 1)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(p.brokers...), kgo.DefaultProduceTopic(p.topic), kgo.ProducerBatchCompression(kgo.ZstdCompression()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	const n = 20_000
+	ts := time.Now().Add(-time.Hour)
+	var mu sync.Mutex
+	for i := range n {
+		v := fmt.Sprintf(`{"event_id":"bad-%06d","type":"logout","account_id":"acme","user_id":"u-%d","occurred_at":"%s","note":"%0200d"}`,
+			i, i%50, ts.UTC().Format(time.RFC3339), i)
+		cl.Produce(context.Background(), &kgo.Record{Key: []byte("acme"), Value: []byte(v), Timestamp: ts}, func(r *kgo.Record, err error) {
+			if err != nil {
+				t.Errorf("produce: %v", err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			p.produced = append(p.produced, reference.Record{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, TimestampMs: r.Timestamp.UnixMilli(), Key: r.Key, Value: r.Value})
+		})
+	}
+	if err := cl.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p.run("g-backlog")
+	got, total := p.dlqRecords()
+	if total != n || len(got) != n {
+		t.Fatalf("dead-letter topic holds %d records (%d distinct sources), want %d", total, len(got), n)
+	}
+	for k, reason := range got {
+		if reason != "unknown_type" {
+			t.Fatalf("dead letter %s has reason %q", k, reason)
+		}
 	}
 }
