@@ -445,12 +445,18 @@ func (a *Aggregator) appendCounts(dst []schema.EventCount, acc *account, p int32
 	return dst
 }
 
-// Drain moves every fact gathered since the last Drain into f (which it
-// resets first) and empties the Aggregator's pending state. Counts of open
-// buckets are written with covered_end = the next offset of their partition
-// and stay open. Row order is unspecified: no stored value depends on it.
+// Drain resets f and moves every fact gathered since the last Drain into
+// it (see DrainAppend).
 func (a *Aggregator) Drain(f *schema.Facts) {
 	f.Reset()
+	a.DrainAppend(f)
+}
+
+// DrainAppend appends every fact gathered since the last Drain to f and
+// empties the Aggregator's pending state. Counts of open
+// buckets are written with covered_end = the next offset of their partition
+// and stay open. Row order is unspecified: no stored value depends on it.
+func (a *Aggregator) DrainAppend(f *schema.Facts) {
 	f.EventCounts = append(f.EventCounts, a.closed...)
 	a.closed = a.closed[:0]
 	for _, acc := range a.dirty {

@@ -3,6 +3,7 @@ package ingest
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 )
 
@@ -25,6 +26,7 @@ type Config struct {
 	RebalanceTimeout  time.Duration // Kafka group rebalance timeout
 	ShutdownTimeout   time.Duration // how long a final flush may take after SIGTERM
 	PingInterval      time.Duration // ClickHouse health check period
+	Workers           int           // partitions are decoded and aggregated by this many goroutines
 
 	UntilCaughtUp bool // --until-caught-up
 }
@@ -46,6 +48,7 @@ func Defaults() Config {
 		RebalanceTimeout:  60 * time.Second,
 		ShutdownTimeout:   30 * time.Second,
 		PingInterval:      5 * time.Second,
+		Workers:           min(runtime.GOMAXPROCS(0), 8),
 	}
 }
 
@@ -70,6 +73,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("flush-interval: must be between 10ms and 1h, got %s", c.FlushInterval)
 	case c.ReadyStallTimeout <= 0:
 		return fmt.Errorf("ready-stall-timeout: must be positive, got %s", c.ReadyStallTimeout)
+	case c.Workers <= 0:
+		return fmt.Errorf("workers: must be positive, got %d", c.Workers)
 	case c.MaxPendingFacts <= 0 || c.MaxPollRecords <= 0:
 		return errors.New("max-pending-facts and max-poll-records must be positive")
 	case c.SessionTimeout <= 0 || c.RebalanceTimeout <= 0 || c.ShutdownTimeout <= 0 || c.PingInterval <= 0:

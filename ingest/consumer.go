@@ -45,9 +45,7 @@ type Consumer struct {
 	// processes a poll and by the rebalance callbacks.
 	mu      sync.Mutex
 	parts   map[int32]*partState
-	agg     *aggregate.Aggregator
-	dec     *decode.Decoder
-	ev      event.Event
+	workers []*worker // partition p is processed by workers[p % len(workers)]
 	bufs    [2]schema.Facts
 	buf     int
 	flight  *flushJob // the flush being written, nil if none
@@ -66,6 +64,25 @@ type Consumer struct {
 	lastFlushOK atomic.Int64 // unix nanos
 	totalLag    atomic.Int64
 	warn        rateLimiter
+}
+
+// worker decodes and aggregates the records of its partitions. Workers run
+// in parallel within one poll, each on its own partitions, and never share
+// state; ClickHouse merges their facts like those of separate instances.
+type worker struct {
+	dec *decode.Decoder
+	ev  event.Event
+	agg *aggregate.Aggregator
+}
+
+func (c *Consumer) worker(p int32) *worker { return c.workers[int(p)%len(c.workers)] }
+
+func (c *Consumer) pending() int {
+	n := 0
+	for _, w := range c.workers {
+		n += w.agg.Pending()
+	}
+	return n
 }
 
 // partState is what the consumer knows about one owned partition.
@@ -115,12 +132,13 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		w:         w,
 		m:         newMetrics(reg),
 		parts:     make(map[int32]*partState),
-		agg:       aggregate.New(cfg.Topic),
-		dec:       decode.New(decode.Config{MaxClockSkew: cfg.MaxClockSkew}),
 		flushReq:  make(chan *flushJob),
 		flushDone: make(chan *flushJob, 1),
 		warn:      rateLimiter{every: 30 * time.Second},
 		acked:     make(map[int32]int64),
+	}
+	for range cfg.Workers {
+		c.workers = append(c.workers, &worker{dec: decode.New(decode.Config{MaxClockSkew: cfg.MaxClockSkew}), agg: aggregate.New(cfg.Topic)})
 	}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
@@ -173,7 +191,10 @@ func (c *Consumer) Ready() (bool, string) {
 // every record that existed when it started is flushed and committed.
 // It closes the Kafka client before returning.
 func (c *Consumer) Run(ctx context.Context) error {
-	defer c.cl.Close()
+	defer func() {
+		c.cl.AllowRebalance() // Close waits for a blocked rebalance (even after a panic)
+		c.cl.Close()
+	}()
 	var targets map[int32]int64
 	if c.cfg.UntilCaughtUp {
 		var err error
@@ -234,13 +255,13 @@ func (c *Consumer) loop(ctx context.Context, targets map[int32]int64) error {
 			c.warn.Do(func(n int) { c.log.Warn("fetch error", "topic", t, "partition", p, "err", err, "repeats", n) })
 		})
 		c.mu.Lock()
-		fetches.EachPartition(c.processPartition)
+		c.process(fetches)
 		c.collect()
 		if c.flushDue() {
 			fatal = c.startFlush(true)
 		}
 		done := c.cfg.UntilCaughtUp && c.flight == nil && c.caughtUp(ctx, targets)
-		c.m.pendingFacts.Set(float64(c.agg.Pending()))
+		c.m.pendingFacts.Set(float64(c.pending()))
 		c.updateReady()
 		c.mu.Unlock()
 		c.cl.AllowRebalance()
@@ -254,8 +275,37 @@ func (c *Consumer) loop(ctx context.Context, targets map[int32]int64) error {
 	}
 }
 
-// processPartition handles the records of one partition from one poll.
-func (c *Consumer) processPartition(ftp kgo.FetchTopicPartition) {
+// process hands each partition of a poll to its worker; workers run in
+// parallel and process dispatches and waits for them.
+func (c *Consumer) process(fetches kgo.Fetches) {
+	byWorker := make([][]kgo.FetchTopicPartition, len(c.workers))
+	fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
+		// Errors (a poll timeout is reported as partition -1) carry no records.
+		if ftp.Topic != c.cfg.Topic || ftp.Partition < 0 || len(ftp.Records) == 0 && ftp.HighWatermark <= 0 {
+			return
+		}
+		i := int(ftp.Partition) % len(c.workers)
+		byWorker[i] = append(byWorker[i], ftp)
+	})
+	var wg sync.WaitGroup
+	for i := 1; i < len(c.workers); i++ {
+		if len(byWorker[i]) > 0 {
+			wg.Go(func() {
+				for _, ftp := range byWorker[i] {
+					c.processPartition(c.workers[i], ftp)
+				}
+			})
+		}
+	}
+	for _, ftp := range byWorker[0] {
+		c.processPartition(c.workers[0], ftp)
+	}
+	wg.Wait()
+}
+
+// processPartition handles the records of one partition from one poll. It
+// touches only w and the partition's own state.
+func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 	st := c.parts[ftp.Partition]
 	if ftp.Topic != c.cfg.Topic || st == nil {
 		return // revoked or lost since the fetch: the new owner reads it
@@ -275,8 +325,8 @@ func (c *Consumer) processPartition(ftp kgo.FetchTopicPartition) {
 		st.next = off + 1
 		st.lastTs = ts
 		if off < st.aggFrom { // dedup-only replay
-			if c.dec.Decode(r.Value, ts, &c.ev) == nil {
-				st.dedup.Check(c.ev.EventID, ts)
+			if w.dec.Decode(r.Value, ts, &w.ev) == nil {
+				st.dedup.Check(w.ev.EventID, ts)
 			}
 			continue
 		}
@@ -287,24 +337,24 @@ func (c *Consumer) processPartition(ftp kgo.FetchTopicPartition) {
 			consumed++
 			st.delays[ts/1000]++
 		}
-		if rej := c.dec.Decode(r.Value, ts, &c.ev); rej != nil {
-			c.agg.Skip(st.p, off)
+		if rej := w.dec.Decode(r.Value, ts, &w.ev); rej != nil {
+			w.agg.Skip(st.p, off)
 			if fresh {
 				c.m.rejected[rej.Reason].Inc()
 				st.dlq = append(st.dlq, deadLetter(r, rej))
 			}
 			continue
 		}
-		if st.dedup.Check(c.ev.EventID, ts) {
-			c.agg.Skip(st.p, off)
+		if st.dedup.Check(w.ev.EventID, ts) {
+			w.agg.Skip(st.p, off)
 			if fresh {
 				dups++
 			}
 			continue
 		}
-		c.agg.Add(st.p, off, &c.ev)
+		w.agg.Add(st.p, off, &w.ev)
 		if fresh {
-			accepted[c.ev.Type]++
+			accepted[w.ev.Type]++
 		}
 	}
 	if ftp.HighWatermark > 0 {
@@ -339,13 +389,13 @@ func deadLetter(r *kgo.Record, rej *event.Rejection) *kgo.Record {
 }
 
 func (c *Consumer) flushDue() bool {
-	if c.agg.Pending() >= c.cfg.MaxPendingFacts {
+	if c.pending() >= c.cfg.MaxPendingFacts {
 		return true
 	}
 	if time.Since(c.lastRun) < c.cfg.FlushInterval {
 		return false
 	}
-	if c.agg.Pending() > 0 {
+	if c.pending() > 0 {
 		return true
 	}
 	for _, st := range c.parts {
@@ -365,7 +415,10 @@ func (c *Consumer) startFlush(async bool) error {
 	}
 	job := &flushJob{facts: &c.bufs[c.buf], commits: make(map[int32]commitPos), delays: make(map[int64]int), started: time.Now()}
 	c.buf ^= 1
-	c.agg.Drain(job.facts)
+	job.facts.Reset()
+	for _, w := range c.workers {
+		w.agg.DrainAppend(job.facts)
+	}
 	for p, st := range c.parts {
 		job.dlq = append(job.dlq, st.dlq...)
 		st.dlq = nil
@@ -794,7 +847,7 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 			}
 		}
 		c.parts[p] = st
-		c.agg.Assign(p)
+		c.worker(p).agg.Assign(p)
 	}
 	c.m.ownPartitions.Set(float64(len(c.parts)))
 	offsets[c.cfg.Topic] = out
@@ -825,7 +878,7 @@ func (c *Consumer) onLost(_ context.Context, _ *kgo.Client, lost map[string][]in
 func (c *Consumer) drop(parts []int32) {
 	for _, p := range parts {
 		delete(c.parts, p)
-		c.agg.Drop(p)
+		c.worker(p).agg.Drop(p)
 		c.m.lag.DeleteLabelValues(strconv.Itoa(int(p)))
 	}
 	c.m.ownPartitions.Set(float64(len(c.parts)))
