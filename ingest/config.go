@@ -77,8 +77,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("workers: must be positive, got %d", c.Workers)
 	case c.MaxPendingFacts <= 0 || c.MaxPollRecords <= 0:
 		return errors.New("max-pending-facts and max-poll-records must be positive")
-	case c.SessionTimeout <= 0 || c.RebalanceTimeout <= 0 || c.ShutdownTimeout <= 0 || c.PingInterval <= 0:
-		return errors.New("kafka session/rebalance timeouts, shutdown timeout and ping interval must be positive")
+	case c.SessionTimeout < time.Second:
+		return fmt.Errorf("kafka-session-timeout: must be at least 1s, got %s", c.SessionTimeout)
+	case c.RebalanceTimeout < time.Second:
+		return fmt.Errorf("kafka-rebalance-timeout: must be at least 1s, got %s", c.RebalanceTimeout)
+	case c.ShutdownTimeout <= 0 || c.PingInterval <= 0:
+		return errors.New("shutdown timeout and ping interval must be positive")
 	}
 	return nil
 }

@@ -80,6 +80,7 @@ func TestBadSettingIsOneLineNamingItAndExit2(t *testing.T) {
 	f(nil, "clickhouse-password-file", "migrate", "--clickhouse-password-file", "/nonexistent/pw")
 	f(nil, "kafka-tls-ca-file", "run", "--kafka-tls-ca-file", "/nonexistent/ca.pem")
 	f(nil, "flush-interval", "run", "--flush-interval", "0s")
+	f(nil, "kafka-session-timeout", "run", "--kafka-session-timeout", "10ms")
 	f(nil, "unknown command", "frobnicate")
 	f(nil, "flag provided but not defined: -nope", "run", "--nope")
 }

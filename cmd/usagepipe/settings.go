@@ -333,6 +333,8 @@ type pipelineSettings struct {
 	dedupWindow   time.Duration
 	flushInterval time.Duration
 	readyStall    time.Duration
+	session       time.Duration
+	rebalance     time.Duration
 	untilCaughtUp bool
 }
 
@@ -345,6 +347,8 @@ func (p *pipelineSettings) register(f *flags) {
 	f.dur(&p.dedupWindow, "dedup-window", 24*time.Hour, "an event_id repeated within this much record time in a partition is a duplicate")
 	f.dur(&p.flushInterval, "flush-interval", time.Second, "how often aggregated facts are written to ClickHouse")
 	f.dur(&p.readyStall, "ready-stall-timeout", 20*time.Second, "/readyz fails when records wait and no flush succeeded for this long")
+	f.dur(&p.session, "kafka-session-timeout", 45*time.Second, "consumer group session timeout: how long a silent member keeps its partitions")
+	f.dur(&p.rebalance, "kafka-rebalance-timeout", 60*time.Second, "consumer group rebalance timeout: how long members may take to rejoin")
 }
 
 func (p *pipelineSettings) ingestConfig() (ingest.Config, error) {
@@ -355,6 +359,7 @@ func (p *pipelineSettings) ingestConfig() (ingest.Config, error) {
 	cfg := ingest.Defaults()
 	cfg.Brokers, cfg.Topic, cfg.Group, cfg.DLQTopic = brokers, p.kafka.topic, p.kafka.group, p.kafka.dlq
 	cfg.MaxClockSkew, cfg.DedupWindow, cfg.FlushInterval, cfg.ReadyStallTimeout = p.maxClockSkew, p.dedupWindow, p.flushInterval, p.readyStall
+	cfg.SessionTimeout, cfg.RebalanceTimeout = p.session, p.rebalance
 	cfg.UntilCaughtUp = p.untilCaughtUp
 	if err := cfg.Validate(); err != nil {
 		return ingest.Config{}, usagef("%v", err)
