@@ -166,8 +166,25 @@ func (a *Aggregator) Drop(p int32) {
 	}
 }
 
-// forget deletes partition p's counts from its accounts, unwritten.
+// forget deletes partition p's counts from its accounts, unwritten, and the
+// counts of p its users hold unfolded: a count is written only as a prefix
+// of its bucket counted from the bucket's first offset, which a new
+// assignment recomputes.
 func (a *Aggregator) forget(p int32, part *partition) {
+	for _, acc := range a.dirty {
+		for _, u := range acc.dirtyUsers {
+			for i := range u.activity {
+				if u.activity[i].part == p {
+					u.activity[i].logins = 0
+				}
+			}
+			for i := range u.features {
+				if u.features[i].part == p {
+					u.features[i].n = 0
+				}
+			}
+		}
+	}
 	for _, acc := range part.accounts {
 		for k, c := range acc.counts {
 			if k.part == p {
@@ -341,6 +358,9 @@ func (a *Aggregator) fold(acc *account, u *user, p int32) {
 }
 
 func (a *Aggregator) count(acc *account, k countKey, n uint32) {
+	if a.parts[k.part] == nil {
+		return // not owned (forget already cleared it; kept as a guard)
+	}
 	c := acc.counts[k]
 	if c == nil {
 		c = a.newCount()
@@ -433,6 +453,9 @@ func (a *Aggregator) appendCounts(dst []schema.EventCount, acc *account, p int32
 		cb, ce := bucket, end
 		if p < 0 {
 			part := a.parts[k.part]
+			if part == nil {
+				continue // dropped partition: its counts are not ours to write
+			}
 			cb, ce = part.bucket, part.next
 		}
 		dst = append(dst, schema.EventCount{

@@ -150,3 +150,31 @@ func BenchmarkAdd(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/event")
 }
+
+// A partition lost between two flushes must not write the counts it held,
+// nor count them again when it comes back (it is recounted from its bucket
+// start after the new assignment).
+func TestDropForgetsUnwrittenCounts(t *testing.T) {
+	a := New("t")
+	a.Assign(0)
+	a.Assign(1)
+	a.Add(0, 5, ev(event.Login, "1", "acme", "u1", "", "2026-05-01T00:00:00Z", 0))
+	a.Add(0, 6, ev(event.FeatureUsed, "2", "acme", "u1", "export", "2026-05-01T00:00:00Z", 0))
+	a.Add(1, 9, ev(event.Login, "3", "acme", "u1", "", "2026-05-01T00:00:00Z", 0))
+	a.Drop(0)
+	f := drain(a)
+	if len(f.EventCounts) != 1 || f.EventCounts[0].Partition != 1 || f.EventCounts[0].Events != 1 {
+		t.Fatalf("counts after dropping partition 0 = %+v, want partition 1's only", f.EventCounts)
+	}
+	if len(f.UserActivity) == 0 || f.UserActivity[0].User != "u1" || len(f.FeatureUsers) != 1 {
+		t.Fatalf("set and max facts must stay: activity %+v, features %+v", f.UserActivity, f.FeatureUsers)
+	}
+	// Lost and regained before a flush: recounted from the bucket start.
+	a.Add(0, 7, ev(event.Login, "4", "acme", "u2", "", "2026-05-02T00:00:00Z", 0))
+	a.Assign(0)
+	a.Add(0, 0, ev(event.Login, "4", "acme", "u2", "", "2026-05-02T00:00:00Z", 0))
+	f = drain(a)
+	if len(f.EventCounts) != 1 || f.EventCounts[0].Events != 1 || f.EventCounts[0].CoveredEnd != 1 {
+		t.Fatalf("counts after re-assignment = %+v, want 1 event covering [0,1)", f.EventCounts)
+	}
+}
