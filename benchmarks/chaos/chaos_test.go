@@ -63,13 +63,14 @@ var sizes = map[string]size{
 
 // suite is what the broker runs share.
 type suite struct {
-	sz          size
-	seed        int64
-	bin         string
-	binDesc     string // where the binary came from, for RESULTS.md
-	sessionFlag bool   // the binary has --kafka-session-timeout
-	ch          *chServer
-	dir         string // logs of every process
+	sz            size
+	seed          int64
+	bin           string
+	binDesc       string // where the binary came from, for RESULTS.md
+	sessionFlag   bool   // the binary has --kafka-session-timeout
+	rebalanceFlag bool   // the binary has --kafka-rebalance-timeout
+	ch            *chServer
+	dir           string // logs of every process
 }
 
 func TestChaos(t *testing.T) {
@@ -100,6 +101,9 @@ func TestChaos(t *testing.T) {
 	})
 	s.bin, s.binDesc = binary(t, s.dir)
 	if s.sessionFlag, err = helpHas(s.bin, "kafka-session-timeout"); err != nil {
+		t.Fatal(err)
+	}
+	if s.rebalanceFlag, err = helpHas(s.bin, "kafka-rebalance-timeout"); err != nil {
 		t.Fatal(err)
 	}
 	if !s.sessionFlag {

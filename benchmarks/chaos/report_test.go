@@ -252,7 +252,7 @@ func writeResults(path string, s *suite, all []*figures, failed bool, took time.
 	}
 	session := "45 s (binary default; no --kafka-session-timeout)"
 	if s.sessionFlag {
-		session = s.sz.session.String()
+		session = fmt.Sprintf("%s on Apache Kafka, %s on kfake (rebalance timeout %s on kfake)", s.sz.session, kfakeSession, kfakeRebalance)
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Chaos suite results (`-chaos.size=%s`)\n\n", s.sz.name)

@@ -99,12 +99,15 @@ func runBroker(t *testing.T, s *suite, kind string, brokers []string, cluster *k
 
 	// Session timeout: the binary's flag if it has one; on kfake without
 	// it, the JoinGroup control rewrites it; on Apache without it, 45 s.
-	// On kfake the control also caps the rebalance timeout (see
-	// kfakeRebalance).
+	// On kfake the rebalance timeout is also lowered (see kfakeRebalance):
+	// by the flag if there is one, and the control caps it in any case.
 	var args []string
 	want := sz.session
 	if cluster != nil {
 		want = kfakeSession
+		if s.rebalanceFlag {
+			args = append(args, "--kafka-rebalance-timeout", kfakeRebalance.String())
+		}
 	}
 	sc.session = 45 * time.Second
 	rewrite := time.Duration(0)
