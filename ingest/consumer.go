@@ -494,6 +494,9 @@ func (c *Consumer) commitMeta(st *partState) string {
 
 const metaPrefix = "usagepipe/v1 dedup_from_ms="
 
+// asyncCommitWait bounds how long the poll loop may wait to issue a commit.
+const asyncCommitWait = time.Second
+
 func parseMeta(s string) (int64, bool) {
 	v, ok := strings.CutPrefix(s, metaPrefix)
 	if !ok {
@@ -559,7 +562,16 @@ func (c *Consumer) commit(commits map[int32]commitPos, sync bool) {
 		}
 	}
 	if !sync {
-		c.cl.CommitOffsets(ctx, offsets, onDone)
+		// franz-go's CommitOffsets still waits for this member's own
+		// JoinGroup/SyncGroup to finish before issuing; bound that wait so
+		// the poll loop keeps consuming while the group waits out a dead
+		// member's session. A commit given up is harmless: the next flush
+		// commits later offsets.
+		actx, cancel := context.WithTimeout(ctx, asyncCommitWait)
+		c.cl.CommitOffsets(actx, offsets, func(cl *kgo.Client, req *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+			cancel()
+			onDone(cl, req, resp, err)
+		})
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
