@@ -14,11 +14,14 @@
 // therefore rewinds to the start of the bucket that holds its committed
 // offset (BucketStart) and simply recomputes.
 //
-// Layout: state is grouped per account and, inside it, per user, so that an
-// event touches one map of accounts and then small per-account structures
-// that stay in cache; names are interned once (the account and user structs
-// are the interned names) and the hot path does not allocate once an
-// account, user and month have been seen.
+// Layout: the hot path does no random lookups beyond the account. Each
+// login, feature_used and seat event is appended to its account's log
+// (acts, 40 bytes, plus the user name and seat event_id in the account's
+// byte buffer); Drain sorts each account's small log by user and month and
+// turns the runs into facts. There is no map of users: between flushes the
+// Aggregator keeps only accounts, feature names and the open buckets'
+// counts, and the hot path does not allocate once an account's log has
+// grown to its usual size.
 //
 // An Aggregator is owned by one goroutine (the consumer loop) and is not
 // safe for concurrent use. It exports no metrics.
@@ -26,7 +29,9 @@ package aggregate
 
 import (
 	"bytes"
+	"cmp"
 	"hash/maphash"
+	"slices"
 
 	"github.com/usagepipe/usagepipe/aggregate/quarter"
 	"github.com/usagepipe/usagepipe/schema"
@@ -36,14 +41,13 @@ import (
 // BucketStart returns the first offset of the count bucket holding offset.
 func BucketStart(offset int64) int64 { return offset - offset%schema.BucketSize }
 
-// latest is the latest seat event or purchase under the contract's tie
-// rule (greater occurred_at, then greater event_id).
+// latest is the latest seats_purchased of an account in a month under the
+// contract's tie rule (greater occurred_at, then greater event_id).
 type latest struct {
-	month    int32
-	ms       int64
-	eventID  []byte // owned copy, reused across flushes
-	assigned bool
-	seats    int64
+	month   int32
+	ms      int64
+	eventID []byte // owned copy, reused across flushes
+	seats   int64
 }
 
 func (l *latest) newer(ms int64, eid []byte) bool {
@@ -54,62 +58,71 @@ func (l *latest) newer(ms int64, eid []byte) bool {
 }
 
 func (l *latest) set(month int32, ev *event.Event) {
-	l.month, l.ms, l.assigned, l.seats = month, ev.OccurredAtMs, ev.Type == event.SeatAssigned, ev.Seats
+	l.month, l.ms, l.seats = month, ev.OccurredAtMs, ev.Seats
 	l.eventID = append(l.eventID[:0], ev.EventID...)
 }
 
-// monthMs is a user's activity in one month, read from one partition:
-// latest login/feature_used and the logins not yet folded into counts.
-type monthMs struct {
-	month  int32
-	part   int32
-	ms     int64
-	logins uint32
-}
+// Kinds of act.
+const (
+	actActivity uint8 = iota // login (feat featLogin) or feature_used
+	actSeat                  // seat_assigned or seat_unassigned
+)
 
-// featMonth is a feature a user used in a month, read from one partition,
-// with the events not yet folded into counts.
-type featMonth struct {
-	feat  *feature
+const featLogin = -1
+
+// Flags of act.
+const (
+	flagCounted  uint8 = 1 << iota // folded into counts, or not ours to count
+	flagAssigned                   // seat_assigned (else seat_unassigned)
+)
+
+// act is one login, feature_used or seat event of an account since the last
+// Drain. The user name is buf[name:name+nlen] of the account; a seat
+// event's event_id follows it (elen bytes).
+type act struct {
+	hash  uint64 // of the user name: the sort key; equal hashes compare names
+	ms    int64
 	month int32
 	part  int32
-	n     uint32
-}
-
-type feature struct{ name string }
-
-// user is one user of one account, with what it did since the last Drain.
-type user struct {
-	acct     *account
-	name     string
-	dirty    bool
-	activity []monthMs   // latest activity per month
-	features []featMonth // features used per month
-	seats    []latest    // latest seat event per month
+	feat  int32 // feature index; featLogin for a login
+	name  uint32
+	nlen  uint16
+	elen  uint16
+	kind  uint8
+	flags uint8
 }
 
 type countKey struct {
 	part  int32
 	month int32
-	feat  *feature // nil for logins
+	feat  int32 // featLogin for logins
 }
+
+// key is k's key in its partition's count map.
+func (k countKey) key() uint64 { return uint64(uint32(k.month))<<32 | uint64(uint32(k.feat+1)) }
 
 type count struct {
 	n     uint64
 	dirty bool
 }
 
+// partCounts is an account's counts in the current bucket of one partition
+// (usually its only one: records are keyed by account).
+type partCounts struct {
+	part int32
+	m    map[uint64]*count // by countKey.key
+}
+
 // account is one account's state.
 type account struct {
 	name       string
-	id         uint64
 	dirty      bool
-	dirtyUsers []*user
-	purchases  []latest // latest purchase per month since the last Drain
-	months     []int32  // months with an event since the last Drain
-	counts     map[countKey]*count
+	acts       []act        // since the last Drain
+	buf        []byte       // user names and event_ids of acts
+	purchases  []latest     // latest purchase per month since the last Drain
+	months     []int32      // months with an event since the last Drain
+	counts     []partCounts // partitions whose bucket lists this account
 	dirtyCount []countKey
-	inParts    []int32 // partitions whose bucket lists this account
 }
 
 // partition is the count bucket state of one owned partition.
@@ -124,14 +137,16 @@ type partition struct {
 type Aggregator struct {
 	topic    string
 	accounts map[string]*account
-	users    map[[2]uint64]*user // by a 128-bit hash of (account, user): one lookup, no string compare
-	seeds    [2]maphash.Seed
-	features map[string]*feature
+	seed     maphash.Seed
+	features map[string]int32
+	featName []string
 	dirty    []*account
 	parts    map[int32]*partition
 	closed   []schema.EventCount // counts of buckets finished since the last Drain
 	freeCnt  []*count
-	pending  int // fact rows the next Drain will write (approximately)
+	pending  int      // fact rows the next Drain will write (approximately)
+	keys     []uint64 // sortActs' scratch
+	sorted   []act    // sortActs' scratch
 }
 
 // New returns an empty Aggregator for events of topic.
@@ -139,9 +154,8 @@ func New(topic string) *Aggregator {
 	return &Aggregator{
 		topic:    topic,
 		accounts: make(map[string]*account),
-		users:    make(map[[2]uint64]*user),
-		seeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
-		features: make(map[string]*feature),
+		seed:     maphash.MakeSeed(),
+		features: make(map[string]int32),
 		parts:    make(map[int32]*partition),
 	}
 }
@@ -166,32 +180,31 @@ func (a *Aggregator) Drop(p int32) {
 	}
 }
 
-// forget deletes partition p's counts from its accounts, unwritten, and the
-// counts of p its users hold unfolded: a count is written only as a prefix
-// of its bucket counted from the bucket's first offset, which a new
-// assignment recomputes.
+// forget deletes partition p's counts from its accounts, unwritten, and
+// marks p's events not yet counted as never to be counted: a count is
+// written only as a prefix of its bucket counted from the bucket's first
+// offset, which a new assignment recomputes.
 func (a *Aggregator) forget(p int32, part *partition) {
 	for _, acc := range a.dirty {
-		for _, u := range acc.dirtyUsers {
-			for i := range u.activity {
-				if u.activity[i].part == p {
-					u.activity[i].logins = 0
-				}
-			}
-			for i := range u.features {
-				if u.features[i].part == p {
-					u.features[i].n = 0
-				}
+		for i := range acc.acts {
+			if x := &acc.acts[i]; x.part == p {
+				x.flags |= flagCounted
 			}
 		}
 	}
 	for _, acc := range part.accounts {
-		for k, c := range acc.counts {
-			if k.part == p {
-				delete(acc.counts, k)
+		keepParts := acc.counts[:0]
+		for _, pc := range acc.counts {
+			if pc.part != p {
+				keepParts = append(keepParts, pc)
+				continue
+			}
+			for _, c := range pc.m {
 				a.freeCnt = append(a.freeCnt, c)
 			}
 		}
+		clear(acc.counts[len(keepParts):])
+		acc.counts = keepParts
 		keep := acc.dirtyCount[:0]
 		for _, k := range acc.dirtyCount {
 			if k.part != p {
@@ -199,13 +212,6 @@ func (a *Aggregator) forget(p int32, part *partition) {
 			}
 		}
 		acc.dirtyCount = keep
-		parts := acc.inParts[:0]
-		for _, x := range acc.inParts {
-			if x != p {
-				parts = append(parts, x)
-			}
-		}
-		acc.inParts = parts
 	}
 	part.accounts = nil
 }
@@ -214,33 +220,17 @@ func (a *Aggregator) account(name []byte) *account {
 	if acc, ok := a.accounts[string(name)]; ok { // no allocation
 		return acc
 	}
-	acc := &account{name: string(name), id: uint64(len(a.accounts)) + 1, counts: make(map[countKey]*count)}
+	acc := &account{name: string(name)}
 	a.accounts[acc.name] = acc
 	return acc
 }
 
-// user finds or creates a user of acc. Users are keyed by two independently
-// seeded 64-bit hashes of the name, mixed with the account: two names are
-// taken for one only on a 128-bit collision (as in ingest/dedup).
-func (a *Aggregator) user(acc *account, name []byte) *user {
-	k := [2]uint64{maphash.Bytes(a.seeds[0], name) ^ acc.id*0x9e3779b97f4a7c15, maphash.Bytes(a.seeds[1], name) + acc.id}
-	u, ok := a.users[k]
-	if !ok {
-		u = &user{acct: acc, name: string(name)}
-		a.users[k] = u
-	}
-	if !u.dirty {
-		u.dirty = true
-		acc.dirtyUsers = append(acc.dirtyUsers, u)
-	}
-	return u
-}
-
-func (a *Aggregator) feature(name []byte) *feature {
+func (a *Aggregator) feature(name []byte) int32 {
 	f, ok := a.features[string(name)]
 	if !ok {
-		f = &feature{name: string(name)}
-		a.features[f.name] = f
+		f = int32(len(a.featName))
+		a.featName = append(a.featName, string(name))
+		a.features[a.featName[f]] = f
 	}
 	return f
 }
@@ -264,37 +254,68 @@ func (a *Aggregator) Add(p int32, offset int64, ev *event.Event) {
 	if n := len(acc.months); n == 0 || acc.months[n-1] != month {
 		a.pending += addMonth(&acc.months, month)
 	}
+	a.pending++ // rows are bounded by events: flush early on volume too
 	switch ev.Type {
-	case event.Login, event.FeatureUsed:
-		// Counts are kept on the user (already in cache) and folded into
-		// the account's bucket counts at Drain, one account at a time.
-		u := a.user(acc, ev.UserID)
-		a.pending++ // counts are bounded by events, not keys: flush early on volume too
-		if ev.Type == event.Login {
-			u.activity = addActivity(u.activity, month, p, ev.OccurredAtMs, 1)
-		} else {
-			u.activity = addActivity(u.activity, month, p, ev.OccurredAtMs, 0)
-			u.features = addFeature(u.features, a.feature(ev.Feature), month, p)
-		}
-	case event.SeatAssigned, event.SeatUnassigned:
-		a.pending++
-		u := a.user(acc, ev.UserID)
-		u.seats = addLatest(u.seats, month, ev)
+	case event.Login:
+		acc.add(a.seed, ev, act{month: month, part: p, feat: featLogin, kind: actActivity}, false)
+	case event.FeatureUsed:
+		acc.add(a.seed, ev, act{month: month, part: p, feat: a.feature(ev.Feature), kind: actActivity}, false)
+	case event.SeatAssigned:
+		acc.add(a.seed, ev, act{month: month, part: p, kind: actSeat, flags: flagCounted | flagAssigned}, true)
+	case event.SeatUnassigned:
+		acc.add(a.seed, ev, act{month: month, part: p, kind: actSeat, flags: flagCounted}, true)
 	case event.SeatsPurchased:
-		a.pending++
 		acc.purchases = addLatest(acc.purchases, month, ev)
 	}
 }
 
-// listedIn reports whether acc is in partition p's list of accounts with
-// counts in the current bucket.
-func (acc *account) listedIn(p int32) bool {
-	for _, x := range acc.inParts {
-		if x == p {
-			return true
+// add appends x, for ev's user (and event_id if withID), to acc's log.
+func (acc *account) add(seed maphash.Seed, ev *event.Event, x act, withID bool) {
+	x.hash = maphash.Bytes(seed, ev.UserID)
+	x.ms = ev.OccurredAtMs
+	x.name, x.nlen = uint32(len(acc.buf)), uint16(len(ev.UserID))
+	acc.buf = append(acc.buf, ev.UserID...)
+	if withID {
+		x.elen = uint16(len(ev.EventID))
+		acc.buf = append(acc.buf, ev.EventID...)
+	}
+	acc.acts = append(acc.acts, x)
+}
+
+func (acc *account) user(x *act) []byte { return acc.buf[x.name : x.name+uint32(x.nlen)] }
+func (acc *account) eventID(x *act) []byte {
+	s := x.name + uint32(x.nlen)
+	return acc.buf[s : s+uint32(x.elen)]
+}
+
+// compare orders acts by user, then kind, month, feature and partition.
+func (acc *account) compare(x, y act) int {
+	if x.hash != y.hash {
+		return cmp.Compare(x.hash, y.hash)
+	}
+	if c := bytes.Compare(acc.user(&x), acc.user(&y)); c != 0 {
+		return c
+	}
+	if x.kind != y.kind {
+		return cmp.Compare(x.kind, y.kind)
+	}
+	if x.month != y.month {
+		return cmp.Compare(x.month, y.month)
+	}
+	if x.feat != y.feat {
+		return cmp.Compare(x.feat, y.feat)
+	}
+	return cmp.Compare(x.part, y.part)
+}
+
+// countsOf returns acc's counts in partition p's current bucket, nil if none.
+func (acc *account) countsOf(p int32) map[uint64]*count {
+	for i := range acc.counts {
+		if acc.counts[i].part == p {
+			return acc.counts[i].m
 		}
 	}
-	return false
+	return nil
 }
 
 func (a *Aggregator) newCount() *count {
@@ -317,62 +338,34 @@ func addMonth(ms *[]int32, m int32) int {
 	return 1
 }
 
-func addActivity(s []monthMs, month, part int32, ms int64, logins uint32) []monthMs {
-	for i := range s {
-		if s[i].month == month && s[i].part == part {
-			s[i].ms = max(s[i].ms, ms)
-			s[i].logins += logins
-			return s
-		}
-	}
-	return append(s, monthMs{month: month, part: part, ms: ms, logins: logins})
-}
-
-func addFeature(s []featMonth, f *feature, month, part int32) []featMonth {
-	for i := range s {
-		if s[i].feat == f && s[i].month == month && s[i].part == part {
-			s[i].n++
-			return s
-		}
-	}
-	return append(s, featMonth{feat: f, month: month, part: part, n: 1})
-}
-
-// fold moves u's unfolded event counts of partition p (every partition when
-// p < 0) into acc's bucket counts.
-func (a *Aggregator) fold(acc *account, u *user, p int32) {
-	for i := range u.activity {
-		x := &u.activity[i]
-		if x.logins > 0 && (p < 0 || x.part == p) {
-			a.count(acc, countKey{part: x.part, month: x.month}, x.logins)
-			x.logins = 0
-		}
-	}
-	for i := range u.features {
-		x := &u.features[i]
-		if x.n > 0 && (p < 0 || x.part == p) {
-			a.count(acc, countKey{part: x.part, month: x.month, feat: x.feat}, x.n)
-			x.n = 0
+// fold moves acc's events of partition p not yet counted into acc's bucket
+// counts.
+func (a *Aggregator) fold(acc *account, p int32) {
+	for i := range acc.acts {
+		if x := &acc.acts[i]; x.part == p && x.flags&flagCounted == 0 {
+			a.count(acc, countKey{part: p, month: x.month, feat: x.feat}, 1)
+			x.flags |= flagCounted
 		}
 	}
 }
 
-func (a *Aggregator) count(acc *account, k countKey, n uint32) {
-	if a.parts[k.part] == nil {
-		return // not owned (forget already cleared it; kept as a guard)
+func (a *Aggregator) count(acc *account, k countKey, n uint64) {
+	m := acc.countsOf(k.part)
+	if m == nil {
+		part := a.parts[k.part]
+		if part == nil {
+			return // not owned (forget already marked its events; kept as a guard)
+		}
+		m = make(map[uint64]*count)
+		acc.counts = append(acc.counts, partCounts{part: k.part, m: m})
+		part.accounts = append(part.accounts, acc)
 	}
-	c := acc.counts[k]
+	c := m[k.key()]
 	if c == nil {
 		c = a.newCount()
-		acc.counts[k] = c
-		if !acc.listedIn(k.part) {
-			acc.inParts = append(acc.inParts, k.part)
-			if part := a.parts[k.part]; part != nil {
-				part.accounts = append(part.accounts, acc)
-			}
-		}
+		m[k.key()] = c
 	}
-	c.n += uint64(n)
+	c.n += n
 	if !c.dirty {
 		c.dirty = true
 		acc.dirtyCount = append(acc.dirtyCount, k)
@@ -425,9 +418,7 @@ func (a *Aggregator) advance(p int32, part *partition, offset int64) {
 // forgets the bucket's counts.
 func (a *Aggregator) closeBucket(p int32, part *partition) {
 	for _, acc := range a.dirty {
-		for _, u := range acc.dirtyUsers {
-			a.fold(acc, u, p)
-		}
+		a.fold(acc, p)
 	}
 	end := min(part.next, (part.bucket+1)*schema.BucketSize)
 	for _, acc := range part.accounts {
@@ -445,10 +436,10 @@ func (a *Aggregator) appendCounts(dst []schema.EventCount, acc *account, p int32
 			keep = append(keep, k)
 			continue
 		}
-		c := acc.counts[k]
+		c := acc.countsOf(k.part)[k.key()]
 		kind, feat := schema.KindLogin, ""
-		if k.feat != nil {
-			kind, feat = schema.KindFeatureUsed, k.feat.name
+		if k.feat != featLogin {
+			kind, feat = schema.KindFeatureUsed, a.featName[k.feat]
 		}
 		cb, ce := bucket, end
 		if p < 0 {
@@ -489,35 +480,132 @@ func (a *Aggregator) DrainAppend(f *schema.Facts) {
 		}
 		acc.months = acc.months[:0]
 		for _, l := range acc.purchases {
-			f.SeatPurchases = append(f.SeatPurchases, schema.SeatPurchase{Account: acc.name, Month: l.month, OccurredMs: l.ms, EventID: string(l.eventID), Seats: l.seats})
+			f.SeatPurchases = append(f.SeatPurchases, schema.SeatPurchase{Account: acc.name, Month: l.month, OccurredMs: l.ms, EventID: f.Intern(l.eventID), Seats: l.seats})
 		}
 		acc.purchases = acc.purchases[:0]
-		for _, u := range acc.dirtyUsers {
-			a.fold(acc, u, -1)
-		}
-		for _, u := range acc.dirtyUsers {
-			u.dirty = false
-			for _, x := range u.activity {
-				f.UserActivity = append(f.UserActivity, schema.UserActivity{Account: acc.name, User: u.name, Month: x.month, LastMs: x.ms})
-			}
-			for _, x := range u.features {
-				f.FeatureUsers = append(f.FeatureUsers, schema.FeatureUser{Account: acc.name, Feature: x.feat.name, User: u.name, Month: x.month})
-			}
-			for _, l := range u.seats {
-				f.SeatEvents = append(f.SeatEvents, schema.SeatEvent{Account: acc.name, User: u.name, Month: l.month, OccurredMs: l.ms, EventID: string(l.eventID), Assigned: l.assigned})
-			}
-			u.activity, u.features, u.seats = u.activity[:0], u.features[:0], u.seats[:0]
-		}
-		acc.dirtyUsers = acc.dirtyUsers[:0]
+		a.drainActs(f, acc)
 		f.EventCounts = a.appendCounts(f.EventCounts, acc, -1, 0, 0)
 	}
 	a.dirty = a.dirty[:0]
 	a.pending = 0
 }
 
+// drainActs sorts acc's log and appends its facts to f: per user and month
+// the latest activity, the features used and the latest seat event; the
+// events not yet counted go to acc's bucket counts.
+func (a *Aggregator) drainActs(f *schema.Facts, acc *account) {
+	acts := a.sortActs(acc)
+	for i := 0; i < len(acts); {
+		first := &acts[i]
+		name := acc.user(first)
+		j := i + 1
+		for j < len(acts) && acts[j].hash == first.hash && bytes.Equal(acc.user(&acts[j]), name) {
+			j++
+		}
+		user := f.Intern(name)
+		for k := i; k < j; { // runs of one kind and month
+			x := &acts[k]
+			e := k + 1
+			for e < j && acts[e].kind == x.kind && acts[e].month == x.month {
+				e++
+			}
+			if x.kind == actSeat {
+				a.drainSeat(f, acc, user, acts[k:e])
+			} else {
+				a.drainActivity(f, acc, user, acts[k:e])
+			}
+			k = e
+		}
+		i = j
+	}
+	acc.acts = acc.acts[:0]
+	acc.buf = acc.buf[:0]
+	if cap(acc.acts) > 4096 && len(acts) < cap(acc.acts)/8 { // a burst is over: give the memory back
+		acc.acts, acc.buf = nil, nil
+	}
+}
+
+// sortActs returns acc's log in compare order. Most of the work is a sort
+// of 8-byte keys (the top 48 bits of the user hash, then the act's index);
+// the few acts with equal top bits (one user's events, or a rare
+// collision) are then ordered by compare.
+func (a *Aggregator) sortActs(acc *account) []act {
+	acts := acc.acts
+	if len(acts) > 1<<16 {
+		slices.SortFunc(acts, acc.compare)
+		return acts
+	}
+	keys := a.keys[:0]
+	for i := range acts {
+		keys = append(keys, acts[i].hash&^0xffff|uint64(i))
+	}
+	slices.Sort(keys)
+	sorted := a.sorted[:0]
+	for _, k := range keys {
+		sorted = append(sorted, acts[k&0xffff])
+	}
+	for i := 0; i < len(sorted); {
+		j := i + 1
+		for j < len(sorted) && keys[j]&^0xffff == keys[i]&^0xffff {
+			j++
+		}
+		if j-i > 1 {
+			run := sorted[i:j]
+			for x := 1; x < len(run); x++ { // insertion sort: runs are short
+				for y := x; y > 0 && acc.compare(run[y-1], run[y]) > 0; y-- {
+					run[y-1], run[y] = run[y], run[y-1]
+				}
+			}
+		}
+		i = j
+	}
+	a.keys, a.sorted = keys, sorted
+	return sorted
+}
+
+// drainActivity handles the logins and feature_used of one user in one month.
+func (a *Aggregator) drainActivity(f *schema.Facts, acc *account, user string, run []act) {
+	last := run[0].ms
+	for i := 1; i < len(run); i++ {
+		last = max(last, run[i].ms)
+	}
+	month := run[0].month
+	f.UserActivity = append(f.UserActivity, schema.UserActivity{Account: acc.name, User: user, Month: month, LastMs: last})
+	for i := 0; i < len(run); {
+		feat, part := run[i].feat, run[i].part
+		if feat != featLogin && (i == 0 || run[i-1].feat != feat) {
+			f.FeatureUsers = append(f.FeatureUsers, schema.FeatureUser{Account: acc.name, Feature: a.featName[feat], User: user, Month: month})
+		}
+		var n uint64
+		for ; i < len(run) && run[i].feat == feat && run[i].part == part; i++ {
+			if run[i].flags&flagCounted == 0 {
+				n++
+			}
+		}
+		if n > 0 {
+			a.count(acc, countKey{part: part, month: month, feat: feat}, n)
+		}
+	}
+}
+
+// drainSeat writes the latest seat event of one user in one month.
+func (a *Aggregator) drainSeat(f *schema.Facts, acc *account, user string, run []act) {
+	best := &run[0]
+	for i := 1; i < len(run); i++ {
+		x := &run[i]
+		if x.ms > best.ms || x.ms == best.ms && bytes.Compare(acc.eventID(x), acc.eventID(best)) > 0 {
+			best = x
+		}
+	}
+	f.SeatEvents = append(f.SeatEvents, schema.SeatEvent{
+		Account: acc.name, User: user, Month: best.month, OccurredMs: best.ms,
+		EventID: f.Intern(acc.eventID(best)), Assigned: best.flags&flagAssigned != 0,
+	})
+}
+
 // Pending approximates the fact rows waiting for the next Drain: a flush
 // trigger and a memory bound. It grows by at most one per event.
 func (a *Aggregator) Pending() int { return a.pending }
 
-// Names is the number of distinct accounts and users held in memory.
-func (a *Aggregator) Names() int { return len(a.accounts) + len(a.users) }
+// Names is the number of distinct accounts and feature names held in memory.
+func (a *Aggregator) Names() int { return len(a.accounts) + len(a.featName) }

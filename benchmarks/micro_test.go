@@ -72,7 +72,6 @@ func BenchmarkDecodeValidateAggregate(b *testing.B) {
 	keep := (24*time.Hour + dedup.Slack + time.Minute).Milliseconds()
 	step := (keep + n - 1) / n
 
-	dec := decode.New(decode.Config{})
 	sets := make([]*dedup.Set, *microPartitions)
 	agg := aggregate.New("usage-events")
 	for p := range sets {
@@ -81,23 +80,57 @@ func BenchmarkDecodeValidateAggregate(b *testing.B) {
 	}
 	offsets := make([]int64, *microPartitions)
 	var facts [2]schema.Facts
-	var ev event.Event
-	var seq int64 // events processed so far; drives the record clock
+	var seq int64 // events applied so far
 	var rejected, dups, drains int
 	flushEvery := int64(*microFlushEvery)
-	one := func(r *microRecord) {
-		ts := firstTs + seq*step
+	// As ingest's consumer does, each record is decoded and its dedup slot
+	// prefetched one record ahead of its dedup check and aggregation.
+	type ahead struct {
+		dec *decode.Decoder
+		ev  event.Event
+		rej *event.Rejection
+		key dedup.Key
+		r   *microRecord
+		ts  int64
+	}
+	var slots [2]ahead
+	for i := range slots {
+		slots[i].dec = decode.New(decode.Config{})
+	}
+	cur := -1         // slot of the record to apply next; -1: none prepared yet
+	var prepared int64 // records prepared so far; drives the record clock
+	prepare := func(r *microRecord) {
+		d := &slots[(cur+1)&1]
+		d.r, d.ts = r, firstTs+prepared*step
+		prepared++
+		d.rej = d.dec.Decode(r.value, d.ts, &d.ev)
+		if d.rej == nil {
+			d.key = sets[r.part].Key(d.ev.EventID)
+			sets[r.part].Prefetch(d.key)
+		}
+	}
+	// one prepares next and applies the record prepared before it.
+	one := func(next *microRecord) {
+		if cur < 0 {
+			prepare(next)
+			cur = 0
+			return
+		}
+		prepare(next)
+		d := &slots[cur]
+		cur ^= 1
+		r := d.r
 		off := offsets[r.part]
 		offsets[r.part]++
 		seq++
-		if rej := dec.Decode(r.value, ts, &ev); rej != nil {
+		if d.rej != nil {
 			rejected++
 			agg.Skip(r.part, off)
-		} else if sets[r.part].Check(ev.EventID, ts) {
+		} else if sets[r.part].CheckKey(d.key, d.ts) {
 			dups++
 			agg.Skip(r.part, off)
 		} else {
-			agg.Add(r.part, off, &ev)
+			agg.Add(r.part, off, &d.ev)
 		}
 		if seq%flushEvery == 0 {
 			agg.Drain(&facts[drains&1])

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -70,9 +71,17 @@ type Consumer struct {
 // in parallel within one poll, each on its own partitions, and never share
 // state; ClickHouse merges their facts like those of separate instances.
 type worker struct {
-	dec *decode.Decoder
+	ahead [2]decoded // record i is decoded into ahead[i%2] while record i-1 is applied
+	agg   *aggregate.Aggregator
+}
+
+// decoded is one record decoded ahead of its dedup check and aggregation.
+type decoded struct {
+	dec *decode.Decoder // owns ev's bytes until the next Decode
 	ev  event.Event
-	agg *aggregate.Aggregator
+	rej *event.Rejection
+	key dedup.Key // of ev.EventID when rej == nil
+	ts  int64
 }
 
 func (c *Consumer) worker(p int32) *worker { return c.workers[int(p)%len(c.workers)] }
@@ -138,7 +147,10 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		acked:     make(map[int32]int64),
 	}
 	for range cfg.Workers {
-		c.workers = append(c.workers, &worker{dec: decode.New(decode.Config{MaxClockSkew: cfg.MaxClockSkew}), agg: aggregate.New(cfg.Topic)})
+		c.workers = append(c.workers, &worker{agg: aggregate.New(cfg.Topic), ahead: [2]decoded{
+			{dec: decode.New(decode.Config{MaxClockSkew: cfg.MaxClockSkew})},
+			{dec: decode.New(decode.Config{MaxClockSkew: cfg.MaxClockSkew})},
+		}})
 	}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
@@ -154,8 +166,9 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		kgo.OnPartitionsLost(c.onLost),
 		kgo.DefaultProduceTopic(cfg.DLQTopic),
 		kgo.ProducerBatchMaxBytes(16 << 20), // rejected values can exceed 1 MiB (too_large)
-		kgo.FetchMaxBytes(32 << 20),
-		kgo.FetchMaxPartitionBytes(8 << 20),
+		kgo.WithPools(new(fetchPools)),
+		kgo.FetchMaxBytes(8 << 20),
+		kgo.FetchMaxPartitionBytes(2 << 20),
 		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
 	}
@@ -257,7 +270,15 @@ func (c *Consumer) loop(ctx context.Context, targets map[int32]int64) error {
 		c.mu.Lock()
 		c.process(fetches)
 		c.collect()
-		if c.flushDue() {
+		if c.cfg.UntilCaughtUp && c.reached(targets) {
+			// The backfill has read everything it has to: write and commit
+			// it now instead of after the flush interval and another poll.
+			if c.unflushed() {
+				fatal = c.startFlush(false)
+			} else {
+				fatal = c.waitFlight(true)
+			}
+		} else if c.flushDue() {
 			fatal = c.startFlush(true)
 		}
 		done := c.cfg.UntilCaughtUp && c.flight == nil && c.caughtUp(ctx, targets)
@@ -308,16 +329,32 @@ func (c *Consumer) process(fetches kgo.Fetches) {
 func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 	st := c.parts[ftp.Partition]
 	if ftp.Topic != c.cfg.Topic || st == nil {
+		for _, r := range ftp.Records {
+			r.Recycle()
+		}
 		return // revoked or lost since the fetch: the new owner reads it
 	}
 	var consumed, dups, replayed int
 	var accepted [numTypes]int
-	for _, r := range ftp.Records {
+	// Each record is decoded, and its dedup slot prefetched, one record
+	// ahead: the slot's cache miss overlaps the previous record's work.
+	recs := ftp.Records
+	if len(recs) > 0 {
+		w.prepare(st, recs[0], &w.ahead[0])
+	}
+	for i, r := range recs {
+		if i > 0 {
+			recs[i-1].Recycle() // done with it (a dead letter is a copy)
+		}
+		if i+1 < len(recs) {
+			w.prepare(st, recs[i+1], &w.ahead[(i+1)%2])
+		}
+		d := &w.ahead[i%2]
 		off := r.Offset
 		if st.next >= 0 && off < st.next {
 			continue
 		}
-		ts := r.Timestamp.UnixMilli()
+		ts := d.ts
 		fresh := off >= st.committed
 		if !fresh {
 			replayed++
@@ -325,8 +362,8 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 		st.next = off + 1
 		st.lastTs = ts
 		if off < st.aggFrom { // dedup-only replay
-			if w.dec.Decode(r.Value, ts, &w.ev) == nil {
-				st.dedup.Check(w.ev.EventID, ts)
+			if d.rej == nil {
+				st.dedup.CheckKey(d.key, ts)
 			}
 			continue
 		}
@@ -337,25 +374,28 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 			consumed++
 			st.delays[ts/1000]++
 		}
-		if rej := w.dec.Decode(r.Value, ts, &w.ev); rej != nil {
+		if d.rej != nil {
 			w.agg.Skip(st.p, off)
 			if fresh {
-				c.m.rejected[rej.Reason].Inc()
-				st.dlq = append(st.dlq, deadLetter(r, rej))
+				c.m.rejected[d.rej.Reason].Inc()
+				st.dlq = append(st.dlq, deadLetter(r, d.rej))
 			}
 			continue
 		}
-		if st.dedup.Check(w.ev.EventID, ts) {
+		if st.dedup.CheckKey(d.key, ts) {
 			w.agg.Skip(st.p, off)
 			if fresh {
 				dups++
 			}
 			continue
 		}
-		w.agg.Add(st.p, off, &w.ev)
+		w.agg.Add(st.p, off, &d.ev)
 		if fresh {
-			accepted[w.ev.Type]++
+			accepted[d.ev.Type]++
 		}
+	}
+	if n := len(recs); n > 0 {
+		recs[n-1].Recycle()
 	}
 	if ftp.HighWatermark > 0 {
 		st.hwm = ftp.HighWatermark
@@ -374,10 +414,22 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 }
 
 // deadLetter builds the dead-letter record for r (contract section 2).
+// prepare decodes r into d and prefetches its dedup slot.
+func (w *worker) prepare(st *partState, r *kgo.Record, d *decoded) {
+	d.ts = r.Timestamp.UnixMilli()
+	d.rej = d.dec.Decode(r.Value, d.ts, &d.ev)
+	if d.rej == nil {
+		d.key = st.dedup.Key(d.ev.EventID)
+		st.dedup.Prefetch(d.key)
+	}
+}
+
+// deadLetter is the DLQ copy of r: its key and value are copied, since r
+// goes back to the fetch pools.
 func deadLetter(r *kgo.Record, rej *event.Rejection) *kgo.Record {
 	return &kgo.Record{
-		Key:   r.Key,
-		Value: r.Value,
+		Key:   bytes.Clone(r.Key),
+		Value: bytes.Clone(r.Value),
 		Headers: []kgo.RecordHeader{
 			{Key: "usagepipe.reason", Value: []byte(rej.Reason.String())},
 			{Key: "usagepipe.error", Value: []byte(rej.Msg)},
@@ -392,9 +444,11 @@ func (c *Consumer) flushDue() bool {
 	if c.pending() >= c.cfg.MaxPendingFacts {
 		return true
 	}
-	if time.Since(c.lastRun) < c.cfg.FlushInterval {
-		return false
-	}
+	return time.Since(c.lastRun) >= c.cfg.FlushInterval && c.unflushed()
+}
+
+// unflushed reports whether anything read is not yet handed to a flush.
+func (c *Consumer) unflushed() bool {
 	if c.pending() > 0 {
 		return true
 	}
@@ -406,12 +460,30 @@ func (c *Consumer) flushDue() bool {
 	return false
 }
 
+// reached reports whether this instance owns every partition with records
+// to read for --until-caught-up and has read each up to its target.
+func (c *Consumer) reached(targets map[int32]int64) bool {
+	for p, t := range targets {
+		if t <= 0 {
+			continue
+		}
+		if st := c.parts[p]; st == nil || st.next < t {
+			return false
+		}
+	}
+	return true
+}
+
 // startFlush hands everything gathered so far to the flusher. With async it
 // returns once the flusher has it (after waiting for the previous flush and
 // committing it); otherwise it also waits for this flush and commits it.
 func (c *Consumer) startFlush(async bool) error {
+	waitStart := time.Now()
 	if err := c.waitFlight(!async); err != nil {
 		return err
+	}
+	if waited := time.Since(waitStart); waited > 10*time.Millisecond {
+		c.log.Debug("flush waited for the previous one", "seconds", waited.Seconds())
 	}
 	job := &flushJob{facts: &c.bufs[c.buf], commits: make(map[int32]commitPos), delays: make(map[int64]int), started: time.Now()}
 	c.buf ^= 1
@@ -614,6 +686,7 @@ func (c *Consumer) flusher(ctx context.Context) {
 			c.m.flushOK.Inc()
 			c.m.lastFlush.Set(float64(now.UnixNano()) / 1e9)
 			c.lastFlushOK.Store(now.UnixNano())
+			c.log.Debug("flushed", "rows", job.facts.Rows(), "dlq", len(job.dlq), "seconds", now.Sub(job.started).Seconds())
 			for s, n := range job.delays {
 				d := now.Sub(time.Unix(s, 0)).Seconds() - 0.5
 				for range n {

@@ -1,5 +1,7 @@
 package schema
 
+import "unsafe"
+
 // Fact rows: what one flush writes to ClickHouse. Each table is written so
 // that writing the same row again, or a row computed from more of the same
 // offsets, never changes what the views return (see the package comment).
@@ -90,6 +92,8 @@ type Facts struct {
 	EventCounts   []EventCount
 	SeatEvents    []SeatEvent
 	SeatPurchases []SeatPurchase
+
+	arena []byte // backs the strings of Intern; never rewritten
 }
 
 // Rows is the total number of rows in f.
@@ -105,4 +109,24 @@ func (f *Facts) Reset() {
 	f.EventCounts = f.EventCounts[:0]
 	f.SeatEvents = f.SeatEvents[:0]
 	f.SeatPurchases = f.SeatPurchases[:0]
+	f.arena = nil
+}
+
+// arenaChunk is the size of one block of Facts' string arena.
+const arenaChunk = 64 << 10
+
+// Intern returns a string with b's bytes, stored in f's arena: many short
+// names cost one allocation per 64 KiB instead of one each. The strings
+// stay valid after Reset (Reset starts new blocks; it never rewrites old
+// ones), so a caller may keep rows of an earlier flush.
+func (f *Facts) Intern(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if len(b) > cap(f.arena)-len(f.arena) {
+		f.arena = make([]byte, 0, max(arenaChunk, len(b)))
+	}
+	n := len(f.arena)
+	f.arena = append(f.arena, b...)
+	return unsafe.String(&f.arena[n], len(b))
 }

@@ -7,26 +7,49 @@
 // concurrent use. It exports no metrics.
 //
 // Event IDs are kept as 128-bit hashes (two independently seeded maphash
-// sums), so memory is ~40 bytes per event in the window whatever the ID
-// length; a false duplicate would need a 128-bit collision. The seeds are
-// per process: a Set is rebuilt by replaying its partition after a restart,
-// never persisted.
+// sums) in an open-addressing table of 24-byte entries (linear probing,
+// at most 3/4 full), so memory is 32–64 bytes per event ID in the window
+// whatever the ID length; a false duplicate would need a 128-bit collision.
+// The seeds are per process: a Set is rebuilt by replaying its partition
+// after a restart, never persisted.
+//
+// The table is far larger than the CPU caches, so a lookup is a cache
+// miss. A caller that knows the next ID early computes its Key and calls
+// Prefetch, then CheckKey after other work: the miss overlaps that work.
 package dedup
 
 import (
 	"hash/maphash"
 	"time"
+	"unsafe"
+
+	"github.com/usagepipe/usagepipe/ingest/internal/prefetch"
 )
 
-type key [2]uint64
+// Key is an event ID's 128-bit hash. The zero Key is never produced.
+type Key struct{ h1, h2 uint64 }
+
+type entry struct {
+	Key       // h1 == 0: an empty slot
+	ts  int64 // greatest Kafka timestamp of a valid record with this ID
+}
+
+const minSlots = 1 << 10
 
 // Set remembers, per event ID, the greatest Kafka timestamp of a valid record.
+//
+// Entries older than the greatest timestamp seen minus (window + Slack) are
+// swept when the table is 3/4 full (before it grows) and whenever the
+// timestamps advanced by window + Slack since the last sweep, so the set
+// holds at most the IDs of the last 2·(window + Slack) and a sweep's cost
+// (one pass over the table) is spread over many inserts.
 type Set struct {
 	window    int64 // ms
 	keep      int64 // ms; entries older than watermark-keep are evicted
 	seeds     [2]maphash.Seed
-	m         map[key]int64
-	watermark int64 // greatest timestamp seen
+	tab       []entry // len is a power of two
+	n         int     // entries in use
+	watermark int64   // greatest timestamp seen
 	lastSweep int64
 }
 
@@ -41,38 +64,117 @@ func New(window time.Duration) *Set {
 		window: window.Milliseconds(),
 		keep:   (window + Slack).Milliseconds(),
 		seeds:  [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
-		m:      make(map[key]int64),
+		tab:    make([]entry, minSlots),
 	}
+}
+
+// Key returns id's key in s.
+func (s *Set) Key(id []byte) Key {
+	k := Key{maphash.Bytes(s.seeds[0], id), maphash.Bytes(s.seeds[1], id)}
+	if k.h1 == 0 {
+		k.h1 = 1 // 0 marks empty slots; one fewer value of 2^128 changes nothing
+	}
+	return k
+}
+
+// Prefetch starts loading the slot where k's lookup begins into the CPU
+// cache. It changes nothing and is a no-op where the CPU has no prefetch
+// instruction wired up.
+func (s *Set) Prefetch(k Key) {
+	prefetch.Addr(unsafe.Pointer(&s.tab[k.h1&uint64(len(s.tab)-1)]))
 }
 
 // Check records a valid record with event ID id and Kafka timestamp tsMs and
 // reports whether it is a duplicate. Duplicates are recorded too: a repeat
 // of a duplicate within the window of it is also a duplicate.
-func (s *Set) Check(id []byte, tsMs int64) bool {
-	k := key{maphash.Bytes(s.seeds[0], id), maphash.Bytes(s.seeds[1], id)}
-	prev, seen := s.m[k]
-	dup := seen && tsMs-prev <= s.window
-	if !seen || tsMs > prev {
-		s.m[k] = tsMs
+func (s *Set) Check(id []byte, tsMs int64) bool { return s.CheckKey(s.Key(id), tsMs) }
+
+// CheckKey is Check for an ID whose Key is k.
+func (s *Set) CheckKey(k Key, tsMs int64) bool {
+	mask := uint64(len(s.tab) - 1)
+	i := k.h1 & mask
+	dup := false
+	for {
+		e := &s.tab[i]
+		if e.h1 == 0 {
+			*e = entry{Key: k, ts: tsMs}
+			s.n++
+			break
+		}
+		if e.Key == k {
+			dup = tsMs-e.ts <= s.window
+			e.ts = max(e.ts, tsMs)
+			break
+		}
+		i = (i + 1) & mask
 	}
 	if tsMs > s.watermark {
 		s.watermark = tsMs
-		if s.watermark-s.lastSweep > s.keep/8 {
-			s.sweep()
+		if s.watermark-s.lastSweep > s.keep {
+			s.sweep() // bound the memory of a set that stopped growing
+		}
+	}
+	if s.n > len(s.tab)/4*3 {
+		s.sweep() // make room before growing
+		if s.n > len(s.tab)/2 {
+			s.rebuild(len(s.tab) * 2)
 		}
 	}
 	return dup
 }
 
 // Len is the number of event IDs remembered.
-func (s *Set) Len() int { return len(s.m) }
+func (s *Set) Len() int { return s.n }
 
+// sweep forgets the entries older than the watermark minus keep, in place
+// (backward-shift deletion), and shrinks a table left mostly empty.
 func (s *Set) sweep() {
 	s.lastSweep = s.watermark
 	cut := s.watermark - s.keep
-	for k, ts := range s.m {
-		if ts < cut {
-			delete(s.m, k)
+	for i := 0; i < len(s.tab); {
+		if e := &s.tab[i]; e.h1 != 0 && e.ts < cut {
+			s.deleteAt(uint64(i)) // slot i may now hold a later entry: look again
+			continue
 		}
+		i++
+	}
+	if len(s.tab) > minSlots && s.n < len(s.tab)/8 {
+		s.rebuild(len(s.tab) / 2)
+	}
+}
+
+// deleteAt empties slot i, moving back the entries after it that probing
+// would otherwise no longer find.
+func (s *Set) deleteAt(i uint64) {
+	mask := uint64(len(s.tab) - 1)
+	for j := (i + 1) & mask; s.tab[j].h1 != 0; j = (j + 1) & mask {
+		if home := s.tab[j].h1 & mask; (j-home)&mask >= (j-i)&mask {
+			s.tab[i] = s.tab[j] // its probe from home passes i before j
+			i = j
+		}
+	}
+	s.tab[i] = entry{}
+	s.n--
+}
+
+func (s *Set) rebuild(size int) { s.rebuildFrom(size, s.watermark-s.keep) }
+
+// rebuildFrom moves the entries not older than cut into a new table of
+// size slots.
+func (s *Set) rebuildFrom(size int, cut int64) {
+	old := s.tab
+	s.tab = make([]entry, size)
+	s.n = 0
+	mask := uint64(size - 1)
+	for _, e := range old {
+		if e.h1 == 0 || e.ts < cut {
+			continue
+		}
+		i := e.h1 & mask
+		for s.tab[i].h1 != 0 {
+			i = (i + 1) & mask
+		}
+		s.tab[i] = e
+		s.n++
 	}
 }

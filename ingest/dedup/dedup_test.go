@@ -2,6 +2,7 @@ package dedup
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -44,8 +45,79 @@ func TestSweepKeepsWhatTheWindowNeeds(t *testing.T) {
 	if s.Check([]byte("e0"), 100*h) {
 		t.Fatal("id 100h old counted as duplicate")
 	}
-	if n := s.Len(); n > 260+2 {
-		t.Fatalf("set holds %d ids, want about 250 (25h at 10/h)", n)
+	if n := s.Len(); n > 2*250+2 {
+		t.Fatalf("set holds %d ids, want at most 500 (2·25h at 10/h)", n)
+	}
+}
+
+// TestMatchesMapModel runs random IDs and timestamps (going backwards less
+// than Slack) through a Set and a plain map of the contract's rule, across
+// growths and sweeps of the table.
+func TestMatchesMapModel(t *testing.T) {
+	const h = int64(time.Hour / time.Millisecond)
+	for _, tc := range []struct {
+		name  string
+		ids   int
+		steps int
+		span  int64 // ms the timestamps cover
+	}{
+		{"few ids, many repeats", 50, 20000, 100 * h},
+		{"many ids, growth", 200000, 300000, 30 * h},
+		{"sweeps shrink the table", 100000, 400000, 400 * h},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(1, uint64(tc.ids)))
+			s := New(24 * time.Hour)
+			model := map[int]int64{}
+			var wm int64
+			for step := range tc.steps {
+				id := rng.IntN(tc.ids)
+				ts := int64(step)*tc.span/int64(tc.steps) - rng.Int64N(h/2)
+				prev, seen := model[id]
+				want := seen && ts-prev <= 24*h && prev >= wm-25*h
+				if !seen || ts > prev {
+					model[id] = ts
+				}
+				wm = max(wm, ts)
+				if got := s.Check(fmt.Appendf(nil, "id-%d", id), ts); got != want {
+					t.Fatalf("step %d: id %d at %d (previous %d, seen %v): dup=%v, want %v", step, id, ts, prev, seen, got, want)
+				}
+			}
+			live := 0
+			for _, ts := range model {
+				if ts >= wm-25*h {
+					live++
+				}
+			}
+			if n := s.Len(); n < live || n > len(s.tab)/4*3 {
+				t.Fatalf("Len %d: want at least the %d live ids and at most 3/4 of %d slots", n, live, len(s.tab))
+			}
+		})
+	}
+}
+
+// TestCollidingSlots puts keys that start in the same slot next to each
+// other and checks each is found as itself.
+func TestCollidingSlots(t *testing.T) {
+	s := New(time.Hour)
+	keys := make([]Key, 500) // more than 3/4 of minSlots: the table grows
+	for i := range keys {
+		keys[i] = Key{h1: uint64(i)<<20 | 7, h2: uint64(i)}
+		if s.CheckKey(keys[i], 0) {
+			t.Fatalf("key %d: a new key is a duplicate", i)
+		}
+	}
+	for i, k := range keys {
+		if !s.CheckKey(k, 1) {
+			t.Fatalf("key %d: not found", i)
+		}
+		s.Prefetch(k)
+	}
+	if s.CheckKey(Key{h1: 7, h2: 1 << 40}, 2) {
+		t.Fatal("a key differing only in h2 is a duplicate")
+	}
+	if s.Len() != len(keys)+1 {
+		t.Fatalf("Len = %d, want %d", s.Len(), len(keys)+1)
 	}
 }
 

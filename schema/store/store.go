@@ -170,43 +170,39 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	c := s.bufs.Get().(*columns)
 	defer func() { c.reset(); s.bufs.Put(c) }()
 
-	if n := len(f.AccountMonths); n > 0 {
-		c.reset()
-		for i := range f.AccountMonths {
+	if err := s.send(ctx, c, tAccountMonths, len(f.AccountMonths), func(lo, hi int) []any {
+		for i := lo; i < hi; i++ {
 			r := &f.AccountMonths[i]
 			c.add(r.Account, r.Month)
 		}
-		if err := s.send(ctx, tAccountMonths, n, c.s[0], c.d); err != nil {
-			return err
-		}
+		return []any{c.s[0], c.d}
+	}); err != nil {
+		return err
 	}
-	if n := len(f.UserActivity); n > 0 {
-		c.reset()
-		for i := range f.UserActivity {
+	if err := s.send(ctx, c, tUserActivity, len(f.UserActivity), func(lo, hi int) []any {
+		for i := lo; i < hi; i++ {
 			r := &f.UserActivity[i]
 			c.add(r.Account, r.Month)
 			c.s[1] = append(c.s[1], r.User)
 			c.u[0] = append(c.u[0], uint64(r.LastMs))
 		}
-		if err := s.send(ctx, tUserActivity, n, c.s[0], c.d, c.s[1], c.u[0]); err != nil {
-			return err
-		}
+		return []any{c.s[0], c.d, c.s[1], c.u[0]}
+	}); err != nil {
+		return err
 	}
-	if n := len(f.FeatureUsers); n > 0 {
-		c.reset()
-		for i := range f.FeatureUsers {
+	if err := s.send(ctx, c, tFeatureUsers, len(f.FeatureUsers), func(lo, hi int) []any {
+		for i := lo; i < hi; i++ {
 			r := &f.FeatureUsers[i]
 			c.add(r.Account, r.Month)
 			c.s[1] = append(c.s[1], r.Feature)
 			c.s[2] = append(c.s[2], r.User)
 		}
-		if err := s.send(ctx, tFeatureUsers, n, c.s[0], c.d, c.s[1], c.s[2]); err != nil {
-			return err
-		}
+		return []any{c.s[0], c.d, c.s[1], c.s[2]}
+	}); err != nil {
+		return err
 	}
-	if n := len(f.EventCounts); n > 0 {
-		c.reset()
-		for i := range f.EventCounts {
+	if err := s.send(ctx, c, tEventCounts, len(f.EventCounts), func(lo, hi int) []any {
+		for i := lo; i < hi; i++ {
 			r := &f.EventCounts[i]
 			c.add(r.Account, r.Month)
 			c.u8 = append(c.u8, r.Kind)
@@ -217,13 +213,12 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 			c.u[1] = append(c.u[1], r.CoveredEnd)
 			c.u[2] = append(c.u[2], r.Events)
 		}
-		if err := s.send(ctx, tEventCounts, n, c.s[0], c.d, c.u8, c.s[1], c.s[2], c.i32, c.u[0], c.u[1], c.u[2]); err != nil {
-			return err
-		}
+		return []any{c.s[0], c.d, c.u8, c.s[1], c.s[2], c.i32, c.u[0], c.u[1], c.u[2]}
+	}); err != nil {
+		return err
 	}
-	if n := len(f.SeatEvents); n > 0 {
-		c.reset()
-		for i := range f.SeatEvents {
+	if err := s.send(ctx, c, tSeatEvents, len(f.SeatEvents), func(lo, hi int) []any {
+		for i := lo; i < hi; i++ {
 			r := &f.SeatEvents[i]
 			c.add(r.Account, r.Month)
 			c.s[1] = append(c.s[1], r.User)
@@ -235,29 +230,35 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 			}
 			c.u8 = append(c.u8, a)
 		}
-		if err := s.send(ctx, tSeatEvents, n, c.s[0], c.s[1], c.d, c.u[0], c.s[2], c.u8); err != nil {
-			return err
-		}
+		return []any{c.s[0], c.s[1], c.d, c.u[0], c.s[2], c.u8}
+	}); err != nil {
+		return err
 	}
-	if n := len(f.SeatPurchases); n > 0 {
-		c.reset()
-		for i := range f.SeatPurchases {
+	return s.send(ctx, c, tSeatPurchases, len(f.SeatPurchases), func(lo, hi int) []any {
+		for i := lo; i < hi; i++ {
 			r := &f.SeatPurchases[i]
 			c.add(r.Account, r.Month)
 			c.u[0] = append(c.u[0], uint64(r.OccurredMs))
 			c.s[1] = append(c.s[1], r.EventID)
 			c.u[1] = append(c.u[1], uint64(r.Seats))
 		}
-		if err := s.send(ctx, tSeatPurchases, n, c.s[0], c.d, c.u[0], c.s[1], c.u[1]); err != nil {
-			return err
-		}
-	}
-	return nil
+		return []any{c.s[0], c.d, c.u[0], c.s[1], c.u[1]}
+	})
 }
 
-// send inserts one table's columns (in the order of tables[t].cols) as one
-// batch, appending each column whole.
-func (s *Store) send(ctx context.Context, t, n int, cols ...any) (err error) {
+// BlockRows is the most rows one block of an INSERT carries. A table's
+// rows go as several blocks of one INSERT: the client's column buffers are
+// reused from block to block (memory stays at one block, not one flush),
+// and the server squashes the blocks into parts of up to
+// min_insert_block_size_rows as it would one big block.
+const BlockRows = 1 << 16
+
+// send INSERTs n rows into table t, in blocks of at most BlockRows: fill
+// puts rows [lo, hi) into c and returns the columns in the INSERT's order.
+func (s *Store) send(ctx context.Context, c *columns, t, n int, fill func(lo, hi int) []any) (err error) {
+	if n == 0 {
+		return nil
+	}
 	name := tables[t].name
 	b, err := s.conn.PrepareBatch(ctx, s.insert[t])
 	if err != nil {
@@ -268,9 +269,18 @@ func (s *Store) send(ctx context.Context, t, n int, cols ...any) (err error) {
 			_ = b.Abort()
 		}
 	}()
-	for i, col := range cols {
-		if err := b.Column(i).Append(col); err != nil {
-			return fmt.Errorf("write %s: column %d: %w", name, i, err)
+	for lo := 0; lo < n; lo += BlockRows {
+		hi := min(lo+BlockRows, n)
+		c.reset()
+		for i, col := range fill(lo, hi) {
+			if err := b.Column(i).Append(col); err != nil {
+				return fmt.Errorf("write %s: column %d: %w", name, i, err)
+			}
+		}
+		if hi < n {
+			if err := b.Flush(); err != nil {
+				return fmt.Errorf("write %s: %w", name, err)
+			}
 		}
 	}
 	if err := b.Send(); err != nil {
