@@ -30,6 +30,7 @@ package aggregate
 import (
 	"bytes"
 	"cmp"
+	"fmt"
 	"hash/maphash"
 	"slices"
 
@@ -92,37 +93,40 @@ type act struct {
 	flags uint8
 }
 
-type countKey struct {
-	part  int32
-	month int32
-	feat  int32 // featLogin for logins
-}
-
-// key is k's key in its partition's count map.
-func (k countKey) key() uint64 { return uint64(uint32(k.month))<<32 | uint64(uint32(k.feat+1)) }
-
+// count is an account's number of events of one (partition, month,
+// feature) in the partition's current bucket, under a packed key that
+// sorts in that order (countKey).
 type count struct {
+	key   uint64
 	n     uint64
-	dirty bool
+	dirty bool // changed since it was last written
 }
 
-// partCounts is an account's counts in the current bucket of one partition
-// (usually its only one: records are keyed by account).
-type partCounts struct {
-	part int32
-	m    map[uint64]*count // by countKey.key
+// MaxPartitions bounds the partition numbers an Aggregator counts: a count's
+// key packs the partition into 21 bits (KRaft's 2M partitions per cluster).
+const MaxPartitions = 1 << 21
+
+// countKey packs (partition, month, feature) into a key that sorts in that
+// order: 21 bits of partition, 11 of month since schema.MinMonth (2000-01 to
+// 2105-01 needs 1261 values), 32 of feature index + 1.
+func countKey(part, month, feat int32) uint64 {
+	return uint64(part)<<43 | uint64(month-schema.MinMonth)<<32 | uint64(uint32(feat+1))
 }
+
+func (c *count) part() int32  { return int32(c.key >> 43) }
+func (c *count) month() int32 { return int32(c.key>>32&0x7ff) + schema.MinMonth }
+func (c *count) feat() int32  { return int32(uint32(c.key)) - 1 }
 
 // account is one account's state.
 type account struct {
-	name       string
-	dirty      bool
-	acts       []act        // since the last Drain
-	buf        []byte       // user names and event_ids of acts
-	purchases  []latest     // latest purchase per month since the last Drain
-	months     []int32      // months with an event since the last Drain
-	counts     []partCounts // partitions whose bucket lists this account
-	dirtyCount []countKey
+	name      string
+	dirty     bool
+	acts      []act    // since the last Drain
+	buf       []byte   // user names and event_ids of acts
+	purchases []latest // latest purchase per month since the last Drain
+	months    []int32  // months with an event since the last Drain
+	counts    []count  // sorted by (part, month, feat)
+	parts     []int32  // partitions whose bucket lists this account
 }
 
 // partition is the count bucket state of one owned partition.
@@ -143,10 +147,11 @@ type Aggregator struct {
 	dirty    []*account
 	parts    map[int32]*partition
 	closed   []schema.EventCount // counts of buckets finished since the last Drain
-	freeCnt  []*count
-	pending  int      // fact rows the next Drain will write (approximately)
-	keys     []uint64 // sortActs' scratch
-	sorted   []act    // sortActs' scratch
+	adds     []uint64            // count keys to add to one account's, one per event (mergeCounts)
+	merged   []count             // mergeCounts' scratch
+	pending  int                 // fact rows the next Drain will write (approximately)
+	keys     []uint64            // sortActs' scratch
+	sorted   []act               // sortActs' scratch
 }
 
 // New returns an empty Aggregator for events of topic.
@@ -164,6 +169,9 @@ func New(topic string) *Aggregator {
 // must be at a bucket start (BucketStart of the committed offset), so that
 // every count written covers its bucket from its first offset.
 func (a *Aggregator) Assign(p int32) {
+	if p < 0 || p >= MaxPartitions {
+		panic(fmt.Sprintf("aggregate: partition %d outside [0, %d)", p, MaxPartitions))
+	}
 	if old := a.parts[p]; old != nil {
 		a.forget(p, old)
 	}
@@ -193,25 +201,20 @@ func (a *Aggregator) forget(p int32, part *partition) {
 		}
 	}
 	for _, acc := range part.accounts {
-		keepParts := acc.counts[:0]
-		for _, pc := range acc.counts {
-			if pc.part != p {
-				keepParts = append(keepParts, pc)
-				continue
-			}
-			for _, c := range pc.m {
-				a.freeCnt = append(a.freeCnt, c)
+		keep := acc.counts[:0]
+		for _, c := range acc.counts {
+			if c.part() != p {
+				keep = append(keep, c)
 			}
 		}
-		clear(acc.counts[len(keepParts):])
-		acc.counts = keepParts
-		keep := acc.dirtyCount[:0]
-		for _, k := range acc.dirtyCount {
-			if k.part != p {
-				keep = append(keep, k)
+		acc.counts = keep
+		parts := acc.parts[:0]
+		for _, x := range acc.parts {
+			if x != p {
+				parts = append(parts, x)
 			}
 		}
-		acc.dirtyCount = keep
+		acc.parts = parts
 	}
 	part.accounts = nil
 }
@@ -308,26 +311,6 @@ func (acc *account) compare(x, y act) int {
 	return cmp.Compare(x.part, y.part)
 }
 
-// countsOf returns acc's counts in partition p's current bucket, nil if none.
-func (acc *account) countsOf(p int32) map[uint64]*count {
-	for i := range acc.counts {
-		if acc.counts[i].part == p {
-			return acc.counts[i].m
-		}
-	}
-	return nil
-}
-
-func (a *Aggregator) newCount() *count {
-	if n := len(a.freeCnt); n > 0 {
-		c := a.freeCnt[n-1]
-		a.freeCnt = a.freeCnt[:n-1]
-		*c = count{}
-		return c
-	}
-	return &count{}
-}
-
 func addMonth(ms *[]int32, m int32) int {
 	for _, x := range *ms {
 		if x == m {
@@ -343,33 +326,49 @@ func addMonth(ms *[]int32, m int32) int {
 func (a *Aggregator) fold(acc *account, p int32) {
 	for i := range acc.acts {
 		if x := &acc.acts[i]; x.part == p && x.flags&flagCounted == 0 {
-			a.count(acc, countKey{part: p, month: x.month, feat: x.feat}, 1)
+			a.adds = append(a.adds, countKey(p, x.month, x.feat))
 			x.flags |= flagCounted
 		}
 	}
+	a.mergeCounts(acc)
 }
 
-func (a *Aggregator) count(acc *account, k countKey, n uint64) {
-	m := acc.countsOf(k.part)
-	if m == nil {
-		part := a.parts[k.part]
-		if part == nil {
-			return // not owned (forget already marked its events; kept as a guard)
+// mergeCounts adds a.adds to acc's counts (marking them dirty) and empties
+// a.adds. Both are sorted and merged: an account's counts are a short
+// slice, read in order, not a map probed at random.
+func (a *Aggregator) mergeCounts(acc *account) {
+	adds := a.adds
+	if len(adds) == 0 {
+		return
+	}
+	slices.Sort(adds)
+	out := a.merged[:0]
+	old := acc.counts
+	for i := 0; i < len(adds); {
+		add := count{key: adds[i], dirty: true}
+		for ; i < len(adds) && adds[i] == add.key; i++ {
+			add.n++
 		}
-		m = make(map[uint64]*count)
-		acc.counts = append(acc.counts, partCounts{part: k.part, m: m})
-		part.accounts = append(part.accounts, acc)
+		part := a.parts[add.part()]
+		if part == nil {
+			continue // not owned (forget already marked its events; kept as a guard)
+		}
+		for len(old) > 0 && old[0].key < add.key {
+			out = append(out, old[0])
+			old = old[1:]
+		}
+		if len(old) > 0 && old[0].key == add.key {
+			add.n += old[0].n
+			old = old[1:]
+		} else if p := add.part(); !slices.Contains(acc.parts, p) {
+			acc.parts = append(acc.parts, p)
+			part.accounts = append(part.accounts, acc)
+		}
+		out = append(out, add)
 	}
-	c := m[k.key()]
-	if c == nil {
-		c = a.newCount()
-		m[k.key()] = c
-	}
-	c.n += n
-	if !c.dirty {
-		c.dirty = true
-		acc.dirtyCount = append(acc.dirtyCount, k)
-	}
+	out = append(out, old...)
+	acc.counts = append(acc.counts[:0], out...)
+	a.merged, a.adds = out[:0], adds[:0]
 }
 
 func addLatest(s []latest, month int32, ev *event.Event) []latest {
@@ -430,32 +429,29 @@ func (a *Aggregator) closeBucket(p int32, part *partition) {
 // appendCounts appends acc's dirty counts of partition p (all partitions
 // when p < 0) and marks them clean.
 func (a *Aggregator) appendCounts(dst []schema.EventCount, acc *account, p int32, bucket, end int64) []schema.EventCount {
-	keep := acc.dirtyCount[:0]
-	for _, k := range acc.dirtyCount {
-		if p >= 0 && k.part != p {
-			keep = append(keep, k)
+	for i := range acc.counts {
+		c := &acc.counts[i]
+		if !c.dirty || p >= 0 && c.part() != p {
 			continue
 		}
-		c := acc.countsOf(k.part)[k.key()]
 		kind, feat := schema.KindLogin, ""
-		if k.feat != featLogin {
-			kind, feat = schema.KindFeatureUsed, a.featName[k.feat]
+		if f := c.feat(); f != featLogin {
+			kind, feat = schema.KindFeatureUsed, a.featName[f]
 		}
 		cb, ce := bucket, end
 		if p < 0 {
-			part := a.parts[k.part]
+			part := a.parts[c.part()]
 			if part == nil {
 				continue // dropped partition: its counts are not ours to write
 			}
 			cb, ce = part.bucket, part.next
 		}
 		dst = append(dst, schema.EventCount{
-			Account: acc.name, Month: k.month, Kind: kind, Feature: feat,
-			Topic: a.topic, Partition: k.part, Bucket: uint64(cb), CoveredEnd: uint64(ce), Events: c.n,
+			Account: acc.name, Month: c.month(), Kind: kind, Feature: feat,
+			Topic: a.topic, Partition: c.part(), Bucket: uint64(cb), CoveredEnd: uint64(ce), Events: c.n,
 		})
 		c.dirty = false
 	}
-	acc.dirtyCount = keep
 	return dst
 }
 
@@ -518,6 +514,7 @@ func (a *Aggregator) drainActs(f *schema.Facts, acc *account) {
 		}
 		i = j
 	}
+	a.mergeCounts(acc)
 	acc.acts = acc.acts[:0]
 	acc.buf = acc.buf[:0]
 	if cap(acc.acts) > 4096 && len(acts) < cap(acc.acts)/8 { // a burst is over: give the memory back
@@ -576,14 +573,11 @@ func (a *Aggregator) drainActivity(f *schema.Facts, acc *account, user string, r
 		if feat != featLogin && (i == 0 || run[i-1].feat != feat) {
 			f.FeatureUsers = append(f.FeatureUsers, schema.FeatureUser{Account: acc.name, Feature: a.featName[feat], User: user, Month: month})
 		}
-		var n uint64
+		key := countKey(part, month, feat)
 		for ; i < len(run) && run[i].feat == feat && run[i].part == part; i++ {
 			if run[i].flags&flagCounted == 0 {
-				n++
+				a.adds = append(a.adds, key)
 			}
-		}
-		if n > 0 {
-			a.count(acc, countKey{part: part, month: month, feat: feat}, n)
 		}
 	}
 }

@@ -97,7 +97,7 @@ func BenchmarkDecodeValidateAggregate(b *testing.B) {
 	for i := range slots {
 		slots[i].dec = decode.New(decode.Config{})
 	}
-	cur := -1         // slot of the record to apply next; -1: none prepared yet
+	cur := -1          // slot of the record to apply next; -1: none prepared yet
 	var prepared int64 // records prepared so far; drives the record clock
 	prepare := func(r *microRecord) {
 		d := &slots[(cur+1)&1]

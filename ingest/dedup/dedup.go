@@ -23,7 +23,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/usagepipe/usagepipe/ingest/internal/prefetch"
+	"github.com/usagepipe/usagepipe/ingest/prefetch"
 )
 
 // Key is an event ID's 128-bit hash. The zero Key is never produced.

@@ -4,12 +4,3 @@
 // where no prefetch instruction is wired up. Safe for concurrent use; no
 // metrics.
 package prefetch
-
-import "unsafe"
-
-// Bytes prefetches the first n cache lines of b (at most 4).
-func Bytes(b []byte) {
-	for off := 0; off < len(b) && off < 4*64; off += 64 {
-		Addr(unsafe.Pointer(&b[off]))
-	}
-}

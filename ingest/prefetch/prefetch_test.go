@@ -6,9 +6,8 @@ import (
 	"unsafe"
 )
 
-// TestHintChangesNothing prefetches buffers of every length around the
-// line size (including empty and unaligned ones) and checks that nothing
-// panics and no byte changes.
+// TestHintChangesNothing prefetches addresses inside buffers of every
+// length around the line size and checks that no byte changes.
 func TestHintChangesNothing(t *testing.T) {
 	for n := range 300 {
 		b := make([]byte, n+3)
@@ -16,7 +15,6 @@ func TestHintChangesNothing(t *testing.T) {
 			b[i] = byte(i * 7)
 		}
 		want := bytes.Clone(b)
-		Bytes(b[3:])
 		if n > 0 {
 			Addr(unsafe.Pointer(&b[n/2]))
 		}
