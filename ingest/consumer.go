@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -166,7 +165,6 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		kgo.OnPartitionsLost(c.onLost),
 		kgo.DefaultProduceTopic(cfg.DLQTopic),
 		kgo.ProducerBatchMaxBytes(16 << 20), // rejected values can exceed 1 MiB (too_large)
-		kgo.WithPools(new(fetchPools)),
 		kgo.FetchMaxBytes(8 << 20),
 		kgo.FetchMaxPartitionBytes(2 << 20),
 		kgo.SessionTimeout(cfg.SessionTimeout),
@@ -329,9 +327,6 @@ func (c *Consumer) process(fetches kgo.Fetches) {
 func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 	st := c.parts[ftp.Partition]
 	if ftp.Topic != c.cfg.Topic || st == nil {
-		for _, r := range ftp.Records {
-			r.Recycle()
-		}
 		return // revoked or lost since the fetch: the new owner reads it
 	}
 	var consumed, dups, replayed int
@@ -343,9 +338,6 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 		w.prepare(st, recs[0], &w.ahead[0])
 	}
 	for i, r := range recs {
-		if i > 0 {
-			recs[i-1].Recycle() // done with it (a dead letter is a copy)
-		}
 		if i+1 < len(recs) {
 			w.prepare(st, recs[i+1], &w.ahead[(i+1)%2])
 		}
@@ -394,9 +386,6 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 			accepted[d.ev.Type]++
 		}
 	}
-	if n := len(recs); n > 0 {
-		recs[n-1].Recycle()
-	}
 	if ftp.HighWatermark > 0 {
 		st.hwm = ftp.HighWatermark
 	}
@@ -424,12 +413,10 @@ func (w *worker) prepare(st *partState, r *kgo.Record, d *decoded) {
 	}
 }
 
-// deadLetter is the DLQ copy of r: its key and value are copied, since r
-// goes back to the fetch pools.
 func deadLetter(r *kgo.Record, rej *event.Rejection) *kgo.Record {
 	return &kgo.Record{
-		Key:   bytes.Clone(r.Key),
-		Value: bytes.Clone(r.Value),
+		Key:   r.Key,
+		Value: r.Value,
 		Headers: []kgo.RecordHeader{
 			{Key: "usagepipe.reason", Value: []byte(rej.Reason.String())},
 			{Key: "usagepipe.error", Value: []byte(rej.Msg)},
