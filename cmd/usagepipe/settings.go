@@ -261,6 +261,7 @@ type chSettings struct {
 	addr, database, user, passwordFile string
 	tls                                bool
 	caFile                             string
+	compression                        string
 	fiscalStartMonth                   int
 }
 
@@ -271,6 +272,7 @@ func (c *chSettings) register(f *flags) {
 	f.str(&c.passwordFile, "clickhouse-password-file", "", "file holding the ClickHouse password (or set $USAGEPIPE_CLICKHOUSE_PASSWORD)")
 	f.boolv(&c.tls, "clickhouse-tls", false, "connect to ClickHouse with TLS (secure native port)")
 	f.str(&c.caFile, "clickhouse-tls-ca-file", "", "PEM CA bundle for ClickHouse TLS (default: system roots)")
+	f.str(&c.compression, "clickhouse-compression", "none", "compression of INSERT blocks: none, lz4 or zstd (lz4 pays off over slow or metered links)")
 	f.intv(&c.fiscalStartMonth, "fiscal-year-start-month", 1, "first month (1-12) of the fiscal year; quarters are fiscal quarters in UTC")
 }
 
@@ -291,7 +293,10 @@ func (c *chSettings) storeConfig() (store.Config, error) {
 	if err != nil {
 		return store.Config{}, err
 	}
-	cfg := store.Config{Addr: addrs, Database: c.database, User: c.user, Password: pass, DialTimeout: 5 * time.Second, WriteTimeout: 60 * time.Second}
+	cfg := store.Config{Addr: addrs, Database: c.database, User: c.user, Password: pass, Compression: c.compression, DialTimeout: 5 * time.Second, WriteTimeout: 60 * time.Second}
+	if err := cfg.ValidateCompression(); err != nil {
+		return store.Config{}, usagef("clickhouse-compression: %v", err)
+	}
 	if c.tls || c.caFile != "" {
 		if cfg.TLS, err = tlsConfig("clickhouse-tls", c.caFile, "", ""); err != nil {
 			return store.Config{}, err

@@ -24,6 +24,10 @@ type Config struct {
 	User     string   // "" means "default"
 	Password string
 	TLS      *tls.Config // nil: plain TCP
+	// Compression of INSERT blocks: "none" (or ""), "lz4" or "zstd".
+	// Compressing costs CPU on both ends; it pays off when the link to
+	// ClickHouse is slow or metered.
+	Compression string
 	// DialTimeout bounds connecting; 0 means 10s.
 	DialTimeout time.Duration
 	// WriteTimeout bounds one Write (all its tables); 0 means only the
@@ -52,6 +56,9 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	if err := c.ValidateCompression(); err != nil {
+		return fmt.Errorf("clickhouse compression: %w", err)
+	}
 	if c.DialTimeout < 0 || c.WriteTimeout < 0 {
 		return errors.New("clickhouse timeouts must not be negative")
 	}
@@ -60,6 +67,25 @@ func (c Config) Validate() error {
 
 // The fact tables in the order Write writes them: account months first, so
 // that a crash part way leaves no fact whose account the views don't list.
+// ValidateCompression checks Compression.
+func (c Config) ValidateCompression() error {
+	switch c.Compression {
+	case "", "none", "lz4", "zstd":
+		return nil
+	}
+	return fmt.Errorf("must be none, lz4 or zstd, got %q", c.Compression)
+}
+
+func compression(name string) *clickhouse.Compression {
+	switch name {
+	case "lz4":
+		return &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
+	case "zstd":
+		return &clickhouse.Compression{Method: clickhouse.CompressionZSTD}
+	}
+	return nil
+}
+
 const (
 	tAccountMonths = iota
 	tUserActivity
@@ -119,7 +145,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Regi
 		Auth:        clickhouse.Auth{Username: user, Password: cfg.Password},
 		TLS:         cfg.TLS,
 		DialTimeout: dial,
-		Compression: &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
+		Compression: compression(cfg.Compression),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse open: %w", err)

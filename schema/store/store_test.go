@@ -20,9 +20,14 @@ func TestMain(m *testing.M) { chtest.Main(m) }
 // open returns a Store on a fresh database, migrated unless bare.
 func open(tb testing.TB, reg prometheus.Registerer, bare bool) *store.Store {
 	tb.Helper()
+	return openCompressed(tb, reg, bare, "")
+}
+
+func openCompressed(tb testing.TB, reg prometheus.Registerer, bare bool, compression string) *store.Store {
+	tb.Helper()
 	db := chtest.NewDatabase(tb)
 	ctx := context.Background()
-	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: db, WriteTimeout: time.Minute}, nil, reg)
+	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: db, WriteTimeout: time.Minute, Compression: compression}, nil, reg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -97,11 +102,17 @@ func TestWriteStoresEveryTableAndCounts(t *testing.T) {
 	}
 }
 
-// TestWriteManyBlocks writes more rows than two INSERT blocks hold and
-// checks that every row arrived with its own values (no block sent twice,
-// none lost, no buffer reused before it was sent).
+// TestWriteManyBlocks writes more rows than two INSERT blocks hold, with
+// each compression, and checks that every row arrived with its own values
+// (no block sent twice, none lost, no buffer reused before it was sent).
 func TestWriteManyBlocks(t *testing.T) {
-	st := open(t, nil, false)
+	for _, c := range []string{"none", "lz4", "zstd"} {
+		t.Run(c, func(t *testing.T) { testWriteManyBlocks(t, c) })
+	}
+}
+
+func testWriteManyBlocks(t *testing.T, compression string) {
+	st := openCompressed(t, nil, false, compression)
 	ctx := context.Background()
 	n := 2*store.BlockRows + 77
 	f := sample(n)
