@@ -107,6 +107,8 @@ type partState struct {
 	hwm       int64
 	dlq       []*kgo.Record
 	delays    map[int64]int // record second → records, since the last flush
+	delaySec  int64         // the second being counted into delayN (records of a partition mostly share it)
+	delayN    int
 }
 
 type commitPos struct {
@@ -364,7 +366,12 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 		}
 		if fresh {
 			consumed++
-			st.delays[ts/1000]++
+			if sec := ts / 1000; sec == st.delaySec {
+				st.delayN++
+			} else {
+				st.foldDelays()
+				st.delaySec, st.delayN = sec, 1
+			}
 		}
 		if d.rej != nil {
 			w.agg.Skip(st.p, off)
@@ -410,6 +417,14 @@ func (w *worker) prepare(st *partState, r *kgo.Record, d *decoded) {
 	if d.rej == nil {
 		d.key = st.dedup.Key(d.ev.EventID)
 		st.dedup.Prefetch(d.key)
+	}
+}
+
+// foldDelays moves the records counted for the current second into delays.
+func (st *partState) foldDelays() {
+	if st.delayN > 0 {
+		st.delays[st.delaySec] += st.delayN
+		st.delayN = 0
 	}
 }
 
@@ -475,12 +490,14 @@ func (c *Consumer) startFlush(async bool) error {
 	job := &flushJob{facts: &c.bufs[c.buf], commits: make(map[int32]commitPos), delays: make(map[int64]int), started: time.Now()}
 	c.buf ^= 1
 	job.facts.Reset()
+	job.facts.Reserve(&c.bufs[c.buf]) // room for as many rows as the previous flush: no regrowing
 	for _, w := range c.workers {
 		w.agg.DrainAppend(job.facts)
 	}
 	for p, st := range c.parts {
 		job.dlq = append(job.dlq, st.dlq...)
 		st.dlq = nil
+		st.foldDelays()
 		for s, n := range st.delays {
 			job.delays[s] += n
 		}

@@ -1,6 +1,9 @@
 package schema
 
-import "unsafe"
+import (
+	"slices"
+	"unsafe"
+)
 
 // Fact rows: what one flush writes to ClickHouse. Each table is written so
 // that writing the same row again, or a row computed from more of the same
@@ -110,6 +113,25 @@ func (f *Facts) Reset() {
 	f.SeatEvents = f.SeatEvents[:0]
 	f.SeatPurchases = f.SeatPurchases[:0]
 	f.arena = nil
+}
+
+// Reserve makes room in each of f's tables for as many rows as g holds
+// (plus a quarter), so that filling f does not regrow its slices. Only
+// capacity changes; f's rows stay.
+func (f *Facts) Reserve(g *Facts) {
+	f.AccountMonths = reserve(f.AccountMonths, len(g.AccountMonths))
+	f.UserActivity = reserve(f.UserActivity, len(g.UserActivity))
+	f.FeatureUsers = reserve(f.FeatureUsers, len(g.FeatureUsers))
+	f.EventCounts = reserve(f.EventCounts, len(g.EventCounts))
+	f.SeatEvents = reserve(f.SeatEvents, len(g.SeatEvents))
+	f.SeatPurchases = reserve(f.SeatPurchases, len(g.SeatPurchases))
+}
+
+func reserve[T any](s []T, n int) []T {
+	if cap(s)-len(s) >= n {
+		return s
+	}
+	return slices.Grow(s, n+n/4)
 }
 
 // arenaChunk is the size of one block of Facts' string arena.
