@@ -76,7 +76,7 @@ type worker struct {
 
 // decoded is one record decoded ahead of its dedup check and aggregation.
 type decoded struct {
-	dec *decode.Decoder // owns ev's bytes until the next Decode
+	dec *decode.Decoder // ev borrows the record's value and dec's memory until dec's next Decode
 	ev  event.Event
 	rej *event.Rejection
 	key dedup.Key // of ev.EventID when rej == nil

@@ -41,7 +41,8 @@ func (c Config) Validate() error {
 type Decoder struct {
 	skew   time.Duration
 	skewMs int64
-	// buf holds the unescaped strings of the last accepted record.
+	// buf holds the unescaped strings (those with escapes) of the last
+	// accepted record.
 	buf []byte
 	// keyBuf holds an unescaped key while it is looked up.
 	keyBuf []byte
@@ -130,8 +131,9 @@ var kindNames = [...]string{"absent", "null", "a string", "a number", "a boolean
 
 // Decode parses and validates one Kafka record value (contract section 2).
 // recordTsMs is the Kafka record timestamp in epoch ms. On success it fills
-// *ev and returns nil; ev's byte slices borrow the decoder's memory and are
-// valid only until the next Decode call. On failure it returns a
+// *ev and returns nil; ev's byte slices borrow value (strings without
+// escapes) or the decoder's memory (unescaped strings), so they are valid
+// only until the next Decode call and while value is unchanged. On failure it returns a
 // *event.Rejection with the contract reason and a human sentence naming the
 // field, and leaves *ev unchanged.
 func (d *Decoder) Decode(value []byte, recordTsMs int64, ev *event.Event) *event.Rejection {
@@ -429,18 +431,15 @@ func (d *Decoder) raw(f field) (kind, []byte) {
 	return sp.kind, d.value[sp.start:sp.end]
 }
 
-// str is raw, with a string unescaped into d.buf.
+// str is raw, with a string with escapes unescaped into d.buf (one without
+// is returned in place: the common case copies nothing).
 func (d *Decoder) str(f field) (kind, []byte) {
 	sp := d.fields[f]
-	if sp.kind != kString {
-		return sp.kind, d.value[sp.start:sp.end]
+	if sp.kind != kString || !sp.esc {
+		return sp.kind, d.value[sp.start:sp.end:sp.end]
 	}
 	start := len(d.buf)
-	if sp.esc {
-		d.buf = appendUnescaped(d.buf, d.value[sp.start:sp.end])
-	} else {
-		d.buf = append(d.buf, d.value[sp.start:sp.end]...)
-	}
+	d.buf = appendUnescaped(d.buf, d.value[sp.start:sp.end])
 	return kString, d.buf[start:len(d.buf):len(d.buf)]
 }
 
