@@ -107,6 +107,7 @@ func BenchmarkDecodeValidateAggregate(b *testing.B) {
 		if d.rej == nil {
 			d.key = sets[r.part].Key(d.ev.EventID)
 			sets[r.part].Prefetch(d.key)
+			agg.Prefetch(d.ev.AccountID)
 		}
 	}
 	// one prepares next and applies the record prepared before it.

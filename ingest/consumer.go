@@ -417,6 +417,7 @@ func (w *worker) prepare(st *partState, r *kgo.Record, d *decoded) {
 	if d.rej == nil {
 		d.key = st.dedup.Key(d.ev.EventID)
 		st.dedup.Prefetch(d.key)
+		w.agg.Prefetch(d.ev.AccountID)
 	}
 }
 
