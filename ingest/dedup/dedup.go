@@ -164,6 +164,11 @@ func (s *Set) rebuild(size int) { s.rebuildFrom(size, s.watermark-s.keep) }
 func (s *Set) rebuildFrom(size int, cut int64) {
 	old := s.tab
 	s.tab = make([]entry, size)
+	// Write every page of the new table in order before the scattered
+	// inserts: a fresh page first read by a probe maps the shared zero page
+	// and then takes a second, copy-on-write fault (with a TLB shootdown)
+	// on the insert; one sequential pass takes one cheap fault per page.
+	clear(s.tab)
 	s.n = 0
 	mask := uint64(size - 1)
 	for _, e := range old {
