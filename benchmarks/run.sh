@@ -67,40 +67,45 @@ go tool pprof -top -tagfocus=phase=timed -nodecount 30 "$OUT/micro.test" "$OUT/m
 
 : >"$OUT/history.txt"
 if [ "$HISTORY" = 1 ]; then
-	log "history: the decoder and aggregator the lead replaced, same benchmarks, interleaved"
+	log "history: earlier versions of the hot path, same benchmark, interleaved"
 	# v0: fastjson decoder (benchmarks/history/decode_fastjson.go.txt, the
 	#     version before a47b978) + the aggregator before cda092a;
-	# v1: a47b978 (own scanner, aggregator before cda092a);
-	# v2: the working tree.
-	# Each is a copy of the tree with files swapped; the repository is only read.
+	# v1: own scanner (a47b978) + the aggregator before cda092a;
+	# v2: e461e99 (users map aggregator, Go-map dedup set);
+	# v3: the code measured (per-account logs, open-addressing dedup, prefetch).
+	# v0–v2 are e461e99's tree (with its own micro_test.go, which drives the
+	# API of that time) with files swapped; the repository is only read.
 	hist=$(mktemp -d)
 	tmpdirs+=("$hist")
 	ok=1
-	for v in v0 v1; do
+	for v in v0 v1 v2; do
 		mkdir -p "$hist/$v"
-		tar --exclude=./.git --exclude=./bin --exclude=./benchmarks/results -cf - . | tar -xf - -C "$hist/$v"
+		git -C "$root" archive e461e99 | tar -xf - -C "$hist/$v"
+	done
+	for v in v0 v1; do
 		git -C "$root" show a47b978:aggregate/aggregate.go >"$hist/$v/aggregate/aggregate.go"
 	done
 	(
 		cd "$hist/v0"
 		rm -f ingest/decode/scan.go ingest/decode/scan_test.go ingest/decode/decode_test.go ingest/decode/fuzz_test.go
-		cp benchmarks/history/decode_fastjson.go.txt ingest/decode/decode.go
+		cp "$root/benchmarks/history/decode_fastjson.go.txt" ingest/decode/decode.go
 		go mod edit -require=github.com/valyala/fastjson@v1.6.10
 		git -C "$root" show 9574428:go.sum | grep 'valyala/fastjson' >>go.sum
 		GOFLAGS=-mod=mod go test -c -o "$OUT/micro-v0.test" ./benchmarks &&
 			GOFLAGS=-mod=mod go test -c -o "$OUT/decode-v0.test" ./ingest/decode
 	) || { echo "history: v0 (fastjson) does not build here; skipped"; ok=0; }
 	(cd "$hist/v1" && go test -c -o "$OUT/micro-v1.test" ./benchmarks)
-	go test -c -o "$OUT/decode-v2.test" ./ingest/decode
+	(cd "$hist/v2" && go test -c -o "$OUT/micro-v2.test" ./benchmarks && go test -c -o "$OUT/decode-v2.test" ./ingest/decode)
+	go test -c -o "$OUT/decode-v3.test" ./ingest/decode
 	for round in 1 2; do
-		for v in v0 v1 v2; do
+		for v in v0 v1 v2 v3; do
 			bin=$OUT/micro-$v.test
-			[ "$v" = v2 ] && bin=$OUT/micro.test
+			[ "$v" = v3 ] && bin=$OUT/micro.test
 			[ -x "$bin" ] || continue
 			(cd benchmarks && "$bin" -test.run '^$' -test.bench '^BenchmarkDecodeValidateAggregate$' -test.benchtime 2000000x) |
 				grep '^Benchmark' | sed "s/^/$v /" | tee -a "$OUT/history.txt"
 		done
-		for v in v0 v2; do
+		for v in v0 v2 v3; do
 			[ -x "$OUT/decode-$v.test" ] || continue
 			"$OUT/decode-$v.test" -test.run '^$' -test.bench '^BenchmarkDecode$' | grep '^Benchmark' | sed "s/^/$v /" | tee -a "$OUT/history.txt"
 		done
