@@ -25,10 +25,21 @@
 //     polling once the next flush is due, so memory stays bounded by one
 //     flush interval plus the client's fetch buffer; /readyz turns 503.
 //
+// # Hot path
+//
+// Per record: decode and validate, dedup check, aggregate. Each record is
+// decoded one record ahead of its dedup check and aggregation, and its dedup
+// slot and account state are prefetched then, so their cache misses overlap
+// the previous record's work (the state of a backfill is far larger than
+// the CPU caches). With --until-caught-up, an instance that has read every
+// target offset itself flushes and commits at once.
+//
 // # Concurrency
 //
 // Run owns three goroutines: the poll loop (the caller's), the flusher and
-// a ClickHouse pinger; all stop before Run returns. Rebalance callbacks run
+// a ClickHouse pinger; all stop before Run returns. Partitions of one poll
+// are spread over per-worker goroutines (Config.Workers, each with its own
+// Aggregator) that the poll loop starts and waits for. Rebalance callbacks run
 // on the Kafka client's goroutine and take the same mutex as the poll loop;
 // rebalances are blocked while a poll is being processed.
 //

@@ -309,8 +309,8 @@ func writeResults(w io.Writer, rs []result) {
 		case "memory":
 			variant = r.Extra["variant"]
 			if v := r.Extra["peak_rss_mib_first_half"]; v != "" {
-				notes = append(notes, fmt.Sprintf("peak RSS while ≤ half consumed %s MiB, whole %s MiB; Go heap in use %s → %s MiB; the added event IDs at 55 B: %s MiB",
-					v, r.Extra["peak_rss_mib_whole"], r.Extra["peak_heap_inuse_mib_first"], r.Extra["peak_heap_inuse_mib_whole"], r.Extra["dedup_growth_mib_at_55B_id"]))
+				notes = append(notes, fmt.Sprintf("peak RSS while ≤ half consumed %s MiB, whole %s MiB; Go heap in use %s → %s MiB; the added event IDs at ~50 B: %s MiB",
+					v, r.Extra["peak_rss_mib_whole"], r.Extra["peak_heap_inuse_mib_first"], r.Extra["peak_heap_inuse_mib_whole"], r.Extra["dedup_growth_mib_at_50B_id"]))
 			}
 			if v := r.Extra["cpu_vs_defaults"]; v != "" {
 				notes = append(notes, "CPU ×"+v+", RSS ×"+r.Extra["rss_vs_defaults"]+" vs defaults")
