@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"slices"
+	"strings"
 	"unsafe"
 
 	"github.com/usagepipe/usagepipe/aggregate/quarter"
@@ -123,9 +124,10 @@ func (c *count) feat() int32  { return int32(uint32(c.key)) - 1 }
 // that they share as few cache lines as possible.
 type account struct {
 	dirty     bool
-	months    []int32 // months with an event since the last Drain
-	acts      []act   // since the last Drain
-	buf       []byte  // user names and event_ids of acts
+	agg       *Aggregator // owner
+	months    []int32     // months with an event since the last Drain
+	acts      []act       // since the last Drain
+	buf       []byte      // user names and event_ids of acts
 	name      string
 	purchases []latest // latest purchase per month since the last Drain
 	counts    []count  // sorted by (part, month, feat)
@@ -142,19 +144,20 @@ type partition struct {
 
 // Aggregator accumulates facts since the last Drain.
 type Aggregator struct {
-	topic    string
-	accounts map[string]*account
-	seed     maphash.Seed
-	features map[string]int32
-	featName []string
-	dirty    []*account
-	parts    map[int32]*partition
-	closed   []schema.EventCount // counts of buckets finished since the last Drain
-	adds     []uint64            // count keys to add to one account's, one per event (mergeCounts)
-	merged   []count             // mergeCounts' scratch
-	pending  int                 // fact rows the next Drain will write (approximately)
-	keys     []uint64            // sortActs' scratch
-	sorted   []act               // sortActs' scratch
+	topic     string
+	accounts  map[string]*account
+	seed      maphash.Seed
+	features  map[string]int32
+	featName  []string
+	dirty     []*account
+	parts     map[int32]*partition
+	closed    []schema.EventCount // counts of buckets finished since the last Drain
+	adds      []uint64            // count keys to add to one account's, one per event (mergeCounts)
+	merged    []count             // mergeCounts' scratch
+	pending   int                 // fact rows the next Drain will write (approximately)
+	keys      []uint64            // sortActs' scratch
+	drainAccs []*account          // DrainAll's scratch
+	sorted    []act               // sortActs' scratch
 }
 
 // New returns an empty Aggregator for events of topic.
@@ -226,7 +229,7 @@ func (a *Aggregator) account(name []byte) *account {
 	if acc, ok := a.accounts[string(name)]; ok { // no allocation
 		return acc
 	}
-	acc := &account{name: string(name)}
+	acc := &account{name: string(name), agg: a}
 	a.accounts[acc.name] = acc
 	return acc
 }
@@ -477,34 +480,109 @@ func (a *Aggregator) appendCounts(dst []schema.EventCount, acc *account, p int32
 }
 
 // Drain resets f and moves every fact gathered since the last Drain into
-// it (see DrainAppend).
+// it (see DrainAll).
 func (a *Aggregator) Drain(f *schema.Facts) {
 	f.Reset()
-	a.DrainAppend(f)
+	DrainAll(f, a)
 }
 
-// DrainAppend appends every fact gathered since the last Drain to f and
-// empties the Aggregator's pending state. Counts of open
-// buckets are written with covered_end = the next offset of their partition
-// and stay open. Row order is unspecified: no stored value depends on it.
-func (a *Aggregator) DrainAppend(f *schema.Facts) {
-	f.EventCounts = append(f.EventCounts, a.closed...)
-	a.closed = a.closed[:0]
-	for _, acc := range a.dirty {
-		acc.dirty = false
-		for _, m := range acc.months {
-			f.AccountMonths = append(f.AccountMonths, schema.AccountMonth{Account: acc.name, Month: m})
-		}
-		acc.months = acc.months[:0]
-		for _, l := range acc.purchases {
-			f.SeatPurchases = append(f.SeatPurchases, schema.SeatPurchase{Account: acc.name, Month: l.month, OccurredMs: l.ms, EventID: f.Intern(l.eventID), Seats: l.seats})
-		}
-		acc.purchases = acc.purchases[:0]
-		a.drainActs(f, acc)
-		f.EventCounts = a.appendCounts(f.EventCounts, acc, -1, 0, 0)
+// DrainAppend appends every fact gathered since the last Drain to f (see
+// DrainAll).
+func (a *Aggregator) DrainAppend(f *schema.Facts) { DrainAll(f, a) }
+
+// DrainAll appends every fact gathered by aggs since their last Drain to f
+// and empties their pending state. Counts of open buckets are written with
+// covered_end = the next offset of their partition and stay open.
+//
+// No stored value depends on row order, but ClickHouse inserts rows that
+// arrive in its ORDER BY order several times cheaper (it skips sorting the
+// block): accounts are drained in name order across all aggs (each
+// account belongs to one), and each account's rows of every table are
+// sorted by the rest of the table's key. Only the counts of buckets closed
+// since the last Drain (rare) come first, unsorted.
+func DrainAll(f *schema.Facts, aggs ...*Aggregator) {
+	if len(aggs) == 0 {
+		return
 	}
-	a.dirty = a.dirty[:0]
-	a.pending = 0
+	accs := aggs[0].drainAccs[:0]
+	for _, a := range aggs {
+		f.EventCounts = append(f.EventCounts, a.closed...)
+		a.closed = a.closed[:0]
+		accs = append(accs, a.dirty...)
+	}
+	if len(aggs) > 1 || !slices.IsSortedFunc(accs, byName) {
+		slices.SortFunc(accs, byName)
+	}
+	for _, acc := range accs {
+		acc.agg.drainAccount(f, acc)
+	}
+	for _, a := range aggs {
+		a.dirty = a.dirty[:0]
+		a.pending = 0
+	}
+	clear(accs)
+	aggs[0].drainAccs = accs[:0]
+}
+
+func byName(x, y *account) int { return strings.Compare(x.name, y.name) }
+
+// drainAccount appends acc's facts to f, each table's rows in its ORDER BY
+// order (the account is the first column of every key).
+func (a *Aggregator) drainAccount(f *schema.Facts, acc *account) {
+	acc.dirty = false
+	slices.Sort(acc.months)
+	for _, m := range acc.months {
+		f.AccountMonths = append(f.AccountMonths, schema.AccountMonth{Account: acc.name, Month: m})
+	}
+	acc.months = acc.months[:0]
+	slices.SortFunc(acc.purchases, func(x, y latest) int { return cmp.Compare(x.month, y.month) })
+	for _, l := range acc.purchases {
+		f.SeatPurchases = append(f.SeatPurchases, schema.SeatPurchase{Account: acc.name, Month: l.month, OccurredMs: l.ms, EventID: f.Intern(l.eventID), Seats: l.seats})
+	}
+	acc.purchases = acc.purchases[:0]
+	ua, fu, se, ec := len(f.UserActivity), len(f.FeatureUsers), len(f.SeatEvents), len(f.EventCounts)
+	a.drainActs(f, acc)
+	f.EventCounts = a.appendCounts(f.EventCounts, acc, -1, 0, 0)
+	// (account_id, month, user_id)
+	slices.SortFunc(f.UserActivity[ua:], func(x, y schema.UserActivity) int {
+		if x.Month != y.Month {
+			return cmp.Compare(x.Month, y.Month)
+		}
+		return strings.Compare(x.User, y.User)
+	})
+	// (account_id, month, feature, user_id)
+	slices.SortFunc(f.FeatureUsers[fu:], func(x, y schema.FeatureUser) int {
+		if x.Month != y.Month {
+			return cmp.Compare(x.Month, y.Month)
+		}
+		if c := strings.Compare(x.Feature, y.Feature); c != 0 {
+			return c
+		}
+		return strings.Compare(x.User, y.User)
+	})
+	// (account_id, user_id, month, …): one row per user and month
+	slices.SortFunc(f.SeatEvents[se:], func(x, y schema.SeatEvent) int {
+		if c := strings.Compare(x.User, y.User); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.Month, y.Month)
+	})
+	// (account_id, month, kind, feature, src_topic, src_partition, bucket)
+	slices.SortFunc(f.EventCounts[ec:], func(x, y schema.EventCount) int {
+		if x.Month != y.Month {
+			return cmp.Compare(x.Month, y.Month)
+		}
+		if x.Kind != y.Kind {
+			return cmp.Compare(x.Kind, y.Kind)
+		}
+		if c := strings.Compare(x.Feature, y.Feature); c != 0 {
+			return c
+		}
+		if x.Partition != y.Partition {
+			return cmp.Compare(x.Partition, y.Partition)
+		}
+		return cmp.Compare(x.Bucket, y.Bucket)
+	})
 }
 
 // drainActs sorts acc's log and appends its facts to f: per user and month

@@ -1,10 +1,14 @@
 package aggregate
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/usagepipe/usagepipe/schema"
+	"github.com/usagepipe/usagepipe/schema/event"
 )
 
 // TestSortActsMatchesCompare checks sortActs against a plain sort by
@@ -44,5 +48,101 @@ func TestSortActsMatchesCompare(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDrainAllRowsInKeyOrder feeds two aggregators (disjoint accounts, as
+// the consumer's workers have) and checks that DrainAll emits every table
+// in its ClickHouse ORDER BY order, with the same rows as draining each
+// aggregator on its own.
+func TestDrainAllRowsInKeyOrder(t *testing.T) {
+	feed := func() (*Aggregator, *Aggregator) {
+		rng := rand.New(rand.NewPCG(3, 4))
+		a, b := New("t"), New("t")
+		a.Assign(0)
+		b.Assign(1)
+		types := []event.Type{event.Login, event.FeatureUsed, event.SeatAssigned, event.SeatUnassigned, event.SeatsPurchased}
+		for i := range 20000 {
+			acct := rng.IntN(300)
+			ev := &event.Event{
+				EventID:      []byte(fmt.Sprint("e", i)),
+				Type:         types[rng.IntN(len(types))],
+				AccountID:    []byte(fmt.Sprintf("acct-%03d", acct)),
+				UserID:       []byte(fmt.Sprintf("u%d", rng.IntN(50))),
+				Feature:      []byte(fmt.Sprintf("f%d", rng.IntN(7))),
+				OccurredAtMs: 1_767_225_600_000 + rng.Int64N(180*24*3600*1000),
+				Seats:        rng.Int64N(100),
+			}
+			if ev.Type == event.SeatsPurchased {
+				ev.UserID = nil
+			}
+			if acct%2 == 0 {
+				a.Add(0, int64(i), ev)
+			} else {
+				b.Add(1, int64(i), ev)
+			}
+		}
+		return a, b
+	}
+	a, b := feed()
+	var f schema.Facts
+	DrainAll(&f, a, b)
+	a2, b2 := feed()
+	var fa, fb schema.Facts
+	a2.Drain(&fa)
+	b2.Drain(&fb)
+
+	checkSorted(t, "fact_account_months", f.AccountMonths, func(x, y schema.AccountMonth) int {
+		return cmp.Or(cmp.Compare(x.Account, y.Account), cmp.Compare(x.Month, y.Month))
+	})
+	checkSorted(t, "fact_user_activity", f.UserActivity, func(x, y schema.UserActivity) int {
+		return cmp.Or(cmp.Compare(x.Account, y.Account), cmp.Compare(x.Month, y.Month), cmp.Compare(x.User, y.User))
+	})
+	checkSorted(t, "fact_feature_users", f.FeatureUsers, func(x, y schema.FeatureUser) int {
+		return cmp.Or(cmp.Compare(x.Account, y.Account), cmp.Compare(x.Month, y.Month), cmp.Compare(x.Feature, y.Feature), cmp.Compare(x.User, y.User))
+	})
+	checkSorted(t, "fact_event_counts", f.EventCounts, func(x, y schema.EventCount) int {
+		return cmp.Or(cmp.Compare(x.Account, y.Account), cmp.Compare(x.Month, y.Month), cmp.Compare(x.Kind, y.Kind), cmp.Compare(x.Feature, y.Feature),
+			cmp.Compare(x.Topic, y.Topic), cmp.Compare(x.Partition, y.Partition), cmp.Compare(x.Bucket, y.Bucket))
+	})
+	checkSorted(t, "fact_seat_events", f.SeatEvents, func(x, y schema.SeatEvent) int {
+		return cmp.Or(cmp.Compare(x.Account, y.Account), cmp.Compare(x.User, y.User), cmp.Compare(x.Month, y.Month))
+	})
+	checkSorted(t, "fact_seat_purchases", f.SeatPurchases, func(x, y schema.SeatPurchase) int {
+		return cmp.Or(cmp.Compare(x.Account, y.Account), cmp.Compare(x.Month, y.Month))
+	})
+	sameRows(t, "fact_user_activity", f.UserActivity, append(fa.UserActivity, fb.UserActivity...))
+	sameRows(t, "fact_feature_users", f.FeatureUsers, append(fa.FeatureUsers, fb.FeatureUsers...))
+	sameRows(t, "fact_event_counts", f.EventCounts, append(fa.EventCounts, fb.EventCounts...))
+	sameRows(t, "fact_seat_events", f.SeatEvents, append(fa.SeatEvents, fb.SeatEvents...))
+	sameRows(t, "fact_seat_purchases", f.SeatPurchases, append(fa.SeatPurchases, fb.SeatPurchases...))
+	sameRows(t, "fact_account_months", f.AccountMonths, append(fa.AccountMonths, fb.AccountMonths...))
+}
+
+func checkSorted[T any](t *testing.T, table string, rows []T, cmp func(x, y T) int) {
+	t.Helper()
+	if len(rows) < 100 {
+		t.Fatalf("%s: only %d rows; the test needs more", table, len(rows))
+	}
+	for i := 1; i < len(rows); i++ {
+		if cmp(rows[i-1], rows[i]) > 0 {
+			t.Fatalf("%s: row %d %+v sorts before row %d %+v", table, i, rows[i], i-1, rows[i-1])
+		}
+	}
+}
+
+func sameRows[T comparable](t *testing.T, table string, got, want []T) {
+	t.Helper()
+	n := map[T]int{}
+	for _, r := range got {
+		n[r]++
+	}
+	for _, r := range want {
+		n[r]--
+	}
+	for r, c := range n {
+		if c != 0 {
+			t.Fatalf("%s: row %+v appears %d more times in DrainAll than in separate drains", table, r, c)
+		}
 	}
 }

@@ -45,7 +45,8 @@ type Consumer struct {
 	// processes a poll and by the rebalance callbacks.
 	mu      sync.Mutex
 	parts   map[int32]*partState
-	workers []*worker // partition p is processed by workers[p % len(workers)]
+	workers []*worker               // partition p is processed by workers[p % len(workers)]
+	aggs    []*aggregate.Aggregator // the workers' aggregators, drained together
 	bufs    [2]schema.Facts
 	buf     int
 	flight  *flushJob // the flush being written, nil if none
@@ -148,7 +149,9 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		acked:     make(map[int32]int64),
 	}
 	for range cfg.Workers {
-		c.workers = append(c.workers, &worker{agg: aggregate.New(cfg.Topic), ahead: [2]decoded{
+		agg := aggregate.New(cfg.Topic)
+		c.aggs = append(c.aggs, agg)
+		c.workers = append(c.workers, &worker{agg: agg, ahead: [2]decoded{
 			{dec: decode.New(decode.Config{MaxClockSkew: cfg.MaxClockSkew})},
 			{dec: decode.New(decode.Config{MaxClockSkew: cfg.MaxClockSkew})},
 		}})
@@ -492,9 +495,7 @@ func (c *Consumer) startFlush(async bool) error {
 	c.buf ^= 1
 	job.facts.Reset()
 	job.facts.Reserve(&c.bufs[c.buf]) // room for as many rows as the previous flush: no regrowing
-	for _, w := range c.workers {
-		w.agg.DrainAppend(job.facts)
-	}
+	aggregate.DrainAll(job.facts, c.aggs...)
 	for p, st := range c.parts {
 		job.dlq = append(job.dlq, st.dlq...)
 		st.dlq = nil
