@@ -31,7 +31,6 @@ import (
 	"bytes"
 	"cmp"
 	"fmt"
-	"hash/maphash"
 	"slices"
 	"strings"
 	"unsafe"
@@ -84,7 +83,7 @@ const (
 // Drain. The user name is buf[name:name+nlen] of the account; a seat
 // event's event_id follows it (elen bytes).
 type act struct {
-	hash  uint64 // of the user name: the sort key; equal hashes compare names
+	nkey  uint64 // set by sortActs: 6 bytes of the user name (see sortActs)
 	ms    int64
 	month int32
 	part  int32
@@ -146,7 +145,6 @@ type partition struct {
 type Aggregator struct {
 	topic     string
 	accounts  map[string]*account
-	seed      maphash.Seed
 	features  map[string]int32
 	featName  []string
 	dirty     []*account
@@ -157,7 +155,14 @@ type Aggregator struct {
 	pending   int                 // fact rows the next Drain will write (approximately)
 	keys      []uint64            // sortActs' scratch
 	drainAccs []*account          // DrainAll's scratch
-	sorted    []act               // sortActs' scratch
+	featRank  []int32             // featureRanks' result
+	counting  []int32             // ordered's scratch
+	uaScratch []schema.UserActivity
+	fuScratch []schema.FeatureUser
+	ecScratch []schema.EventCount
+	fuSub     []int32 // feature rank of each FeatureUsers row of the account being drained
+	ecSub     []int32 // the same for its EventCounts rows (0 for logins)
+	sorted    []act   // sortActs' scratch
 }
 
 // New returns an empty Aggregator for events of topic.
@@ -165,7 +170,6 @@ func New(topic string) *Aggregator {
 	return &Aggregator{
 		topic:    topic,
 		accounts: make(map[string]*account),
-		seed:     maphash.MakeSeed(),
 		features: make(map[string]int32),
 		parts:    make(map[int32]*partition),
 	}
@@ -284,21 +288,20 @@ func (a *Aggregator) Add(p int32, offset int64, ev *event.Event) {
 	a.pending++ // rows are bounded by events: flush early on volume too
 	switch ev.Type {
 	case event.Login:
-		acc.add(a.seed, ev, act{month: month, part: p, feat: featLogin, kind: actActivity}, false)
+		acc.add(ev, act{month: month, part: p, feat: featLogin, kind: actActivity}, false)
 	case event.FeatureUsed:
-		acc.add(a.seed, ev, act{month: month, part: p, feat: a.feature(ev.Feature), kind: actActivity}, false)
+		acc.add(ev, act{month: month, part: p, feat: a.feature(ev.Feature), kind: actActivity}, false)
 	case event.SeatAssigned:
-		acc.add(a.seed, ev, act{month: month, part: p, kind: actSeat, flags: flagCounted | flagAssigned}, true)
+		acc.add(ev, act{month: month, part: p, kind: actSeat, flags: flagCounted | flagAssigned}, true)
 	case event.SeatUnassigned:
-		acc.add(a.seed, ev, act{month: month, part: p, kind: actSeat, flags: flagCounted}, true)
+		acc.add(ev, act{month: month, part: p, kind: actSeat, flags: flagCounted}, true)
 	case event.SeatsPurchased:
 		acc.purchases = addLatest(acc.purchases, month, ev)
 	}
 }
 
 // add appends x, for ev's user (and event_id if withID), to acc's log.
-func (acc *account) add(seed maphash.Seed, ev *event.Event, x act, withID bool) {
-	x.hash = maphash.Bytes(seed, ev.UserID)
+func (acc *account) add(ev *event.Event, x act, withID bool) {
 	x.ms = ev.OccurredAtMs
 	x.name, x.nlen = uint32(len(acc.buf)), uint16(len(ev.UserID))
 	acc.buf = append(acc.buf, ev.UserID...)
@@ -315,11 +318,9 @@ func (acc *account) eventID(x *act) []byte {
 	return acc.buf[s : s+uint32(x.elen)]
 }
 
-// compare orders acts by user, then kind, month, feature and partition.
+// compare orders acts by user name, then kind, month, feature and
+// partition.
 func (acc *account) compare(x, y act) int {
-	if x.hash != y.hash {
-		return cmp.Compare(x.hash, y.hash)
-	}
 	if c := bytes.Compare(acc.user(&x), acc.user(&y)); c != 0 {
 		return c
 	}
@@ -469,6 +470,7 @@ func (a *Aggregator) appendCounts(dst []schema.EventCount, acc *account, p int32
 				continue // dropped partition: its counts are not ours to write
 			}
 			cb, ce = part.bucket, part.next
+			a.ecSub = append(a.ecSub, c.feat()+1) // drainAccount turns it into a rank
 		}
 		dst = append(dst, schema.EventCount{
 			Account: acc.name, Month: c.month(), Kind: kind, Feature: feat,
@@ -540,49 +542,25 @@ func (a *Aggregator) drainAccount(f *schema.Facts, acc *account) {
 		f.SeatPurchases = append(f.SeatPurchases, schema.SeatPurchase{Account: acc.name, Month: l.month, OccurredMs: l.ms, EventID: f.Intern(l.eventID), Seats: l.seats})
 	}
 	acc.purchases = acc.purchases[:0]
-	ua, fu, se, ec := len(f.UserActivity), len(f.FeatureUsers), len(f.SeatEvents), len(f.EventCounts)
+	ua, fu, ec := len(f.UserActivity), len(f.FeatureUsers), len(f.EventCounts)
+	rank := a.featureRanks()
 	a.drainActs(f, acc)
 	f.EventCounts = a.appendCounts(f.EventCounts, acc, -1, 0, 0)
+	for i := range f.EventCounts[ec:] {
+		a.ecSub[i] = rank[a.ecSub[i]] // feature index + 1 → rank (logins: 0 → 0)
+	}
+	// Rows come out by user name (then month, feature); each table's key
+	// after account_id is reached with a stable counting sort.
+	subs := int32(len(a.featName) + 1)
 	// (account_id, month, user_id)
-	slices.SortFunc(f.UserActivity[ua:], func(x, y schema.UserActivity) int {
-		if x.Month != y.Month {
-			return cmp.Compare(x.Month, y.Month)
-		}
-		return strings.Compare(x.User, y.User)
-	})
+	ordered(f.UserActivity[ua:], nil, &a.uaScratch, &a.counting, func(r *schema.UserActivity) int32 { return r.Month }, 1)
 	// (account_id, month, feature, user_id)
-	slices.SortFunc(f.FeatureUsers[fu:], func(x, y schema.FeatureUser) int {
-		if x.Month != y.Month {
-			return cmp.Compare(x.Month, y.Month)
-		}
-		if c := strings.Compare(x.Feature, y.Feature); c != 0 {
-			return c
-		}
-		return strings.Compare(x.User, y.User)
-	})
-	// (account_id, user_id, month, …): one row per user and month
-	slices.SortFunc(f.SeatEvents[se:], func(x, y schema.SeatEvent) int {
-		if c := strings.Compare(x.User, y.User); c != 0 {
-			return c
-		}
-		return cmp.Compare(x.Month, y.Month)
-	})
-	// (account_id, month, kind, feature, src_topic, src_partition, bucket)
-	slices.SortFunc(f.EventCounts[ec:], func(x, y schema.EventCount) int {
-		if x.Month != y.Month {
-			return cmp.Compare(x.Month, y.Month)
-		}
-		if x.Kind != y.Kind {
-			return cmp.Compare(x.Kind, y.Kind)
-		}
-		if c := strings.Compare(x.Feature, y.Feature); c != 0 {
-			return c
-		}
-		if x.Partition != y.Partition {
-			return cmp.Compare(x.Partition, y.Partition)
-		}
-		return cmp.Compare(x.Bucket, y.Bucket)
-	})
+	ordered(f.FeatureUsers[fu:], a.fuSub, &a.fuScratch, &a.counting, func(r *schema.FeatureUser) int32 { return r.Month }, subs)
+	// (account_id, user_id, month, …): already in that order.
+	// (account_id, month, kind, feature, src_topic, src_partition, bucket):
+	// counts come sorted by partition; logins rank 0, features by name.
+	ordered(f.EventCounts[ec:], a.ecSub, &a.ecScratch, &a.counting, func(r *schema.EventCount) int32 { return r.Month }, subs)
+	a.fuSub, a.ecSub = a.fuSub[:0], a.ecSub[:0]
 }
 
 // drainActs sorts acc's log and appends its facts to f: per user and month
@@ -594,7 +572,7 @@ func (a *Aggregator) drainActs(f *schema.Facts, acc *account) {
 		first := &acts[i]
 		name := acc.user(first)
 		j := i + 1
-		for j < len(acts) && acts[j].hash == first.hash && bytes.Equal(acc.user(&acts[j]), name) {
+		for j < len(acts) && acts[j].nkey == first.nkey && bytes.Equal(acc.user(&acts[j]), name) {
 			j++
 		}
 		user := f.Intern(name)
@@ -621,19 +599,47 @@ func (a *Aggregator) drainActs(f *schema.Facts, acc *account) {
 	}
 }
 
-// sortActs returns acc's log in compare order. Most of the work is a sort
-// of 8-byte keys (the top 48 bits of the user hash, then the act's index);
-// the few acts with equal top bits (one user's events, or a rare
-// collision) are then ordered by compare.
+// sortActs returns acc's log in compare order (users by name). Most of the
+// work is a sort of 8-byte keys: 6 bytes of the user name, taken after the
+// prefix all of the account's user names share (so that they tell names
+// apart: "user-0001234"), then the act's index; acts with equal keys (one
+// user's events, or names equal in those bytes) are then ordered by
+// compare.
 func (a *Aggregator) sortActs(acc *account) []act {
 	acts := acc.acts
+	if len(acts) == 0 {
+		return acts
+	}
 	if len(acts) > 1<<16 {
+		for i := range acts {
+			acts[i].nkey = 0
+		}
 		slices.SortFunc(acts, acc.compare)
 		return acts
 	}
+	first := acc.user(&acts[0])
+	lcp := len(first)
+	for i := 1; i < len(acts) && lcp > 0; i++ {
+		name := acc.user(&acts[i])
+		n := min(lcp, len(name))
+		j := 0
+		for j < n && name[j] == first[j] {
+			j++
+		}
+		lcp = j
+	}
 	keys := a.keys[:0]
 	for i := range acts {
-		keys = append(keys, acts[i].hash&^0xffff|uint64(i))
+		var w uint64
+		name := acc.user(&acts[i])[lcp:]
+		for b := range 6 {
+			w <<= 8
+			if b < len(name) {
+				w |= uint64(name[b])
+			}
+		}
+		acts[i].nkey = w
+		keys = append(keys, w<<16|uint64(i))
 	}
 	slices.Sort(keys)
 	sorted := a.sorted[:0]
@@ -642,11 +648,13 @@ func (a *Aggregator) sortActs(acc *account) []act {
 	}
 	for i := 0; i < len(sorted); {
 		j := i + 1
-		for j < len(sorted) && keys[j]&^0xffff == keys[i]&^0xffff {
+		for j < len(sorted) && keys[j]>>16 == keys[i]>>16 {
 			j++
 		}
-		if j-i > 1 {
-			run := sorted[i:j]
+		switch run := sorted[i:j]; {
+		case len(run) > 16:
+			slices.SortFunc(run, acc.compare)
+		case len(run) > 1:
 			for x := 1; x < len(run); x++ { // insertion sort: runs are short
 				for y := x; y > 0 && acc.compare(run[y-1], run[y]) > 0; y-- {
 					run[y-1], run[y] = run[y], run[y-1]
@@ -671,6 +679,7 @@ func (a *Aggregator) drainActivity(f *schema.Facts, acc *account, user string, r
 		feat, part := run[i].feat, run[i].part
 		if feat != featLogin && (i == 0 || run[i-1].feat != feat) {
 			f.FeatureUsers = append(f.FeatureUsers, schema.FeatureUser{Account: acc.name, Feature: a.featName[feat], User: user, Month: month})
+			a.fuSub = append(a.fuSub, a.featRank[feat+1])
 		}
 		key := countKey(part, month, feat)
 		for ; i < len(run) && run[i].feat == feat && run[i].part == part; i++ {
@@ -694,6 +703,81 @@ func (a *Aggregator) drainSeat(f *schema.Facts, acc *account, user string, run [
 		Account: acc.name, User: user, Month: best.month, OccurredMs: best.ms,
 		EventID: f.Intern(acc.eventID(best)), Assigned: best.flags&flagAssigned != 0,
 	})
+}
+
+// featureRanks returns, at feature index + 1, 1 + the feature's position
+// in name order; at 0 (logins) 0.
+func (a *Aggregator) featureRanks() []int32 {
+	if len(a.featRank) == len(a.featName)+1 {
+		return a.featRank
+	}
+	idx := make([]int32, len(a.featName))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortFunc(idx, func(x, y int32) int { return strings.Compare(a.featName[x], a.featName[y]) })
+	a.featRank = make([]int32, len(a.featName)+1)
+	for r, i := range idx {
+		a.featRank[i+1] = int32(r) + 1
+	}
+	return a.featRank
+}
+
+// ordered reorders rows stably by (month, sub[i]), where sub[i] is in [0,
+// subs) (nil sub: 0), with a counting sort when the key range is small (the
+// usual few months of one account), else a stable comparison sort.
+func ordered[T any](rows []T, sub []int32, scratch *[]T, counting *[]int32, month func(*T) int32, subs int32) {
+	if len(rows) < 2 {
+		return
+	}
+	if sub != nil && len(sub) != len(rows) {
+		panic("aggregate: ordered: keys and rows differ in length")
+	}
+	lo, hi := month(&rows[0]), month(&rows[0])
+	for i := range rows {
+		m := month(&rows[i])
+		lo, hi = min(lo, m), max(hi, m)
+	}
+	key := func(i int) int32 {
+		k := (month(&rows[i]) - lo) * subs
+		if sub != nil {
+			k += sub[i]
+		}
+		return k
+	}
+	n := int(hi-lo+1) * int(subs)
+	if n > 4*len(rows)+256 { // a long span of months: sort an index instead
+		keys := make([]int64, len(rows))
+		for i := range rows {
+			keys[i] = int64(key(i))<<32 | int64(i)
+		}
+		slices.Sort(keys)
+		out := append((*scratch)[:0], rows...)
+		for i, k := range keys {
+			rows[i] = out[int32(k)]
+		}
+		clear(out)
+		*scratch = out[:0]
+		return
+	}
+	c := append((*counting)[:0], make([]int32, n+1+len(rows))...)
+	keys := c[n+1:] // each row's key, computed once
+	for i := range rows {
+		k := key(i)
+		keys[i] = k
+		c[k+1]++
+	}
+	for k := 1; k <= n; k++ {
+		c[k] += c[k-1]
+	}
+	out := append((*scratch)[:0], rows...)
+	for i := range out {
+		k := keys[i]
+		rows[c[k]] = out[i]
+		c[k]++
+	}
+	clear(out) // drop references to the rows' strings
+	*scratch, *counting = out[:0], c[:0]
 }
 
 // Pending approximates the fact rows waiting for the next Drain: a flush

@@ -12,42 +12,49 @@ import (
 )
 
 // TestSortActsMatchesCompare checks sortActs against a plain sort by
-// compare on logs whose hashes collide on purpose: equal top 48 bits with
-// different low bits, and equal full hashes for different user names.
+// compare on logs whose names defeat its 6-byte keys on purpose: a long
+// common prefix, names equal in the 6 bytes after it, prefixes of each
+// other, NUL bytes, and one user with many events.
 func TestSortActsMatchesCompare(t *testing.T) {
-	hashes := []uint64{0x1234_5678_9abc_0001, 0x1234_5678_9abc_ffff, 0x1234_5678_9abc_0001 ^ 1<<40, 7, 1 << 63}
-	for _, n := range []int{0, 1, 2, 5, 40, 1000} {
-		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(uint64(n), 9))
-			a := New("t")
-			acc := &account{name: "acme"}
-			for range n {
-				name := fmt.Sprintf("user-%d", rng.IntN(4))
-				x := act{
-					hash:  hashes[rng.IntN(len(hashes))],
-					ms:    rng.Int64N(1000),
-					month: int32(24300 + rng.IntN(3)),
-					part:  int32(rng.IntN(3)),
-					feat:  int32(rng.IntN(4)) - 1,
-					kind:  uint8(rng.IntN(2)),
-					name:  uint32(len(acc.buf)),
-					nlen:  uint16(len(name)),
+	names := [][]string{
+		{"user-0000001", "user-0000002", "user-0000010", "user-1000001"},
+		{"abcdefgh-1", "abcdefgh-2", "abcdefgh", "abcdefgh\x00", "abcdefgh\x00x", "b"},
+		{"u", "u\x00", "u\x00\x00", "v"},
+		{"same"},
+	}
+	for ni, set := range names {
+		for _, n := range []int{0, 1, 2, 5, 40, 1000} {
+			t.Run(fmt.Sprint(ni, "/", n), func(t *testing.T) {
+				rng := rand.New(rand.NewPCG(uint64(n), uint64(ni)))
+				a := New("t")
+				acc := &account{name: "acme", agg: a}
+				for range n {
+					name := set[rng.IntN(len(set))]
+					x := act{
+						ms:    rng.Int64N(1000),
+						month: int32(24300 + rng.IntN(3)),
+						part:  int32(rng.IntN(3)),
+						feat:  int32(rng.IntN(4)) - 1,
+						kind:  uint8(rng.IntN(2)),
+						name:  uint32(len(acc.buf)),
+						nlen:  uint16(len(name)),
+					}
+					acc.buf = append(acc.buf, name...)
+					acc.acts = append(acc.acts, x)
 				}
-				acc.buf = append(acc.buf, name...)
-				acc.acts = append(acc.acts, x)
-			}
-			want := slices.Clone(acc.acts)
-			slices.SortStableFunc(want, acc.compare)
-			got := a.sortActs(acc)
-			if len(got) != len(want) {
-				t.Fatalf("sorted %d acts, want %d", len(got), len(want))
-			}
-			for i := range got {
-				if acc.compare(got[i], want[i]) != 0 {
-					t.Fatalf("position %d: %+v (%s), want %+v (%s)", i, got[i], acc.user(&got[i]), want[i], acc.user(&want[i]))
+				want := slices.Clone(acc.acts)
+				slices.SortStableFunc(want, acc.compare)
+				got := a.sortActs(acc)
+				if len(got) != len(want) {
+					t.Fatalf("sorted %d acts, want %d", len(got), len(want))
 				}
-			}
-		})
+				for i := range got {
+					if acc.compare(got[i], want[i]) != 0 {
+						t.Fatalf("position %d: %+v (%q), want %+v (%q)", i, got[i], acc.user(&got[i]), want[i], acc.user(&want[i]))
+					}
+				}
+			})
+		}
 	}
 }
 
