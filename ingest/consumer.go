@@ -48,11 +48,13 @@ type Consumer struct {
 	workers []*worker               // partition p is processed by workers[p % len(workers)]
 	aggs    []*aggregate.Aggregator // the workers' aggregators, drained together
 	bufs    [2]schema.Facts
-	buf     int
-	flight  *flushJob // the flush being written, nil if none
-	broken  bool      // a flush failed for good: commit nothing more
-	closed  bool      // Run has flushed for the last time
-	lastRun time.Time // when the last flush was started
+	// lastPending is pending() when the previous flush was drained.
+	lastPending int
+	buf         int
+	flight      *flushJob // the flush being written, nil if none
+	broken      bool      // a flush failed for good: commit nothing more
+	closed      bool      // Run has flushed for the last time
+	lastRun     time.Time // when the last flush was started
 
 	flushReq  chan *flushJob
 	flushDone chan *flushJob
@@ -494,7 +496,13 @@ func (c *Consumer) startFlush(async bool) error {
 	job := &flushJob{facts: &c.bufs[c.buf], commits: make(map[int32]commitPos), delays: make(map[int64]int), started: time.Now()}
 	c.buf ^= 1
 	job.facts.Reset()
-	job.facts.Reserve(&c.bufs[c.buf]) // room for as many rows as the previous flush: no regrowing
+	// Room for the previous flush's rows, scaled by how many more events
+	// this one holds: filling the buffer does not regrow it.
+	pending := c.pending()
+	if c.lastPending > 0 {
+		job.facts.Reserve(&c.bufs[c.buf], float64(pending)/float64(c.lastPending))
+	}
+	c.lastPending = pending
 	aggregate.DrainAll(job.facts, c.aggs...)
 	for p, st := range c.parts {
 		job.dlq = append(job.dlq, st.dlq...)

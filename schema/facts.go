@@ -115,16 +115,18 @@ func (f *Facts) Reset() {
 	f.arena = nil
 }
 
-// Reserve makes room in each of f's tables for as many rows as g holds
-// (plus a quarter), so that filling f does not regrow its slices. Only
+// Reserve makes room in each of f's tables for scale times as many rows
+// as g holds (plus a quarter), so that filling f does not regrow its
+// slices: g is an earlier flush, scale how much more this one holds. Only
 // capacity changes; f's rows stay.
-func (f *Facts) Reserve(g *Facts) {
-	f.AccountMonths = reserve(f.AccountMonths, len(g.AccountMonths))
-	f.UserActivity = reserve(f.UserActivity, len(g.UserActivity))
-	f.FeatureUsers = reserve(f.FeatureUsers, len(g.FeatureUsers))
-	f.EventCounts = reserve(f.EventCounts, len(g.EventCounts))
-	f.SeatEvents = reserve(f.SeatEvents, len(g.SeatEvents))
-	f.SeatPurchases = reserve(f.SeatPurchases, len(g.SeatPurchases))
+func (f *Facts) Reserve(g *Facts, scale float64) {
+	n := func(rows int) int { return int(float64(rows) * max(scale, 1)) }
+	f.AccountMonths = reserve(f.AccountMonths, n(len(g.AccountMonths)))
+	f.UserActivity = reserve(f.UserActivity, n(len(g.UserActivity)))
+	f.FeatureUsers = reserve(f.FeatureUsers, n(len(g.FeatureUsers)))
+	f.EventCounts = reserve(f.EventCounts, n(len(g.EventCounts)))
+	f.SeatEvents = reserve(f.SeatEvents, n(len(g.SeatEvents)))
+	f.SeatPurchases = reserve(f.SeatPurchases, n(len(g.SeatPurchases)))
 }
 
 func reserve[T any](s []T, n int) []T {

@@ -33,7 +33,7 @@ func TestInternSurvivesReset(t *testing.T) {
 func TestReserveKeepsRowsAndMakesRoom(t *testing.T) {
 	f := Facts{UserActivity: []UserActivity{{Account: "a", User: "u", Month: 1}}}
 	g := Facts{UserActivity: make([]UserActivity, 1000), EventCounts: make([]EventCount, 10)}
-	f.Reserve(&g)
+	f.Reserve(&g, 1)
 	if len(f.UserActivity) != 1 || f.UserActivity[0].User != "u" {
 		t.Fatalf("rows changed: %+v", f.UserActivity)
 	}
@@ -42,5 +42,10 @@ func TestReserveKeepsRowsAndMakesRoom(t *testing.T) {
 	}
 	if cap(f.EventCounts) < 10 || len(f.EventCounts) != 0 {
 		t.Fatalf("event counts: len %d cap %d", len(f.EventCounts), cap(f.EventCounts))
+	}
+	var h Facts
+	h.Reserve(&g, 3.5)
+	if cap(h.UserActivity) < 3500 {
+		t.Fatalf("scaled by 3.5: room for %d user activity rows, want at least 3500", cap(h.UserActivity))
 	}
 }
