@@ -17,14 +17,20 @@
 // Layout: the hot path does no random lookups beyond the account. Each
 // login, feature_used and seat event is appended to its account's log
 // (acts, 40 bytes, plus the user name and seat event_id in the account's
-// byte buffer); Drain sorts each account's small log by user and month and
-// turns the runs into facts. There is no map of users: between flushes the
-// Aggregator keeps only accounts, feature names and the open buckets'
-// counts, and the hot path does not allocate once an account's log has
-// grown to its usual size.
+// byte buffer); Drain sorts each account's small log by user name and
+// month and turns the runs into facts. There is no map of users: between
+// flushes the Aggregator keeps only accounts, feature names and the open
+// buckets' counts, and the hot path does not allocate once an account's
+// log has grown to its usual size.
+//
+// Row order: DrainAll emits accounts in name order and each table's rows in
+// its ClickHouse ORDER BY order. Nothing stored depends on it, but
+// ClickHouse inserts a block that is already in key order without sorting
+// it (in the benchmark ClickHouse's CPU per event fell by ~40%).
 //
 // An Aggregator is owned by one goroutine (the consumer loop) and is not
-// safe for concurrent use. It exports no metrics.
+// safe for concurrent use; DrainAll takes several (one per worker) from
+// the goroutine that owns them all. It exports no metrics.
 package aggregate
 
 import (

@@ -15,5 +15,7 @@
 //
 // Written for ClickHouse 18.16 and current releases: batch INSERTs with
 // explicit column lists over the native protocol, one column appended whole
-// per call.
+// per call, in blocks of BlockRows rows within one INSERT per table. Rows
+// are written in the order given; aggregate.DrainAll gives them in each
+// table's ORDER BY order, which ClickHouse inserts without sorting.
 package store
