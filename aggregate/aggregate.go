@@ -494,10 +494,6 @@ func (a *Aggregator) Drain(f *schema.Facts) {
 	DrainAll(f, a)
 }
 
-// DrainAppend appends every fact gathered since the last Drain to f (see
-// DrainAll).
-func (a *Aggregator) DrainAppend(f *schema.Facts) { DrainAll(f, a) }
-
 // DrainAll appends every fact gathered by aggs since their last Drain to f
 // and empties their pending state. Counts of open buckets are written with
 // covered_end = the next offset of their partition and stay open.

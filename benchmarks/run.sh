@@ -139,6 +139,9 @@ e2e -test.run '^TestMemory$' -bench.brokers kfake -bench.events "$EVENTS"
 log "scaling: 4 and 12 partitions, 1 and 2 instances"
 e2e -test.run '^TestScale$' -bench.brokers kfake -bench.events "$EVENTS"
 
+log "ClickHouse insert cost by row order"
+e2e -test.run '^TestInsertOrder$'
+
 log "profile (in process, kfake)"
 e2e -test.run '^TestProfile$' -bench.brokers kfake -bench.events "$EVENTS" -bench.profile-dir "$OUT/profile"
 go tool pprof -top -tagfocus=pipeline=usagepipe -nodecount 40 "$OUT/e2e.test" "$OUT/profile/cpu.pprof" >"$OUT/profile/cpu.top.txt" 2>/dev/null || true

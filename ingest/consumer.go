@@ -45,8 +45,7 @@ type Consumer struct {
 	// processes a poll and by the rebalance callbacks.
 	mu      sync.Mutex
 	parts   map[int32]*partState
-	workers []*worker               // partition p is processed by workers[p % len(workers)]
-	aggs    []*aggregate.Aggregator // the workers' aggregators, drained together
+	workers []*worker // partition p is processed by workers[p % len(workers)]
 	bufs    [2]schema.Facts
 	// lastPending is pending() when the previous flush was drained.
 	lastPending int
@@ -151,9 +150,7 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		acked:     make(map[int32]int64),
 	}
 	for range cfg.Workers {
-		agg := aggregate.New(cfg.Topic)
-		c.aggs = append(c.aggs, agg)
-		c.workers = append(c.workers, &worker{agg: agg, ahead: [2]decoded{
+		c.workers = append(c.workers, &worker{agg: aggregate.New(cfg.Topic), ahead: [2]decoded{
 			{dec: decode.New(decode.Config{MaxClockSkew: cfg.MaxClockSkew})},
 			{dec: decode.New(decode.Config{MaxClockSkew: cfg.MaxClockSkew})},
 		}})
@@ -414,8 +411,7 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 	}
 }
 
-// deadLetter builds the dead-letter record for r (contract section 2).
-// prepare decodes r into d and prefetches its dedup slot.
+// prepare decodes r into d and prefetches its dedup slot and account.
 func (w *worker) prepare(st *partState, r *kgo.Record, d *decoded) {
 	d.ts = r.Timestamp.UnixMilli()
 	d.rej = d.dec.Decode(r.Value, d.ts, &d.ev)
@@ -434,6 +430,7 @@ func (st *partState) foldDelays() {
 	}
 }
 
+// deadLetter builds the dead-letter record for r (contract section 2).
 func deadLetter(r *kgo.Record, rej *event.Rejection) *kgo.Record {
 	return &kgo.Record{
 		Key:   r.Key,
@@ -503,7 +500,11 @@ func (c *Consumer) startFlush(async bool) error {
 		job.facts.Reserve(&c.bufs[c.buf], float64(pending)/float64(c.lastPending))
 	}
 	c.lastPending = pending
-	aggregate.DrainAll(job.facts, c.aggs...)
+	aggs := make([]*aggregate.Aggregator, len(c.workers))
+	for i, w := range c.workers {
+		aggs[i] = w.agg
+	}
+	aggregate.DrainAll(job.facts, aggs...) // every worker's accounts in one name order
 	for p, st := range c.parts {
 		job.dlq = append(job.dlq, st.dlq...)
 		st.dlq = nil

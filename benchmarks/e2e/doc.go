@@ -22,6 +22,8 @@
 //	    runtime/pprof, its goroutines labelled pipeline=usagepipe so that the
 //	    in-process kfake broker can be told apart, and writes CPU and heap
 //	    profiles to -bench.profile-dir.
+//	  - TestInsertOrder: ClickHouse's CPU per inserted row for the same fact
+//	    rows in random order, as two sorted runs and in ORDER BY order.
 //
 // Measured per run: wall time, the pipeline process's CPU (user+sys from
 // wait4's rusage) per event, its peak RSS (largest VmHWM sampled from /proc;
