@@ -19,7 +19,7 @@ type Config struct {
 	DedupWindow  time.Duration // --dedup-window
 
 	FlushInterval     time.Duration // --flush-interval: how often facts are written
-	MaxPendingFacts   int           // flush early when this many fact keys wait (memory bound)
+	MaxPendingFacts   int           // flush early when this many fact keys wait (memory bound: ~100–150 MiB of event logs and facts per 1M)
 	MaxPollRecords    int           // records per poll
 	ReadyStallTimeout time.Duration // --ready-stall-timeout
 	SessionTimeout    time.Duration // Kafka group session timeout
@@ -41,7 +41,7 @@ func Defaults() Config {
 		MaxClockSkew:      time.Hour,
 		DedupWindow:       24 * time.Hour,
 		FlushInterval:     time.Second,
-		MaxPendingFacts:   500_000,
+		MaxPendingFacts:   1_000_000,
 		MaxPollRecords:    20_000,
 		ReadyStallTimeout: 20 * time.Second,
 		SessionTimeout:    45 * time.Second,

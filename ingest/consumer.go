@@ -326,6 +326,11 @@ func (c *Consumer) process(fetches kgo.Fetches) {
 	wg.Wait()
 }
 
+// maxDedupReserve caps the IDs a partition's dedup table is sized for ahead
+// of its backlog: 2^19 IDs need 2^20 slots, 24 MiB. A larger backlog grows
+// the table as the IDs arrive, as before.
+const maxDedupReserve = 1 << 19
+
 // processPartition handles the records of one partition from one poll. It
 // touches only w and the partition's own state.
 func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
@@ -338,6 +343,12 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 	// Each record is decoded, and its dedup slot prefetched, one record
 	// ahead: the slot's cache miss overlaps the previous record's work.
 	recs := ftp.Records
+	if len(recs) > 0 && st.next < 0 && ftp.HighWatermark > recs[0].Offset {
+		// The partition's first records: its backlog up to the high
+		// watermark is known, so the dedup table is sized for it once
+		// instead of doubling its way there (up to maxDedupReserve IDs).
+		st.dedup.Reserve(int(min(ftp.HighWatermark-recs[0].Offset, maxDedupReserve)))
+	}
 	if len(recs) > 0 {
 		w.prepare(st, recs[0], &w.ahead[0])
 	}
@@ -703,10 +714,7 @@ func (c *Consumer) flusher(ctx context.Context) {
 			c.lastFlushOK.Store(now.UnixNano())
 			c.log.Debug("flushed", "rows", job.facts.Rows(), "dlq", len(job.dlq), "seconds", now.Sub(job.started).Seconds())
 			for s, n := range job.delays {
-				d := now.Sub(time.Unix(s, 0)).Seconds() - 0.5
-				for range n {
-					c.m.delay.Observe(d)
-				}
+				c.m.delay.ObserveN(now.Sub(time.Unix(s, 0)).Seconds()-0.5, uint64(n))
 			}
 		}
 		c.flushDone <- job

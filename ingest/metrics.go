@@ -17,7 +17,7 @@ type metrics struct {
 	flushOK       prometheus.Counter
 	flushErr      prometheus.Counter
 	lag           *prometheus.GaugeVec
-	delay         prometheus.Histogram
+	delay         *batchHistogram
 	lastFlush     prometheus.Gauge
 	ready         prometheus.Gauge
 	clickhouseUp  prometheus.Gauge
@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}}),
 		lag: f.NewGaugeVec(prometheus.GaugeOpts{Name: "usagepipe_consumer_lag_records",
 			Help: "High watermark minus the next offset this instance will process, per owned partition."}, []string{"partition"}),
-		delay: f.NewHistogram(prometheus.HistogramOpts{Name: "usagepipe_event_delay_seconds",
+		delay: newBatchHistogram(prometheus.HistogramOpts{Name: "usagepipe_event_delay_seconds",
 			Help:    "Kafka record timestamp to the moment its facts were acknowledged by ClickHouse.",
 			Buckets: []float64{.1, .25, .5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 900, 3600}}),
 		lastFlush: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_last_flush_timestamp_seconds",
@@ -53,6 +53,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Fact keys aggregated in memory and not yet handed to a flush."}),
 		ownPartitions: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_assigned_partitions",
 			Help: "Partitions of the events topic this instance owns."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.delay)
 	}
 	flushes := f.NewCounterVec(prometheus.CounterOpts{Name: "usagepipe_flushes_total",
 		Help: "Flush attempts by result: ok, or error (each failed attempt; the flush is retried)."}, []string{"result"})

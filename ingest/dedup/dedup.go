@@ -123,6 +123,19 @@ func (s *Set) CheckKey(k Key, tsMs int64) bool {
 	return dup
 }
 
+// Reserve grows the table, if needed, so that n more IDs fit without
+// growing it again: a caller that knows how many records are coming (a
+// backlog) saves the rehashes and first touches of the tables in between.
+func (s *Set) Reserve(n int) {
+	size := len(s.tab)
+	for (s.n+n)*4 > size*3 {
+		size *= 2
+	}
+	if size > len(s.tab) {
+		s.rebuild(size)
+	}
+}
+
 // Len is the number of event IDs remembered.
 func (s *Set) Len() int { return s.n }
 

@@ -56,14 +56,17 @@ func TestSweepKeepsWhatTheWindowNeeds(t *testing.T) {
 func TestMatchesMapModel(t *testing.T) {
 	const h = int64(time.Hour / time.Millisecond)
 	for _, tc := range []struct {
-		name  string
-		ids   int
-		steps int
-		span  int64 // ms the timestamps cover
+		name    string
+		ids     int
+		steps   int
+		span    int64 // ms the timestamps cover
+		reserve int   // Reserve(reserve) before the first and the middle step
 	}{
-		{"few ids, many repeats", 50, 20000, 100 * h},
-		{"many ids, growth", 200000, 300000, 30 * h},
-		{"sweeps shrink the table", 100000, 400000, 400 * h},
+		{"few ids, many repeats", 50, 20000, 100 * h, 0},
+		{"many ids, growth", 200000, 300000, 30 * h, 0},
+		{"sweeps shrink the table", 100000, 400000, 400 * h, 0},
+		{"reserved", 200000, 300000, 30 * h, 150000},
+		{"reserved, sweeps shrink the table", 100000, 400000, 400 * h, 300000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(1, uint64(tc.ids)))
@@ -71,6 +74,9 @@ func TestMatchesMapModel(t *testing.T) {
 			model := map[int]int64{}
 			var wm int64
 			for step := range tc.steps {
+				if tc.reserve > 0 && (step == 0 || step == tc.steps/2) {
+					s.Reserve(tc.reserve)
+				}
 				id := rng.IntN(tc.ids)
 				ts := int64(step)*tc.span/int64(tc.steps) - rng.Int64N(h/2)
 				prev, seen := model[id]
@@ -118,6 +124,38 @@ func TestCollidingSlots(t *testing.T) {
 	}
 	if s.Len() != len(keys)+1 {
 		t.Fatalf("Len = %d, want %d", s.Len(), len(keys)+1)
+	}
+}
+
+// TestReserve checks that Reserve makes room for n more IDs at once, keeps
+// what the set holds, and that the IDs then fit without growing the table.
+func TestReserve(t *testing.T) {
+	s := New(time.Hour)
+	id := func(i int) []byte { return fmt.Appendf(nil, "id-%d", i) }
+	for i := range 100 {
+		s.Check(id(i), 0)
+	}
+	s.Reserve(10000)
+	size := len(s.tab)
+	if (100+10000)*4 > size*3 || size >= 2*16384 {
+		t.Fatalf("after Reserve(10000) with 100 IDs: %d slots, want the smallest power of two holding 10100 at 3/4", size)
+	}
+	for i := range 100 {
+		if !s.Check(id(i), 1) {
+			t.Fatalf("id %d forgotten by Reserve", i)
+		}
+	}
+	for i := 100; i < 10100; i++ {
+		if s.Check(id(i), 1) {
+			t.Fatalf("id %d: a new ID is a duplicate", i)
+		}
+	}
+	if len(s.tab) != size {
+		t.Fatalf("the table grew from %d to %d slots inside its reservation", size, len(s.tab))
+	}
+	s.Reserve(0)
+	if len(s.tab) != size {
+		t.Fatalf("Reserve(0) resized the table to %d slots", len(s.tab))
 	}
 }
 

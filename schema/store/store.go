@@ -276,8 +276,13 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 // rows go as several blocks of one INSERT: the client's column buffers are
 // reused from block to block (memory stays at one block, not one flush),
 // and the server squashes the blocks into parts of up to
-// min_insert_block_size_rows as it would one big block.
-const BlockRows = 1 << 16
+// min_insert_block_size_rows as it would one big block (TestWriteManyBlocks
+// checks: one part). Each INSERT starts with empty column buffers (the
+// driver allocates them per batch), so small blocks keep that growth, and
+// the fresh memory it touches, small: 4096 rows instead of 65536 cut the
+// pipeline's CPU by ~10% and its peak RSS by ~70 MiB in TestE2E, with no
+// change in ClickHouse's CPU.
+const BlockRows = 1 << 12
 
 // send INSERTs n rows into table t, in blocks of at most BlockRows: fill
 // puts rows [lo, hi) into c and returns the columns in the INSERT's order.

@@ -146,6 +146,18 @@ func testWriteManyBlocks(t *testing.T, compression string) {
 			t.Errorf("%s = %d, want %d", c.sql, got, c.want)
 		}
 	}
+	// The server squashes the blocks of one INSERT into one part (level 0:
+	// not the product of a merge), as it would one big block.
+	for _, table := range []string{"fact_account_months", "fact_user_activity", "fact_feature_users", "fact_event_counts", "fact_seat_events", "fact_seat_purchases"} {
+		var parts, maxLevel uint64
+		q := "SELECT count(), toUInt64(max(level)) FROM system.parts WHERE active AND database = '" + db + "' AND table = '" + table + "'"
+		if err := st.Conn().QueryRow(ctx, q).Scan(&parts, &maxLevel); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		if parts != 1 || maxLevel != 0 {
+			t.Errorf("%s: %d active parts, highest level %d; want the INSERT's blocks squashed into 1 part of level 0", table, parts, maxLevel)
+		}
+	}
 }
 
 // TestWriteRoundTrip reads one row of each table back, column by column.
