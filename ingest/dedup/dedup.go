@@ -11,7 +11,9 @@
 // at most 3/4 full), so memory is 32–64 bytes per event ID in the window
 // whatever the ID length; a false duplicate would need a 128-bit collision.
 // The seeds are per process: a Set is rebuilt by replaying its partition
-// after a restart, never persisted.
+// after a restart, never persisted. A table of 1 MiB or more lives in an
+// anonymous memory mapping outside the Go heap (table.go): the garbage
+// collector's heap goal (twice the live heap at GOGC=100) does not double it.
 //
 // The table is far larger than the CPU caches, so a lookup is a cache
 // miss. A caller that knows the next ID early computes its Key and calls
@@ -47,9 +49,10 @@ type Set struct {
 	window    int64 // ms
 	keep      int64 // ms; entries older than watermark-keep are evicted
 	seeds     [2]maphash.Seed
-	tab       []entry // len is a power of two
-	n         int     // entries in use
-	watermark int64   // greatest timestamp seen
+	tab       []entry // len is a power of two; owned by own (table.go)
+	own       *owner
+	n         int   // entries in use
+	watermark int64 // greatest timestamp seen
 	lastSweep int64
 }
 
@@ -60,12 +63,13 @@ const Slack = time.Hour
 
 // New returns an empty Set for the given dedup window.
 func New(window time.Duration) *Set {
-	return &Set{
+	s := &Set{
 		window: window.Milliseconds(),
 		keep:   (window + Slack).Milliseconds(),
 		seeds:  [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
-		tab:    make([]entry, minSlots),
 	}
+	s.setTable(minSlots)
+	return s
 }
 
 // Key returns id's key in s.
@@ -175,13 +179,9 @@ func (s *Set) rebuild(size int) { s.rebuildFrom(size, s.watermark-s.keep) }
 // rebuildFrom moves the entries not older than cut into a new table of
 // size slots.
 func (s *Set) rebuildFrom(size int, cut int64) {
-	old := s.tab
-	s.tab = make([]entry, size)
-	// Write every page of the new table in order before the scattered
-	// inserts: a fresh page first read by a probe maps the shared zero page
-	// and then takes a second, copy-on-write fault (with a TLB shootdown)
-	// on the insert; one sequential pass takes one cheap fault per page.
-	clear(s.tab)
+	old, oldOwner := s.tab, s.own.t
+	s.own.t = nil // freed below, after the move
+	s.setTable(size)
 	s.n = 0
 	mask := uint64(size - 1)
 	for _, e := range old {
@@ -195,4 +195,5 @@ func (s *Set) rebuildFrom(size int, cut int64) {
 		s.tab[i] = e
 		s.n++
 	}
+	oldOwner.free()
 }
