@@ -51,5 +51,6 @@
 // usagepipe_flushes_total{result}, usagepipe_consumer_lag_records{partition},
 // usagepipe_event_delay_seconds, usagepipe_last_flush_timestamp_seconds,
 // usagepipe_ready, usagepipe_clickhouse_up, usagepipe_records_replayed_total,
-// usagepipe_pending_facts, usagepipe_assigned_partitions.
+// usagepipe_pending_facts, usagepipe_assigned_partitions,
+// usagepipe_dedup_table_bytes.
 package ingest

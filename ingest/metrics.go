@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/usagepipe/usagepipe/ingest/dedup"
 	"github.com/usagepipe/usagepipe/schema/event"
 )
 
@@ -57,6 +58,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.delay)
 	}
+	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_dedup_table_bytes",
+		Help: "Bytes of duplicate-filter tables kept outside the Go heap (anonymous mappings; not counted by go_memstats_* or GOMEMLIMIT), all partitions of this process."},
+		func() float64 { return float64(dedup.MappedBytes()) })
 	flushes := f.NewCounterVec(prometheus.CounterOpts{Name: "usagepipe_flushes_total",
 		Help: "Flush attempts by result: ok, or error (each failed attempt; the flush is retried)."}, []string{"result"})
 	m.flushOK, m.flushErr = flushes.WithLabelValues("ok"), flushes.WithLabelValues("error")

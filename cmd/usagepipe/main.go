@@ -14,10 +14,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -211,6 +213,11 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 	var g run.Group
 	runCtx, cancel := context.WithCancel(ctx)
 	g.Add(func() error { return cons.Run(runCtx) }, func(error) { cancel() })
+	if base := debug.SetMemoryLimit(-1); base != math.MaxInt64 {
+		// GOMEMLIMIT is set: the dedup tables outside the Go heap count too.
+		memCtx, stop := context.WithCancel(ctx)
+		g.Add(func() error { followMemLimit(memCtx, base); return nil }, func(error) { stop() })
+	}
 	if ln != nil {
 		srv := &http.Server{Handler: httpHandler(reg, cons), ReadHeaderTimeout: 5 * time.Second}
 		g.Add(func() error {

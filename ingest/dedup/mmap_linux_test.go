@@ -23,6 +23,11 @@ func TestLargeTableOutsideHeap(t *testing.T) {
 	s.Reserve(1 << 20) // 2^21 slots, 48 MiB
 	runtime.ReadMemStats(&after)
 	size := len(s.tab) * int(unsafe.Sizeof(entry{}))
+	// Other Sets' mappings (earlier tests) may be unmapped by their
+	// cleanups meanwhile: MappedBytes only ever falls for them.
+	if got := MappedBytes(); got < int64(size) {
+		t.Fatalf("MappedBytes = %d with a %d-byte table mapped", got, size)
+	}
 	if s.own.t.mem == nil || unsafe.Pointer(&s.tab[0]) != unsafe.Pointer(&s.own.t.mem[0]) || len(s.own.t.mem) != size {
 		t.Fatalf("a %d-byte table is not its own mapping", size)
 	}
@@ -41,11 +46,15 @@ func TestLargeTableOutsideHeap(t *testing.T) {
 	}
 	// Far later timestamps: the sweep forgets every ID and shrinks the
 	// table back under mmapMinBytes, onto the heap.
+	mappedBefore := MappedBytes()
 	for ts := int64(1); len(s.tab)*int(unsafe.Sizeof(entry{})) >= mmapMinBytes; ts++ {
 		s.Check(fmt.Appendf(nil, "late-%d", ts), ts*s.keep*2)
 	}
 	if s.own.t.mem != nil {
 		t.Fatalf("a %d-slot table is still mapped", len(s.tab))
+	}
+	if fell := mappedBefore - MappedBytes(); fell < int64(size) {
+		t.Fatalf("MappedBytes fell by %d when a %d-byte table was unmapped", fell, size)
 	}
 
 	// A dropped Set's mapping is unmapped by its cleanup: its address

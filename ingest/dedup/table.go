@@ -2,8 +2,17 @@ package dedup
 
 import (
 	"runtime"
+	"sync/atomic"
 	"unsafe"
 )
+
+// mapped is the size of every table mapping of the process (MappedBytes).
+var mapped atomic.Int64
+
+// MappedBytes returns the bytes of all Sets' tables that live outside the Go
+// heap, in this process. GOMEMLIMIT does not see them: cmd/usagepipe lowers
+// the heap's limit by this much, and ingest exports it as a metric.
+func MappedBytes() int64 { return mapped.Load() }
 
 // mmapMinBytes is the smallest table kept outside the Go heap (see
 // newTable); smaller ones are ordinary slices.
@@ -28,6 +37,7 @@ func newTable(n int) ([]entry, *table) {
 	size := n * int(unsafe.Sizeof(entry{}))
 	if size >= mmapMinBytes {
 		if mem, err := mapAnon(size); err == nil {
+			mapped.Add(int64(len(mem)))
 			return unsafe.Slice((*entry)(unsafe.Pointer(unsafe.SliceData(mem))), n), &table{mem: mem}
 		}
 	}
@@ -42,6 +52,7 @@ func newTable(n int) ([]entry, *table) {
 func (t *table) free() {
 	if t.mem != nil {
 		unmap(t.mem)
+		mapped.Add(-int64(len(t.mem)))
 		t.mem = nil
 	}
 }
