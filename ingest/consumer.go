@@ -985,6 +985,10 @@ func (c *Consumer) onLost(_ context.Context, _ *kgo.Client, lost map[string][]in
 
 func (c *Consumer) drop(parts []int32) {
 	for _, p := range parts {
+		if st := c.parts[p]; st != nil {
+			// Nothing else holds st: records are processed under c.mu.
+			st.dedup.Free()
+		}
 		delete(c.parts, p)
 		c.worker(p).agg.Drop(p)
 		c.m.lag.DeleteLabelValues(strconv.Itoa(int(p)))

@@ -215,8 +215,7 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 	g.Add(func() error { return cons.Run(runCtx) }, func(error) { cancel() })
 	if base := debug.SetMemoryLimit(-1); base != math.MaxInt64 {
 		// GOMEMLIMIT is set: the dedup tables outside the Go heap count too.
-		memCtx, stop := context.WithCancel(ctx)
-		g.Add(func() error { followMemLimit(memCtx, base); return nil }, func(error) { stop() })
+		addMemLimit(&g, base)
 	}
 	if ln != nil {
 		srv := &http.Server{Handler: httpHandler(reg, cons), ReadHeaderTimeout: 5 * time.Second}

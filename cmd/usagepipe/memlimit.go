@@ -5,8 +5,20 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/oklog/run"
+
 	"github.com/usagepipe/usagepipe/ingest/dedup"
 )
+
+// addMemLimit adds followMemLimit to g as an actor that ends only when the
+// group interrupts it. Its context is deliberately not the process's: on
+// SIGTERM it must not be the first actor to return, which would end the
+// group with nil and interrupt the consumer's final flush and the metrics
+// server early, and hide a failed flush behind exit status 0.
+func addMemLimit(g *run.Group, base int64) {
+	ctx, stop := context.WithCancel(context.Background())
+	g.Add(func() error { followMemLimit(ctx, base); return nil }, func(error) { stop() })
+}
 
 // heapLimit is the Go heap's memory limit that keeps the whole process
 // within base (GOMEMLIMIT) while the duplicate filter's tables, which live

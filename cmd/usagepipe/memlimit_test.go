@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
+	"runtime"
 	"runtime/debug"
 	"testing"
 	"time"
+
+	"github.com/oklog/run"
 
 	"github.com/usagepipe/usagepipe/ingest/dedup"
 )
@@ -56,5 +60,32 @@ func TestFollowMemLimit(t *testing.T) {
 	if got := debug.SetMemoryLimit(-1); got != base {
 		t.Fatalf("memory limit %d after followMemLimit returned, want %d", got, int64(base))
 	}
-	_ = s.Len()
+	runtime.KeepAlive(s)
+}
+
+// TestMemLimitActorWaitsForTheGroup checks the memory-limit actor does not
+// end the run group when the process's context ends: the consumer's final
+// flush decides how the group ends, here with an error, and the limit is
+// restored only after that.
+func TestMemLimitActorWaitsForTheGroup(t *testing.T) {
+	const base = 1 << 30
+	old := debug.SetMemoryLimit(base)
+	defer debug.SetMemoryLimit(old)
+	ctx, sigterm := context.WithCancel(context.Background())
+	errFlush := errors.New("final flush failed")
+	var g run.Group
+	runCtx, cancel := context.WithCancel(ctx)
+	g.Add(func() error {
+		<-runCtx.Done()
+		time.Sleep(50 * time.Millisecond) // the final flush
+		return errFlush
+	}, func(error) { cancel() })
+	addMemLimit(&g, base)
+	go sigterm()
+	if err := g.Run(); !errors.Is(err, errFlush) {
+		t.Fatalf("group ended with %v, want the consumer's %v", err, errFlush)
+	}
+	if got := debug.SetMemoryLimit(-1); got != base {
+		t.Fatalf("memory limit %d after the group ended, want %d", got, int64(base))
+	}
 }

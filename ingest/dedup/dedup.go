@@ -113,6 +113,11 @@ func (s *Set) CheckKey(k Key, tsMs int64) bool {
 		i = (i + 1) & mask
 	}
 	if tsMs > s.watermark {
+		if s.watermark == 0 {
+			// The first timestamp: there is nothing older to sweep, and a
+			// sweep now would shrink a table just sized by Reserve.
+			s.lastSweep = tsMs
+		}
 		s.watermark = tsMs
 		if s.watermark-s.lastSweep > s.keep {
 			s.sweep() // bound the memory of a set that stopped growing
@@ -138,6 +143,13 @@ func (s *Set) Reserve(n int) {
 	if size > len(s.tab) {
 		s.rebuild(size)
 	}
+}
+
+// Free releases the table's memory now rather than when the garbage
+// collector finds s unreachable. s must not be used afterwards (it panics).
+func (s *Set) Free() {
+	s.own.t.free()
+	s.tab, s.n = nil, 0
 }
 
 // Len is the number of event IDs remembered.

@@ -159,6 +159,59 @@ func TestReserve(t *testing.T) {
 	}
 }
 
+// TestReserveSurvivesTheFirstTimestamp checks a table sized by Reserve
+// before any ID keeps its size when the first IDs arrive with real Kafka
+// timestamps (epoch milliseconds, far from the zero watermark of a new Set).
+func TestReserveSurvivesTheFirstTimestamp(t *testing.T) {
+	const ts0 = int64(1_795_000_000_000) // 2026-11-18
+	for _, window := range []time.Duration{time.Hour, 24 * time.Hour} {
+		s := New(window)
+		s.Reserve(100_000)
+		size := len(s.tab)
+		for i := range 1000 {
+			if s.Check(fmt.Appendf(nil, "id-%d", i), ts0+int64(i)) {
+				t.Fatalf("window %s: id %d: a new ID is a duplicate", window, i)
+			}
+			if len(s.tab) != size {
+				t.Fatalf("window %s: the reserved table went from %d to %d slots at the ID %d", window, size, len(s.tab), i)
+			}
+		}
+		// A timestamp past keep since the first one sweeps as before.
+		s.Check([]byte("late"), ts0+s.keep+1000)
+		if s.lastSweep != ts0+s.keep+1000 {
+			t.Fatalf("window %s: no sweep after the timestamps advanced by keep", window)
+		}
+	}
+}
+
+// TestFree checks Free empties a Set and that using it afterwards panics
+// rather than touching released memory.
+func TestFree(t *testing.T) {
+	for _, reserve := range []int{0, 1 << 18} { // a heap table, a mapped one
+		s := New(time.Hour)
+		s.Reserve(reserve)
+		s.Check([]byte("a"), 1)
+		mappedBefore, size := MappedBytes(), int64(len(s.own.t.mem)) // 0 on the heap
+		s.Free()
+		if s.Len() != 0 {
+			t.Fatalf("Len = %d after Free", s.Len())
+		}
+		// Other Sets' cleanups only ever lower MappedBytes.
+		if s.own.t.mem != nil || MappedBytes() > mappedBefore-size {
+			t.Fatalf("reserve %d: the %d-byte table is still mapped after Free", reserve, size)
+		}
+		s.Free() // idempotent
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Fatalf("reserve %d: Check after Free did not panic", reserve)
+				}
+			}()
+			s.Check([]byte("a"), 2)
+		}()
+	}
+}
+
 func BenchmarkCheck(b *testing.B) {
 	ids := make([][]byte, 1<<16)
 	for i := range ids {

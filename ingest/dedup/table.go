@@ -48,9 +48,10 @@ func newTable(n int) ([]entry, *table) {
 	return tab, &table{}
 }
 
-// free unmaps t's mapping; its slots must not be used afterwards.
+// free unmaps t's mapping; its slots must not be used afterwards. It is
+// safe on a nil or already freed table.
 func (t *table) free() {
-	if t.mem != nil {
+	if t != nil && t.mem != nil {
 		unmap(t.mem)
 		mapped.Add(-int64(len(t.mem)))
 		t.mem = nil
