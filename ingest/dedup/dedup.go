@@ -137,6 +137,9 @@ func (s *Set) CheckKey(k Key, tsMs int64) bool {
 // backlog) saves the rehashes and first touches of the tables in between.
 func (s *Set) Reserve(n int) {
 	size := len(s.tab)
+	if size == 0 {
+		panic("dedup: Reserve on a freed Set")
+	}
 	for (s.n+n)*4 > size*3 {
 		size *= 2
 	}

@@ -201,14 +201,20 @@ func TestFree(t *testing.T) {
 			t.Fatalf("reserve %d: the %d-byte table is still mapped after Free", reserve, size)
 		}
 		s.Free() // idempotent
-		func() {
-			defer func() {
-				if recover() == nil {
-					t.Fatalf("reserve %d: Check after Free did not panic", reserve)
-				}
+		for name, use := range map[string]func(){
+			"Check":    func() { s.Check([]byte("a"), 2) },
+			"Reserve":  func() { s.Reserve(10) },
+			"Prefetch": func() { s.Prefetch(s.Key([]byte("a"))) },
+		} {
+			func() {
+				defer func() {
+					if recover() == nil {
+						t.Fatalf("reserve %d: %s after Free did not panic", reserve, name)
+					}
+				}()
+				use()
 			}()
-			s.Check([]byte("a"), 2)
-		}()
+		}
 	}
 }
 
