@@ -10,9 +10,11 @@
 // function of a fixed offset range of one partition ([bucket start,
 // covered end)), stored with covered_end as its ReplacingMergeTree version.
 // Writing any of them twice, or writing a count computed from more of the
-// same offsets, cannot change what the views compute. A restarted consumer
-// therefore rewinds to the start of the bucket that holds its committed
-// offset (BucketStart) and simply recomputes.
+// same offsets, cannot change what the views compute. A new owner of a
+// partition does not recount the open bucket from Kafka (retention may have
+// deleted its start): it restores the bucket's stored counts (Restore) and
+// goes on from the durable position, skipping, per count key, the events
+// already inside the stored value (see docs/design.md).
 //
 // Layout: the hot path does no random lookups beyond the account. Each
 // login, feature_used and seat event is appended to its account's log
@@ -141,10 +143,24 @@ type account struct {
 
 // partition is the count bucket state of one owned partition.
 type partition struct {
-	bucket   int64 // bucket number (offset / BucketSize) being counted
-	next     int64 // offset after the last record seen
+	topic    string // src_topic of its counts (schema.IncarnationKey)
+	bucket   int64  // bucket number (offset / BucketSize) being counted
+	next     int64  // offset after the last record seen
 	started  bool
 	accounts []*account // accounts with counts in this bucket
+	// resume holds, for restored counts whose stored row covers offsets
+	// beyond the restore position, that row's covered_end: an event of the
+	// count below it is already counted. resumeUntil is their greatest
+	// covered_end; past it no event is looked up.
+	resume      map[resumeKey]int64
+	resumeUntil int64
+	later       map[int64][]schema.EventCount // stored counts of later buckets, by bucket (Restore)
+}
+
+// resumeKey names one count of one account.
+type resumeKey struct {
+	acc *account
+	key uint64
 }
 
 // Aggregator accumulates facts since the last Drain.
@@ -181,9 +197,10 @@ func New(topic string) *Aggregator {
 	}
 }
 
-// Assign starts counting partition p afresh. The first record added for p
-// must be at a bucket start (BucketStart of the committed offset), so that
-// every count written covers its bucket from its first offset.
+// Assign starts counting partition p afresh, its counts stored under the
+// Aggregator's topic. The first record added for p must be at a bucket
+// start, so that every count written covers its bucket from its first
+// offset; a partition that resumes mid-bucket uses Restore instead.
 func (a *Aggregator) Assign(p int32) {
 	if p < 0 || p >= MaxPartitions {
 		panic(fmt.Sprintf("aggregate: partition %d outside [0, %d)", p, MaxPartitions))
@@ -191,7 +208,71 @@ func (a *Aggregator) Assign(p int32) {
 	if old := a.parts[p]; old != nil {
 		a.forget(p, old)
 	}
-	a.parts[p] = &partition{}
+	a.parts[p] = &partition{topic: a.topic}
+}
+
+// Restore starts counting partition p at offset from, with counts stored
+// under srcTopic, from the stored counts: rows holds, per count key of
+// from's bucket and of any later bucket, the stored row with the greatest
+// covered_end (rows of other partitions and earlier buckets are ignored).
+// A key's events at offsets below its row's covered_end are already in the
+// row and are not counted again; the counts written afterwards are again
+// those of [bucket start, covered_end). Rows of a later bucket (a flush
+// that crossed into it and died before its progress was stored) are loaded
+// when counting enters that bucket, so that a log start moved past its
+// first offsets by retention does not shrink them.
+func (a *Aggregator) Restore(p int32, srcTopic string, from int64, rows []schema.EventCount) {
+	a.Assign(p)
+	part := a.parts[p]
+	part.topic = srcTopic
+	part.started, part.bucket, part.next = true, from/schema.BucketSize, from
+	var now []schema.EventCount
+	for _, r := range rows {
+		switch b := int64(r.Bucket); {
+		case r.Partition != p || b < part.bucket:
+		case b == part.bucket:
+			now = append(now, r)
+		default:
+			if part.later == nil {
+				part.later = map[int64][]schema.EventCount{}
+			}
+			part.later[b] = append(part.later[b], r)
+		}
+	}
+	a.load(p, part, from, now)
+}
+
+// load adds stored counts of part's current bucket (see Restore).
+func (a *Aggregator) load(p int32, part *partition, from int64, rows []schema.EventCount) {
+	for i := range rows {
+		r := &rows[i]
+		if r.Events == 0 {
+			continue
+		}
+		feat := int32(featLogin)
+		if r.Kind == schema.KindFeatureUsed {
+			feat = a.feature([]byte(r.Feature))
+		}
+		key := countKey(p, r.Month, feat)
+		acc := a.account([]byte(r.Account))
+		if ce := int64(r.CoveredEnd); ce > from {
+			if part.resume == nil {
+				part.resume = map[resumeKey]int64{}
+			}
+			part.resume[resumeKey{acc, key}] = ce
+			part.resumeUntil = max(part.resumeUntil, ce)
+		}
+		i, found := slices.BinarySearchFunc(acc.counts, key, func(c count, k uint64) int { return cmp.Compare(c.key, k) })
+		if found {
+			acc.counts[i].n = r.Events // one row per key; a repeat replaces
+			continue
+		}
+		acc.counts = slices.Insert(acc.counts, i, count{key: key, n: r.Events})
+		if !slices.Contains(acc.parts, p) {
+			acc.parts = append(acc.parts, p)
+			part.accounts = append(part.accounts, acc)
+		}
+	}
 }
 
 // Drop forgets partition p's counts (on revoke after a flush, or on loss).
@@ -283,6 +364,10 @@ func (a *Aggregator) Add(p int32, offset int64, ev *event.Event) {
 	a.advance(p, part, offset)
 
 	acc := a.account(ev.AccountID)
+	var counted uint8 // flagCounted: the event is inside a restored count
+	if offset < part.resumeUntil {
+		counted = part.restored(acc, countKey(p, quarter.MonthIndex(ev.OccurredAtMs), a.featureOf(ev)), offset)
+	}
 	if !acc.dirty {
 		acc.dirty = true
 		a.dirty = append(a.dirty, acc)
@@ -294,9 +379,9 @@ func (a *Aggregator) Add(p int32, offset int64, ev *event.Event) {
 	a.pending++ // rows are bounded by events: flush early on volume too
 	switch ev.Type {
 	case event.Login:
-		acc.add(ev, act{month: month, part: p, feat: featLogin, kind: actActivity}, false)
+		acc.add(ev, act{month: month, part: p, feat: featLogin, kind: actActivity, flags: counted}, false)
 	case event.FeatureUsed:
-		acc.add(ev, act{month: month, part: p, feat: a.feature(ev.Feature), kind: actActivity}, false)
+		acc.add(ev, act{month: month, part: p, feat: a.feature(ev.Feature), kind: actActivity, flags: counted}, false)
 	case event.SeatAssigned:
 		acc.add(ev, act{month: month, part: p, kind: actSeat, flags: flagCounted | flagAssigned}, true)
 	case event.SeatUnassigned:
@@ -304,6 +389,23 @@ func (a *Aggregator) Add(p int32, offset int64, ev *event.Event) {
 	case event.SeatsPurchased:
 		acc.purchases = addLatest(acc.purchases, month, ev)
 	}
+}
+
+// featureOf is the count feature index of a login or feature_used event.
+func (a *Aggregator) featureOf(ev *event.Event) int32 {
+	if ev.Type == event.FeatureUsed {
+		return a.feature(ev.Feature)
+	}
+	return featLogin
+}
+
+// restored reports flagCounted if the event of acc's count key at offset
+// is already inside a restored count (Restore), else 0.
+func (part *partition) restored(acc *account, key uint64, offset int64) uint8 {
+	if end, ok := part.resume[resumeKey{acc, key}]; ok && offset < end {
+		return flagCounted
+	}
+	return 0
 }
 
 // add appends x, for ev's user (and event_id if withID), to acc's log.
@@ -440,6 +542,11 @@ func (a *Aggregator) advance(p int32, part *partition, offset int64) {
 	} else if b != part.bucket {
 		a.closeBucket(p, part)
 		part.bucket = b
+		part.resume, part.resumeUntil = nil, 0
+		if rows, ok := part.later[b]; ok {
+			delete(part.later, b)
+			a.load(p, part, b*schema.BucketSize, rows)
+		}
 	}
 	part.next = offset + 1
 }
@@ -480,7 +587,7 @@ func (a *Aggregator) appendCounts(dst []schema.EventCount, acc *account, p int32
 		}
 		dst = append(dst, schema.EventCount{
 			Account: acc.name, Month: c.month(), Kind: kind, Feature: feat,
-			Topic: a.topic, Partition: c.part(), Bucket: uint64(cb), CoveredEnd: uint64(ce), Events: c.n,
+			Topic: a.parts[c.part()].topic, Partition: c.part(), Bucket: uint64(cb), CoveredEnd: uint64(ce), Events: c.n,
 		})
 		c.dirty = false
 	}

@@ -24,12 +24,23 @@ import (
 	"github.com/usagepipe/usagepipe/schema/event"
 )
 
-// Writer stores one flush of facts; writing the same facts again must be
-// harmless. *store.Store implements it.
+// Writer stores one flush of facts (writing the same facts again must be
+// harmless) and gives back what a new owner of a partition resumes from:
+// the durable position and the open bucket's counts. *store.Store
+// implements it.
 type Writer interface {
 	Write(ctx context.Context, f *schema.Facts) error
 	Ping(ctx context.Context) error
+	Incarnation(ctx context.Context, topic, topicID string) (string, error)
+	ReadProgress(ctx context.Context, topic string, topicIDs ...string) (map[int32]schema.Progress, error)
+	ReadBucketCounts(ctx context.Context, srcTopic string, buckets map[int32]uint64) ([]schema.EventCount, error)
 }
+
+// ErrTopicRecreated is returned by Run when the events topic was deleted and
+// created again under the same name while it ran. What was read is written
+// first; the next run reads the new incarnation from its first record
+// (its offsets restart at 0 and are counted apart from the old ones).
+var ErrTopicRecreated = errors.New("events topic was deleted and re-created; restart to read the new incarnation")
 
 // Consumer reads the events topic as a member of a consumer group and
 // writes facts to ClickHouse through a Writer.
@@ -59,8 +70,10 @@ type Consumer struct {
 	flushDone chan *flushJob
 	flushCtx  context.Context
 
-	commitMu sync.Mutex      // guards acked; never held while calling the client
-	acked    map[int32]int64 // offsets the group has acknowledged, per partition
+	// The events topic's incarnation as of the last assignment (guarded by
+	// mu): its hex topic ID, and the IDs whose progress rows count for it.
+	topicID     string
+	progressIDs []string
 
 	chUp        atomic.Bool
 	lastFlushOK atomic.Int64 // unix nanos
@@ -78,11 +91,12 @@ type worker struct {
 
 // decoded is one record decoded ahead of its dedup check and aggregation.
 type decoded struct {
-	dec *decode.Decoder // ev borrows the record's value and dec's memory until dec's next Decode
-	ev  event.Event
-	rej *event.Rejection
-	key dedup.Key // of ev.EventID when rej == nil
-	ts  int64
+	dec  *decode.Decoder // ev borrows the record's value and dec's memory until dec's next Decode
+	ev   event.Event
+	rej  *event.Rejection
+	key  dedup.Key // of ev.EventID when rej == nil
+	ts   int64
+	ctrl bool // a transaction marker: advances the position, nothing else
 }
 
 func (c *Consumer) worker(p int32) *worker { return c.workers[int(p)%len(c.workers)] }
@@ -98,15 +112,18 @@ func (c *Consumer) pending() int {
 // partState is what the consumer knows about one owned partition.
 type partState struct {
 	p         int32
-	committed int64 // the group's committed offset at assignment; -1 if none (records below it were handled before)
-	aggFrom   int64 // offsets below this only rebuild the dedup set
-	next      int64 // next offset to process; -1 before the first record
-	flushed   int64 // next offset as of the last flush handed to the flusher
+	topicID   string // hex Kafka topic ID of the incarnation assigned
+	committed int64  // the durable position at assignment: records below it were handled before
+	aggFrom   int64  // offsets below this only rebuild the dedup set
+	next      int64  // next offset to process; -1 before the first record
+	flushed   int64  // position as of the last flush handed to the flusher (the group's commit at assignment)
 	dedup     *dedup.Set
 	tsBucket  int64 // bucket start whose first record's timestamp is bucketTs
 	bucketTs  int64
 	lastTs    int64
-	hwm       int64
+	from      int64 // dedup replay start (record time) found at assignment, if hasFrom
+	hasFrom   bool
+	hwm       int64 // last stable offset seen
 	dlq       []*kgo.Record
 	delays    map[int64]int // record second → records, since the last flush
 	delaySec  int64         // the second being counted into delayN (records of a partition mostly share it)
@@ -147,7 +164,6 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		flushReq:  make(chan *flushJob),
 		flushDone: make(chan *flushJob, 1),
 		warn:      rateLimiter{every: 30 * time.Second},
-		acked:     make(map[int32]int64),
 	}
 	for range cfg.Workers {
 		c.workers = append(c.workers, &worker{agg: aggregate.New(cfg.Topic), ahead: [2]decoded{
@@ -161,6 +177,7 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		kgo.ConsumeTopics(cfg.Topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.KeepControlRecords(), // transaction markers move the position to the last stable offset
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
@@ -263,12 +280,22 @@ func (c *Consumer) loop(ctx context.Context, targets map[int32]int64) error {
 			return nil
 		}
 		var fatal error
+		recreated := false
 		fetches.EachError(func(t string, p int32, err error) {
 			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 				return
 			}
+			if errors.Is(err, kerr.UnknownTopicID) || errors.Is(err, kerr.InconsistentTopicID) {
+				recreated = true
+			}
 			c.warn.Do(func(n int) { c.log.Warn("fetch error", "topic", t, "partition", p, "err", err, "repeats", n) })
 		})
+		if recreated && c.topicChanged(ctx) {
+			// The client keeps fetching the old incarnation's ID: write
+			// and commit what was read, and let the next start read the
+			// new incarnation from its first record.
+			return fmt.Errorf("%w: %s", ErrTopicRecreated, c.cfg.Topic)
+		}
 		c.mu.Lock()
 		c.process(fetches)
 		c.collect()
@@ -363,10 +390,16 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 		}
 		ts := d.ts
 		fresh := off >= st.committed
+		st.next = off + 1
+		if d.ctrl {
+			if off >= st.aggFrom {
+				w.agg.Skip(st.p, off)
+			}
+			continue
+		}
 		if !fresh {
 			replayed++
 		}
-		st.next = off + 1
 		st.lastTs = ts
 		if off < st.aggFrom { // dedup-only replay
 			if d.rej == nil {
@@ -406,11 +439,11 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 			accepted[d.ev.Type]++
 		}
 	}
-	if ftp.HighWatermark > 0 {
-		st.hwm = ftp.HighWatermark
+	if end := stableEnd(ftp); end > 0 {
+		st.hwm = end
 	}
-	if st.next >= 0 && st.hwm > 0 {
-		c.m.lag.WithLabelValues(strconv.Itoa(int(st.p))).Set(float64(max(st.hwm-st.next, 0)))
+	if st.hwm > 0 {
+		c.m.lag.WithLabelValues(strconv.Itoa(int(st.p))).Set(float64(max(st.hwm-st.position(), 0)))
 	}
 	c.m.consumed.Add(float64(consumed))
 	c.m.duplicates.Add(float64(dups))
@@ -422,9 +455,25 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 	}
 }
 
+// stableEnd is what a read_committed consumer can reach in ftp's partition:
+// the last stable offset, or the high watermark where the broker sent none.
+func stableEnd(ftp kgo.FetchTopicPartition) int64 {
+	if ftp.LastStableOffset >= 0 && ftp.LastStableOffset <= ftp.HighWatermark {
+		return ftp.LastStableOffset
+	}
+	return ftp.HighWatermark
+}
+
+// position is the offset the partition has been handled up to: the next
+// record to process, or the durable position while replaying below it.
+func (st *partState) position() int64 { return max(st.next, st.committed) }
+
 // prepare decodes r into d and prefetches its dedup slot and account.
 func (w *worker) prepare(st *partState, r *kgo.Record, d *decoded) {
 	d.ts = r.Timestamp.UnixMilli()
+	if d.ctrl = r.Attrs.IsControl(); d.ctrl {
+		return
+	}
 	d.rej = d.dec.Decode(r.Value, d.ts, &d.ev)
 	if d.rej == nil {
 		d.key = st.dedup.Key(d.ev.EventID)
@@ -469,7 +518,7 @@ func (c *Consumer) unflushed() bool {
 		return true
 	}
 	for _, st := range c.parts {
-		if st.next > st.flushed || len(st.dlq) > 0 {
+		if st.position() > st.flushed || len(st.dlq) > 0 {
 			return true
 		}
 	}
@@ -483,7 +532,7 @@ func (c *Consumer) reached(targets map[int32]int64) bool {
 		if t <= 0 {
 			continue
 		}
-		if st := c.parts[p]; st == nil || st.next < t {
+		if st := c.parts[p]; st == nil || st.position() < t {
 			return false
 		}
 	}
@@ -524,9 +573,12 @@ func (c *Consumer) startFlush(async bool) error {
 			job.delays[s] += n
 		}
 		clear(st.delays)
-		if st.next > st.flushed {
-			job.commits[p] = commitPos{offset: st.next, meta: c.commitMeta(st)}
-			st.flushed = st.next
+		if pos := st.position(); pos > st.flushed {
+			from := c.dedupFrom(st)
+			job.commits[p] = commitPos{offset: pos, meta: commitMeta(st.topicID, from)}
+			job.facts.Progress = append(job.facts.Progress, schema.Progress{
+				Topic: c.cfg.Topic, TopicID: st.topicID, Partition: p, NextOffset: pos, DedupFromMs: from})
+			st.flushed = pos
 		}
 	}
 	c.lastRun = time.Now()
@@ -577,26 +629,35 @@ func (c *Consumer) collect() {
 	}
 }
 
-// commitMeta is stored with a committed offset so that the next owner of the
-// partition can rebuild the dedup set: it must replay from the first record
-// whose timestamp may still matter for the records it will recompute (those
-// from the committed offset's bucket start on).
-func (c *Consumer) commitMeta(st *partState) string {
-	ref := st.lastTs
-	if st.tsBucket == aggregate.BucketStart(st.next) && st.next%schema.BucketSize != 0 {
-		ref = st.bucketTs
+// dedupFrom is the record time from which the next owner of the partition
+// replays it to rebuild the duplicate filter: the window (plus slack)
+// before the last record's timestamp.
+func (c *Consumer) dedupFrom(st *partState) int64 {
+	if st.lastTs == 0 && st.hasFrom {
+		return st.from // nothing read since the assignment: keep what it said
 	}
-	from := ref - (c.cfg.DedupWindow + dedup.Slack).Milliseconds()
-	return metaPrefix + strconv.FormatInt(from, 10)
+	return st.lastTs - (c.cfg.DedupWindow + dedup.Slack).Milliseconds()
 }
 
-const metaPrefix = "usagepipe/v1 dedup_from_ms="
+// commitMeta is stored with a committed offset for people and lag tools;
+// the position itself is read from ClickHouse (ingest_progress). Releases
+// before it wrote metaPrefixV1 and resumed from the committed offset, which
+// an upgrade still honours once.
+func commitMeta(topicID string, dedupFrom int64) string {
+	return metaPrefixV2 + topicID + " dedup_from_ms=" + strconv.FormatInt(dedupFrom, 10)
+}
+
+const (
+	metaPrefixV1 = "usagepipe/v1 dedup_from_ms="
+	metaPrefixV2 = "usagepipe/v2 topic_id="
+)
 
 // asyncCommitWait bounds how long the poll loop may wait to issue a commit.
 const asyncCommitWait = time.Second
 
-func parseMeta(s string) (int64, bool) {
-	v, ok := strings.CutPrefix(s, metaPrefix)
+// parseMetaV1 reads the dedup start of a release-v1 commit.
+func parseMetaV1(s string) (int64, bool) {
+	v, ok := strings.CutPrefix(s, metaPrefixV1)
 	if !ok {
 		return 0, false
 	}
@@ -635,24 +696,16 @@ func (c *Consumer) commit(commits map[int32]commitPos, sync bool) {
 		if err == nil && resp == nil {
 			return
 		}
-		var failed error = err
-		c.commitMu.Lock()
+		failed := err
 		if resp != nil {
 			for _, t := range resp.Topics {
 				for _, p := range t.Partitions {
-					if p.ErrorCode != 0 {
-						if failed == nil {
-							failed = fmt.Errorf("partition %d: %w", p.Partition, kerr.ErrorForCode(p.ErrorCode))
-						}
-						continue
-					}
-					if o := offsets[c.cfg.Topic][p.Partition].Offset; t.Topic == c.cfg.Topic && o > c.acked[p.Partition] {
-						c.acked[p.Partition] = o
+					if p.ErrorCode != 0 && failed == nil {
+						failed = fmt.Errorf("partition %d: %w", p.Partition, kerr.ErrorForCode(p.ErrorCode))
 					}
 				}
 			}
 		}
-		c.commitMu.Unlock()
 		if failed != nil {
 			c.warn.Do(func(n int) {
 				c.log.Warn("offset commit failed; a later flush commits, or the next owner replays", "err", failed, "repeats", n)
@@ -689,8 +742,8 @@ func (c *Consumer) finish() error {
 func (c *Consumer) updateReady() {
 	var lag int64
 	for _, st := range c.parts {
-		if st.next >= 0 && st.hwm > st.next {
-			lag += st.hwm - st.next
+		if st.hwm > st.position() {
+			lag += st.hwm - st.position()
 		}
 	}
 	c.totalLag.Store(lag)
@@ -860,106 +913,49 @@ func (c *Consumer) endOffsets(ctx context.Context) (map[int32]int64, error) {
 	return out, nil
 }
 
-// caughtUp reports whether the group's committed offsets reach targets.
+// topicChanged reports whether the events topic now has another topic ID
+// than the one its partitions were assigned with.
+func (c *Consumer) topicChanged(ctx context.Context) bool {
+	c.mu.Lock()
+	was := c.topicID
+	c.mu.Unlock()
+	id, err := c.fetchTopicID(ctx)
+	return err == nil && was != "" && id != was
+}
+
+// caughtUp reports whether ClickHouse holds every partition up to its
+// target: what this instance flushed, and what the group's other members
+// did (their progress rows). The group's committed offsets are not asked:
+// a lost final commit must not make a finished backfill wait forever.
 func (c *Consumer) caughtUp(ctx context.Context, targets map[int32]int64) bool {
-	c.commitMu.Lock()
-	behind := false
-	for p := range c.parts {
-		if t := targets[p]; t > 0 && c.acked[p] < t {
-			behind = true
-		}
-	}
-	c.commitMu.Unlock()
-	if behind {
-		return false
-	}
-	resp, err := c.adm.FetchOffsets(ctx, c.cfg.Group)
-	if err != nil {
-		c.log.Debug("caught-up check: fetch group offsets", "err", err)
-		return false
-	}
+	need := false
 	for p, t := range targets {
 		if t <= 0 {
 			continue
 		}
-		o, ok := resp.Lookup(c.cfg.Topic, p)
-		if !ok || o.Err != nil || o.At < t {
-			c.log.Debug("caught-up check: partition behind", "partition", p, "target", t, "committed", o.At, "err", o.Err)
+		need = true
+		if st := c.parts[p]; st != nil && st.flushed < t {
+			return false
+		}
+	}
+	if !need {
+		return true
+	}
+	if c.topicID == "" {
+		return false // not assigned yet
+	}
+	prog, err := c.w.ReadProgress(ctx, c.cfg.Topic, c.progressIDs...)
+	if err != nil {
+		c.log.Debug("caught-up check: read progress", "err", err)
+		return false
+	}
+	for p, t := range targets {
+		if t > 0 && prog[p].NextOffset < t {
+			c.log.Debug("caught-up check: partition behind", "partition", p, "target", t, "stored", prog[p].NextOffset)
 			return false
 		}
 	}
 	return true
-}
-
-// adjustOffsets runs when partitions are assigned, before fetching: it
-// rewinds each to the start of its committed offset's count bucket, and
-// further back to where its dedup window starts, and sets up its state.
-func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
-	parts := offsets[c.cfg.Topic]
-	if len(parts) == 0 {
-		return offsets, nil
-	}
-	var meta kadm.OffsetResponses
-	var dedupFrom = map[int32]int64{}
-	for _, o := range parts {
-		if o.EpochOffset().Offset >= 0 {
-			var err error
-			if meta, err = c.adm.FetchOffsetsForTopics(ctx, c.cfg.Group, c.cfg.Topic); err != nil {
-				return nil, fmt.Errorf("fetch committed offsets: %w", err)
-			}
-			break
-		}
-	}
-	for p := range parts {
-		if r, ok := meta.Lookup(c.cfg.Topic, p); ok && r.Err == nil {
-			if from, ok := parseMeta(r.Metadata); ok {
-				dedupFrom[p] = from
-			}
-		}
-	}
-	// One ListOffsets per distinct timestamp (usually one per partition).
-	replayFrom := map[int32]int64{}
-	for p, from := range dedupFrom {
-		listed, err := c.adm.ListOffsetsAfterMilli(ctx, from, c.cfg.Topic)
-		if err != nil {
-			return nil, fmt.Errorf("list offsets after %d: %w", from, err)
-		}
-		if o, ok := listed.Lookup(c.cfg.Topic, p); ok && o.Err == nil && o.Offset >= 0 {
-			replayFrom[p] = o.Offset
-		}
-	}
-
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make(map[int32]kgo.Offset, len(parts))
-	for p, o := range parts {
-		st := &partState{p: p, committed: -1, next: -1, flushed: -1, tsBucket: -1, dedup: dedup.New(c.cfg.DedupWindow), delays: map[int64]int{}}
-		committed := o.EpochOffset().Offset
-		if committed < 0 {
-			out[p] = o // never committed: start from the earliest record
-		} else {
-			c.commitMu.Lock()
-			c.acked[p] = max(c.acked[p], committed)
-			c.commitMu.Unlock()
-			st.committed = committed
-			st.aggFrom = aggregate.BucketStart(committed)
-			st.flushed = committed
-			start := int64(0) // no metadata: rebuild dedup from the log start
-			if rf, ok := replayFrom[p]; ok {
-				start = min(rf, st.aggFrom)
-			}
-			if _, ok := dedupFrom[p]; !ok {
-				out[p] = kgo.NewOffset().AtStart()
-			} else {
-				out[p] = kgo.NewOffset().At(start).WithEpoch(-1)
-			}
-		}
-		c.parts[p] = st
-		c.worker(p).agg.Assign(p)
-	}
-	c.m.ownPartitions.Set(float64(len(c.parts)))
-	offsets[c.cfg.Topic] = out
-	return offsets, nil
 }
 
 // onRevoked flushes and commits everything before the partitions go, so the

@@ -25,6 +25,8 @@ type metrics struct {
 	replayed      prometheus.Counter
 	pendingFacts  prometheus.Gauge
 	ownPartitions prometheus.Gauge
+	expired       prometheus.Counter
+	restoredRows  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -38,7 +40,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time to write one flush (dead-letter records, then ClickHouse facts) including retries.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}}),
 		lag: f.NewGaugeVec(prometheus.GaugeOpts{Name: "usagepipe_consumer_lag_records",
-			Help: "High watermark minus the next offset this instance will process, per owned partition."}, []string{"partition"}),
+			Help: "Last stable offset (the high watermark on non-transactional topics) minus this instance's position, per owned partition: 0 once caught up."}, []string{"partition"}),
 		delay: newBatchHistogram(prometheus.HistogramOpts{Name: "usagepipe_event_delay_seconds",
 			Help:    "Kafka record timestamp to the moment its facts were acknowledged by ClickHouse.",
 			Buckets: []float64{.1, .25, .5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 900, 3600}}),
@@ -49,9 +51,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		clickhouseUp: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_clickhouse_up",
 			Help: "1 when the last ClickHouse ping or write succeeded."}),
 		replayed: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_records_replayed_total",
-			Help: "Records read again after an assignment: to rebuild the dedup window or to recompute the open count bucket."}),
+			Help: "Records read again after an assignment: to rebuild the dedup window, or below a restored count's covered end."}),
 		pendingFacts: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_pending_facts",
 			Help: "Fact keys aggregated in memory and not yet handed to a flush."}),
+		expired: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_records_expired_unread_total",
+			Help: "Offsets Kafka's retention deleted before any usagepipe instance had read them (found at assignment: log start beyond the durable position). Their events are lost; alert on any increase."}),
+		restoredRows: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_restored_count_rows_total",
+			Help: "Event-count rows of open offset buckets restored from ClickHouse at partition assignment (instead of recounting from Kafka)."}),
 		ownPartitions: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_assigned_partitions",
 			Help: "Partitions of the events topic this instance owns."}),
 	}

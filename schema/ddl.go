@@ -33,6 +33,10 @@ var migrations = []migration{
 		"fact_seat_events.sql",
 		"fact_seat_purchases.sql",
 	}},
+	{2, "0002_progress", []string{
+		"ingest_progress.sql",
+		"topic_incarnations.sql",
+	}},
 }
 
 // views are repeatable: migrate (re)creates one whenever its rendered

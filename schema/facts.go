@@ -95,13 +95,16 @@ type Facts struct {
 	EventCounts   []EventCount
 	SeatEvents    []SeatEvent
 	SeatPurchases []SeatPurchase
+	// Progress is written after every other table: a row lands only once
+	// the facts it vouches for are acknowledged.
+	Progress []Progress
 
 	arena []byte // backs the strings of Intern; never rewritten
 }
 
 // Rows is the total number of rows in f.
 func (f *Facts) Rows() int {
-	return len(f.AccountMonths) + len(f.UserActivity) + len(f.FeatureUsers) + len(f.EventCounts) + len(f.SeatEvents) + len(f.SeatPurchases)
+	return len(f.AccountMonths) + len(f.UserActivity) + len(f.FeatureUsers) + len(f.EventCounts) + len(f.SeatEvents) + len(f.SeatPurchases) + len(f.Progress)
 }
 
 // Reset empties f, keeping its capacity.
@@ -112,6 +115,7 @@ func (f *Facts) Reset() {
 	f.EventCounts = f.EventCounts[:0]
 	f.SeatEvents = f.SeatEvents[:0]
 	f.SeatPurchases = f.SeatPurchases[:0]
+	f.Progress = f.Progress[:0]
 	f.arena = nil
 }
 

@@ -83,7 +83,7 @@ func tableNames(t *testing.T, conn driver.Conn, db string) []string {
 	return out
 }
 
-var allObjects = "account_quarter_features account_quarter_rollups fact_account_months fact_event_counts fact_feature_users fact_seat_events fact_seat_purchases fact_user_activity schema_migrations"
+var allObjects = "account_quarter_features account_quarter_rollups fact_account_months fact_event_counts fact_feature_users fact_seat_events fact_seat_purchases fact_user_activity ingest_progress schema_migrations topic_incarnations"
 
 func TestMigrateCreatesDatabaseAndObjects(t *testing.T) {
 	st, _ := open(t)

@@ -93,6 +93,7 @@ const (
 	tEventCounts
 	tSeatEvents
 	tSeatPurchases
+	tProgress
 	nTables
 )
 
@@ -103,6 +104,7 @@ var tables = [nTables]struct{ name, cols string }{
 	{"fact_event_counts", "account_id, month, kind, feature, src_topic, src_partition, bucket, covered_end, events"},
 	{"fact_seat_events", "account_id, user_id, month, occurred_ms, event_id, assigned"},
 	{"fact_seat_purchases", "account_id, month, occurred_ms, event_id, seats"},
+	{"ingest_progress", "topic, topic_id, partition, next_offset, dedup_from_ms, written_at"},
 }
 
 // Store writes facts to ClickHouse and reads the views back. Its methods
@@ -260,7 +262,7 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	}); err != nil {
 		return err
 	}
-	return s.send(ctx, c, tSeatPurchases, len(f.SeatPurchases), func(lo, hi int) []any {
+	if err := s.send(ctx, c, tSeatPurchases, len(f.SeatPurchases), func(lo, hi int) []any {
 		for i := lo; i < hi; i++ {
 			r := &f.SeatPurchases[i]
 			c.add(r.Account, r.Month)
@@ -269,6 +271,23 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 			c.u[1] = append(c.u[1], uint64(r.Seats))
 		}
 		return []any{c.s[0], c.d, c.u[0], c.s[1], c.u[1]}
+	}); err != nil {
+		return err
+	}
+	// Progress last: a row may land only once every fact it vouches for has.
+	now := time.Now().UTC().Truncate(time.Second)
+	return s.send(ctx, c, tProgress, len(f.Progress), func(lo, hi int) []any {
+		d := make([]int64, 0, hi-lo)
+		for i := lo; i < hi; i++ {
+			r := &f.Progress[i]
+			c.s[0] = append(c.s[0], r.Topic)
+			c.s[1] = append(c.s[1], r.TopicID)
+			c.i32 = append(c.i32, r.Partition)
+			c.u[0] = append(c.u[0], uint64(r.NextOffset))
+			d = append(d, r.DedupFromMs)
+			c.d = append(c.d, now)
+		}
+		return []any{c.s[0], c.s[1], c.i32, c.u[0], d, c.d}
 	})
 }
 
@@ -398,6 +417,11 @@ func validate(f *schema.Facts) error {
 	for i, r := range f.SeatEvents {
 		if !month(r.Month) || r.OccurredMs < 0 {
 			return bad("fact_seat_events", i, fmt.Sprintf("month index %d, occurred %d", r.Month, r.OccurredMs))
+		}
+	}
+	for i, r := range f.Progress {
+		if r.NextOffset < 0 || r.Topic == "" {
+			return bad("ingest_progress", i, fmt.Sprintf("topic %q, next offset %d", r.Topic, r.NextOffset))
 		}
 	}
 	for i, r := range f.SeatPurchases {

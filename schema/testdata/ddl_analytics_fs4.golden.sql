@@ -121,6 +121,44 @@ CREATE TABLE IF NOT EXISTS analytics.fact_seat_purchases
 ENGINE = ReplacingMergeTree
 ORDER BY (account_id, month, occurred_ms, event_id);
 
+-- How far each partition of each topic incarnation is durably in the fact
+-- tables: every record of (topic, topic_id, partition) below next_offset
+-- has its facts written. A flush writes these rows after every fact table,
+-- so a row is true when it lands; the position of a partition is the
+-- greatest next_offset (rows of replays and zombies only repeat or trail
+-- it). dedup_from_ms is where the duplicate filter's replay starts (record
+-- time). Kafka's committed offsets are not trusted for this: they expire,
+-- are deleted with the group, and restart with a re-created topic.
+-- ORDER BY (topic, topic_id, partition): read per topic; the version column
+-- keeps the greatest position after merges.
+CREATE TABLE IF NOT EXISTS analytics.ingest_progress
+(
+    topic String,
+    topic_id String,
+    partition Int32,
+    next_offset UInt64,
+    dedup_from_ms Int64,
+    written_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree(next_offset)
+ORDER BY (topic, topic_id, partition);
+
+-- Every Kafka topic ID seen under a topic name. The first incarnation (least
+-- first_seen_ms, then topic_id) writes its counts as src_topic = topic, as
+-- releases before topic IDs did; every later one (the topic was deleted and
+-- re-created) as topic#topic_id, so that their offsets, which restart at 0,
+-- never fall into the same count bucket.
+-- ORDER BY (topic, topic_id): read per topic name; repeats are harmless
+-- (min(first_seen_ms) per ID).
+CREATE TABLE IF NOT EXISTS analytics.topic_incarnations
+(
+    topic String,
+    topic_id String,
+    first_seen_ms UInt64
+)
+ENGINE = MergeTree
+ORDER BY (topic, topic_id);
+
 -- account_quarter_rollups (contract section 4): one row per
 -- (account_id, quarter_start), computed at read time from the facts.
 -- Every source becomes rows of (account_id, qi, value columns) with qi the

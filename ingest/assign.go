@@ -1,0 +1,200 @@
+package ingest
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/usagepipe/usagepipe/ingest/dedup"
+	"github.com/usagepipe/usagepipe/schema"
+)
+
+// resume is where one newly assigned partition goes on from.
+type resume struct {
+	pos     int64 // durable position: every record below it is in ClickHouse
+	from    int64 // dedup replay start (record time), if hasFrom
+	hasFrom bool
+	group   int64 // the group's committed offset, -1 if none
+}
+
+// adjustOffsets runs when partitions are assigned, before fetching. The
+// position of each partition comes from ClickHouse (ingest_progress), not
+// from the group's committed offsets, which expire, vanish with the group
+// and restart with a re-created topic; the open bucket's counts are
+// restored from ClickHouse too, so nothing Kafka's retention deleted is
+// ever needed again (docs/design.md, "Progress lives in ClickHouse"). Each
+// partition is sought back to where its duplicate filter's replay starts.
+func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	parts := offsets[c.cfg.Topic]
+	if len(parts) == 0 {
+		return offsets, nil
+	}
+	var (
+		topicID, srcTopic string
+		progressIDs       []string
+		res               map[int32]resume
+		counts            []schema.EventCount
+		starts            kadm.ListedOffsets
+	)
+	err := c.retry(ctx, "read progress", func() error {
+		var err error
+		if topicID, err = c.fetchTopicID(ctx); err != nil {
+			return err
+		}
+		if srcTopic, err = c.w.Incarnation(ctx, c.cfg.Topic, topicID); err != nil {
+			return err
+		}
+		// The first incarnation may have been read while the brokers
+		// reported no topic IDs (before 2.8): its progress rows then
+		// carry the zero ID.
+		progressIDs = []string{topicID}
+		if srcTopic == c.cfg.Topic && topicID != schema.ZeroTopicID {
+			progressIDs = append(progressIDs, schema.ZeroTopicID)
+		}
+		if starts, err = c.adm.ListStartOffsets(ctx, c.cfg.Topic); err == nil {
+			err = starts.Error()
+		}
+		if err != nil {
+			return fmt.Errorf("list start offsets: %w", err)
+		}
+		if res, err = c.resumes(ctx, progressIDs, parts, starts); err != nil {
+			return err
+		}
+		buckets := make(map[int32]uint64, len(res))
+		for p, r := range res {
+			buckets[p] = uint64(r.pos / schema.BucketSize)
+		}
+		counts, err = c.w.ReadBucketCounts(ctx, srcTopic, buckets)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	replayFrom := map[int32]int64{}
+	for p, r := range res {
+		if !r.hasFrom {
+			continue
+		}
+		listed, err := c.adm.ListOffsetsAfterMilli(ctx, r.from, c.cfg.Topic)
+		if err != nil {
+			return nil, fmt.Errorf("list offsets after %d: %w", r.from, err)
+		}
+		if o, ok := listed.Lookup(c.cfg.Topic, p); ok && o.Err == nil && o.Offset >= 0 {
+			replayFrom[p] = o.Offset
+		}
+	}
+
+	byPart := map[int32][]schema.EventCount{}
+	for _, r := range counts {
+		byPart[r.Partition] = append(byPart[r.Partition], r)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.topicID, c.progressIDs = topicID, progressIDs
+	out := make(map[int32]kgo.Offset, len(parts))
+	for p := range parts {
+		r := res[p]
+		st := &partState{p: p, topicID: topicID, committed: r.pos, aggFrom: r.pos, next: -1, flushed: r.group,
+			from: r.from, hasFrom: r.hasFrom, tsBucket: -1, dedup: dedup.New(c.cfg.DedupWindow), delays: map[int64]int{}}
+		if s, ok := starts.Lookup(c.cfg.Topic, p); ok && s.Offset > r.pos {
+			c.m.expired.Add(float64(s.Offset - r.pos))
+			c.log.Warn("retention deleted records no instance had read: their events are lost",
+				"partition", p, "position", r.pos, "log_start", s.Offset)
+		}
+		start := r.pos
+		if rf, ok := replayFrom[p]; ok {
+			start = min(rf, start)
+		} else if r.hasFrom {
+			start = 0 // no record at or after the replay start's time: replay the whole retained log
+		}
+		out[p] = kgo.NewOffset().At(start).WithEpoch(-1)
+		c.parts[p] = st
+		c.worker(p).agg.Restore(p, srcTopic, r.pos, byPart[p])
+	}
+	c.m.restoredRows.Add(float64(len(counts)))
+	c.m.ownPartitions.Set(float64(len(c.parts)))
+	offsets[c.cfg.Topic] = out
+	return offsets, nil
+}
+
+// resumes finds each assigned partition's durable position: its progress
+// row in ClickHouse; else, once after an upgrade, the group's offset
+// committed by a release that kept progress there (metadata v1); else the
+// log start.
+func (c *Consumer) resumes(ctx context.Context, progressIDs []string, parts map[int32]kgo.Offset, starts kadm.ListedOffsets) (map[int32]resume, error) {
+	prog, err := c.w.ReadProgress(ctx, c.cfg.Topic, progressIDs...)
+	if err != nil {
+		return nil, err
+	}
+	var meta kadm.OffsetResponses
+	for _, o := range parts {
+		if o.EpochOffset().Offset >= 0 {
+			if meta, err = c.adm.FetchOffsetsForTopics(ctx, c.cfg.Group, c.cfg.Topic); err != nil {
+				return nil, fmt.Errorf("fetch committed offsets: %w", err)
+			}
+			break
+		}
+	}
+	out := make(map[int32]resume, len(parts))
+	for p, o := range parts {
+		r := resume{group: o.EpochOffset().Offset}
+		if r.group < 0 {
+			r.group = -1
+		}
+		if pr, ok := prog[p]; ok {
+			r.pos, r.from, r.hasFrom = pr.NextOffset, pr.DedupFromMs, true
+		} else if m, ok := meta.Lookup(c.cfg.Topic, p); ok && m.Err == nil && r.group >= 0 {
+			if from, ok := parseMetaV1(m.Metadata); ok {
+				r.pos, r.from, r.hasFrom = r.group, from, true
+			}
+		}
+		if !r.hasFrom {
+			if s, ok := starts.Lookup(c.cfg.Topic, p); ok && s.Err == nil && s.Offset > 0 {
+				r.pos = s.Offset
+			}
+		}
+		out[p] = r
+	}
+	return out, nil
+}
+
+// fetchTopicID is the hex Kafka topic ID of the events topic (all zeros on
+// brokers without topic IDs).
+func (c *Consumer) fetchTopicID(ctx context.Context) (string, error) {
+	td, err := c.adm.ListTopics(ctx, c.cfg.Topic)
+	if err != nil {
+		return "", fmt.Errorf("topic metadata: %w", err)
+	}
+	d, ok := td[c.cfg.Topic]
+	if !ok || d.Err != nil {
+		return "", fmt.Errorf("topic metadata of %s: %v", c.cfg.Topic, d.Err)
+	}
+	return hex.EncodeToString(d.ID[:]), nil
+}
+
+// retry runs fn until it succeeds or ctx ends, backing off from 100 ms to
+// 5 s: an assignment waits for ClickHouse rather than processing records it
+// cannot place.
+func (c *Consumer) retry(ctx context.Context, what string, fn func() error) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		c.warn.Do(func(n int) { c.log.Warn(what+" failed; retrying", "err", err, "backoff", backoff, "repeats", n) })
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", what, err)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}

@@ -1,0 +1,473 @@
+package ingest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/usagepipe/usagepipe/aggregate/reference"
+	"github.com/usagepipe/usagepipe/ingest"
+	"github.com/usagepipe/usagepipe/ingest/kafkatest"
+	"github.com/usagepipe/usagepipe/schema"
+	"github.com/usagepipe/usagepipe/schema/chtest"
+	"github.com/usagepipe/usagepipe/schema/store"
+)
+
+// Topics that behave like production ones (docs/design.md, "Progress lives
+// in ClickHouse"): retention deletes counted records, the group's offsets
+// are lost, the topic is re-created, producers are transactional. Every
+// case runs on kfake and on Apache Kafka and compares every rollup column
+// with the reference over every record the topic ever held.
+
+// newRealTopic is a pipeline over a one-partition topic: one partition
+// keeps every record in one offset bucket, where a recount from Kafka
+// would show a loss at once.
+func newRealTopic(t *testing.T, b *kafkatest.Broker) *pipeline {
+	p := &pipeline{t: t, brokers: b.Addrs, fiscal: 1}
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+	p.topic, p.dlq = "real-"+suffix, "real-dlq-"+suffix
+	kafkatest.CreateTopic(t, b.Addrs, p.topic, 1)
+	kafkatest.CreateTopic(t, b.Addrs, p.dlq, 1)
+	p.db = chtest.NewDatabase(t)
+	return p
+}
+
+// logins produces n valid logins of account acme (plus one rejected record
+// per 100) with event IDs prefix-i, record timestamps one second apart from
+// start, optionally inside a transaction that is committed or aborted.
+// Records that end up in the log visibly (committed or plain) are added to
+// p.produced under refTopic (the reference's name for the incarnation).
+func (p *pipeline) logins(prefix string, n int, start time.Time, txn string, commit bool, refTopic string) {
+	p.t.Helper()
+	opts := []kgo.Opt{kgo.SeedBrokers(p.brokers...), kgo.DefaultProduceTopic(p.topic)}
+	if txn != "" {
+		opts = append(opts, kgo.TransactionalID(txn))
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := context.Background()
+	if txn != "" {
+		if err := cl.BeginTransaction(); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var got []reference.Record
+	for i := range n {
+		ts := start.Add(time.Duration(i) * time.Second)
+		v := fmt.Sprintf(`{"event_id":"%s-%d","type":"login","account_id":"acme","user_id":"u-%d","occurred_at":%d}`, prefix, i, i%37, ts.UnixMilli())
+		if i%100 == 99 {
+			v = fmt.Sprintf(`{"event_id":"%s-%d","type":"logout","account_id":"acme","user_id":"u-1","occurred_at":%d}`, prefix, i, ts.UnixMilli())
+		}
+		cl.Produce(ctx, &kgo.Record{Key: []byte("acme"), Value: []byte(v), Timestamp: ts}, func(r *kgo.Record, err error) {
+			if err != nil {
+				p.t.Errorf("produce: %v", err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, reference.Record{Topic: refTopic, Partition: r.Partition, Offset: r.Offset, TimestampMs: r.Timestamp.UnixMilli(), Key: r.Key, Value: r.Value})
+		})
+	}
+	if err := cl.Flush(ctx); err != nil {
+		p.t.Fatal(err)
+	}
+	if txn != "" {
+		if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(commit)); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+	if txn == "" || commit {
+		p.produced = append(p.produced, got...)
+	}
+}
+
+// runReg runs the consumer until caught up, with its metrics in reg.
+func (p *pipeline) runReg(group string, reg prometheus.Registerer) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer st.Close()
+	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal}, nil); err != nil {
+		p.t.Fatal(err)
+	}
+	cfg := ingest.Defaults()
+	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, group
+	cfg.FlushInterval = 200 * time.Millisecond
+	cfg.UntilCaughtUp = true
+	c, err := ingest.New(cfg, st, nil, reg)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if err := c.Run(ctx); err != nil {
+		p.t.Fatalf("run: %v", err)
+	}
+}
+
+func (p *pipeline) admin() *kadm.Client {
+	p.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(p.brokers...))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.t.Cleanup(cl.Close)
+	return kadm.NewClient(cl)
+}
+
+// retain deletes every record of partition 0 below the last keep, as
+// retention does.
+func (p *pipeline) retain(keep int64) {
+	p.t.Helper()
+	adm := p.admin()
+	ctx := context.Background()
+	ends, err := adm.ListEndOffsets(ctx, p.topic)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	end, _ := ends.Lookup(p.topic, 0)
+	os := kadm.Offsets{}
+	os.Add(kadm.Offset{Topic: p.topic, Partition: 0, At: end.Offset - keep})
+	resp, err := adm.DeleteRecords(ctx, os)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		p.t.Fatalf("delete records: %v", err)
+	}
+	starts, err := adm.ListStartOffsets(ctx, p.topic)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if s, _ := starts.Lookup(p.topic, 0); s.Offset != end.Offset-keep {
+		p.t.Fatalf("log start %d after DeleteRecords, want %d", s.Offset, end.Offset-keep)
+	}
+}
+
+// logins counts the rollups' logins of acme over all quarters.
+func (p *pipeline) storedLogins() uint64 {
+	p.t.Helper()
+	st, err := store.Open(context.Background(), store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer st.Close()
+	rows, err := st.ReadRollups(context.Background())
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	var n uint64
+	for _, r := range rows {
+		n += r.Logins
+	}
+	return n
+}
+
+func (p *pipeline) wantLogins(want uint64) {
+	p.t.Helper()
+	if got := p.storedLogins(); got != want {
+		p.t.Fatalf("logins in the rollups: %d, want %d", got, want)
+	}
+	p.check()
+}
+
+// TestRetentionKeepsCounts: records counted once stay counted after
+// retention deleted them and after the group's committed offsets are lost
+// (issue 10's cases 1 and 2).
+func TestRetentionKeepsCounts(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			start := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
+			p.logins("a", 3000, start, "", false, p.topic)
+			p.runReg("g", nil)
+			p.wantLogins(2970) // every hundredth record is rejected
+
+			p.retain(200)
+			p.logins("b", 500, start.Add(4000*time.Second), "", false, p.topic)
+			p.runReg("g", nil)
+			p.wantLogins(2970 + 495)
+
+			// The group's offsets are lost (expired or deleted): the
+			// position comes from ClickHouse, nothing is counted twice.
+			resp, err := p.admin().DeleteGroups(context.Background(), "g")
+			if err == nil {
+				err = resp.Error()
+			}
+			if err != nil {
+				t.Fatalf("delete group: %v", err)
+			}
+			p.retain(100)
+			p.logins("c", 400, start.Add(5000*time.Second), "", false, p.topic)
+			p.runReg("g", nil)
+			p.wantLogins(2970 + 495 + 396)
+
+			// Another group over the same database resumes from the same
+			// durable position: the database, not the group, knows what
+			// was counted.
+			p.runReg("g-other", nil)
+			p.wantLogins(2970 + 495 + 396)
+			p.checkDeadLetters(reference.Compute(p.produced, reference.Options{}))
+		})
+	}
+}
+
+// TestRecreatedTopicCountsBothIncarnations: a topic deleted and re-created
+// under the same name restarts its offsets at 0; the records of both
+// incarnations count.
+func TestRecreatedTopicCountsBothIncarnations(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			start := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
+			p.logins("a", 1000, start, "", false, p.topic)
+			p.runReg("g", nil)
+			p.wantLogins(990)
+
+			adm := p.admin()
+			ctx := context.Background()
+			if resp, err := adm.DeleteTopics(ctx, p.topic); err != nil || resp.Error() != nil {
+				t.Fatalf("delete topic: %v %v", err, resp.Error())
+			}
+			recreate(t, adm, p.topic)
+			// Different event IDs: whether a record of one incarnation
+			// duplicates one of the other is not the question here.
+			p.logins("b", 300, start.Add(2000*time.Second), "", false, p.topic+"#2")
+			p.runReg("g", nil)
+			p.wantLogins(990 + 297)
+		})
+	}
+}
+
+// recreate creates topic again once the broker has finished deleting it.
+func recreate(t *testing.T, adm *kadm.Client, topic string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		resp, err := adm.CreateTopic(ctx, 1, -1, nil, topic)
+		if err == nil {
+			err = resp.Err
+		}
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, kerr.TopicAlreadyExists) || ctx.Err() != nil {
+			t.Fatalf("re-create topic: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for {
+		ends, err := adm.ListEndOffsets(ctx, topic)
+		if err == nil && ends.Error() == nil {
+			if o, ok := ends.Lookup(topic, 0); ok && o.Offset == 0 {
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("re-created topic not usable: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestTransactionalTopic: committed transactions count, aborted ones never
+// do, and a partition that ends in transaction markers is caught up:
+// --until-caught-up exits, the lag gauge and the group's lag are 0.
+func TestTransactionalTopic(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			start := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
+			p.logins("a", 500, start, "tx-"+p.topic, true, p.topic)
+			p.logins("b", 300, start.Add(600*time.Second), "tx-"+p.topic, false, p.topic)
+			p.logins("c", 200, start.Add(1000*time.Second), "tx-"+p.topic, true, p.topic)
+			p.logins("d", 100, start.Add(1300*time.Second), "tx-"+p.topic, false, p.topic) // the log ends in an abort marker
+			p.runReg("g", nil)                                                             // must return: the test's deadline fails a hang
+			p.wantLogins(495 + 198)
+			p.checkDeadLetters(reference.Compute(p.produced, reference.Options{}))
+
+			adm := p.admin()
+			lags, err := adm.Lag(context.Background(), "g")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var total int64
+			lags.Each(func(l kadm.DescribedGroupLag) {
+				for _, ps := range l.Lag {
+					for _, pl := range ps {
+						if pl.Err != nil {
+							t.Fatalf("group lag: %v", pl.Err)
+						}
+						total += pl.Lag
+					}
+				}
+			})
+			if total != 0 {
+				t.Fatalf("the group's committed offsets lag the end by %d, want 0", total)
+			}
+
+			// A long-running consumer (a new database: it reads the topic
+			// again) shows a lag of 0 once it has read everything.
+			p.db = chtest.NewDatabase(t)
+			reg := prometheus.NewRegistry()
+			stop := p.start("g-live", reg)
+			deadline := time.Now().Add(time.Minute)
+			for {
+				if lag, ok := gauge(t, reg, "usagepipe_consumer_lag_records"); ok && lag == 0 &&
+					counter(t, reg, "usagepipe_records_consumed_total") == float64(700) {
+					break
+				}
+				if time.Now().After(deadline) {
+					lag, _ := gauge(t, reg, "usagepipe_consumer_lag_records")
+					t.Fatalf("lag gauge %v, %v records consumed, after a minute; want 0 and 700", lag, counter(t, reg, "usagepipe_records_consumed_total"))
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			stop()
+			p.wantLogins(495 + 198)
+		})
+	}
+}
+
+// gauge sums the series of a gauge; ok is false while it has none.
+func gauge(t *testing.T, g prometheus.Gatherer, name string) (sum float64, ok bool) {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			ok = true
+			sum += m.GetGauge().GetValue()
+		}
+	}
+	return sum, ok
+}
+
+func counter(t *testing.T, g prometheus.Gatherer, name string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+// start runs a consumer until the returned stop is called; stop waits for
+// it and fails the test on an error.
+func (p *pipeline) start(group string, reg prometheus.Registerer) (stop func()) {
+	p.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal}, nil); err != nil {
+		p.t.Fatal(err)
+	}
+	cfg := ingest.Defaults()
+	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, group
+	cfg.FlushInterval = 200 * time.Millisecond
+	c, err := ingest.New(cfg, st, nil, reg)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			p.t.Errorf("run: %v", err)
+		}
+		st.Close()
+	}
+}
+
+// TestTopicRecreatedWhileRunning: a running consumer whose topic is deleted
+// and re-created writes what it read and stops with ErrTopicRecreated (the
+// client would otherwise fetch the deleted incarnation forever); the next
+// run counts the new incarnation.
+func TestTopicRecreatedWhileRunning(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			start := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
+			p.logins("a", 400, start, "", false, p.topic)
+			reg := prometheus.NewRegistry()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.db, FiscalStartMonth: 1}, nil); err != nil {
+				t.Fatal(err)
+			}
+			cfg := ingest.Defaults()
+			cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, "g"
+			cfg.FlushInterval = 200 * time.Millisecond
+			c, err := ingest.New(cfg, st, nil, reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- c.Run(ctx) }()
+			for counter(t, reg, "usagepipe_records_consumed_total") < 400 {
+				if ctx.Err() != nil {
+					t.Fatal("the first 400 records were not consumed")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			adm := p.admin()
+			if resp, err := adm.DeleteTopics(ctx, p.topic); err != nil || resp.Error() != nil {
+				t.Fatalf("delete topic: %v %v", err, resp.Error())
+			}
+			recreate(t, adm, p.topic)
+			p.logins("b", 200, start.Add(1000*time.Second), "", false, p.topic+"#2")
+			if err := <-done; !errors.Is(err, ingest.ErrTopicRecreated) {
+				t.Fatalf("run returned %v, want ErrTopicRecreated", err)
+			}
+			p.wantLoginsWritten(396)
+			p.runReg("g", nil)
+			p.wantLogins(396 + 198)
+		})
+	}
+}
+
+// wantLoginsWritten checks that exactly the first incarnation's logins were
+// written before the consumer stopped.
+func (p *pipeline) wantLoginsWritten(n uint64) {
+	p.t.Helper()
+	if got := p.storedLogins(); got != n {
+		p.t.Fatalf("logins written before the stop: %d, want %d", got, n)
+	}
+}
