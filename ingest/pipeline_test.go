@@ -11,7 +11,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/usagepipe/usagepipe/aggregate/reference"
-	"github.com/usagepipe/usagepipe/ingest"
 	"github.com/usagepipe/usagepipe/ingest/gen"
 	"github.com/usagepipe/usagepipe/ingest/kafkatest"
 	"github.com/usagepipe/usagepipe/schema"
@@ -68,27 +67,7 @@ func (p *pipeline) lastRecordTime() time.Time {
 // run runs the consumer with --until-caught-up semantics and returns it.
 func (p *pipeline) run(group string) {
 	p.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	defer st.Close()
-	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal}, nil); err != nil {
-		p.t.Fatal(err)
-	}
-	cfg := ingest.Defaults()
-	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, group
-	cfg.FlushInterval = 200 * time.Millisecond
-	cfg.UntilCaughtUp = true
-	c, err := ingest.New(cfg, st, nil, nil)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	if err := c.Run(ctx); err != nil {
-		p.t.Fatalf("run: %v", err)
-	}
+	p.runReg(group, nil)
 }
 
 // check compares ClickHouse's rollups and feature rows with the reference

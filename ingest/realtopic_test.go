@@ -97,7 +97,7 @@ func (p *pipeline) logins(prefix string, n int, start time.Time, txn string, com
 // runReg runs the consumer until caught up, with its metrics in reg.
 func (p *pipeline) runReg(group string, reg prometheus.Registerer) {
 	p.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
 	if err != nil {
