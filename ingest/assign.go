@@ -112,6 +112,8 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 			start = 0 // no record at or after the replay start's time: replay the whole retained log
 		}
 		out[p] = kgo.NewOffset().At(start).WithEpoch(-1)
+		c.log.Info("partition assigned", "partition", p, "topic_id", topicID, "src_topic", srcTopic,
+			"position", r.pos, "from_progress", r.hasFrom, "replay_from", start, "restored_rows", len(byPart[p]))
 		c.parts[p] = st
 		c.worker(p).agg.Restore(p, srcTopic, r.pos, byPart[p])
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"time"
 
@@ -94,11 +95,11 @@ func migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger
 					return fmt.Errorf("migrate: view %s: %w", v.name, err)
 				}
 			}
-			engine, got, err := viewDefinition(ctx, conn, db, v.name)
+			got, ours, err := settledView(ctx, conn, db, v.name, s.marker)
 			if err != nil {
 				return err
 			}
-			if engine == "View" && strings.Contains(got, s.marker) {
+			if ours {
 				def = got
 				break
 			}
@@ -158,6 +159,32 @@ func readApplied(ctx context.Context, conn driver.Conn, db string) (map[string]s
 // viewDefinition returns the engine ("" if there is no such object) and
 // the server's CREATE query of db.name. On 18.16 reading system.tables
 // fails while another migrate drops the view, so it tries a few times.
+// settledView reads the view after this migrate installed it. On 18.16 a
+// concurrent migrate of the same definition drops and re-creates the view,
+// so an absent view is another run between its DROP and its CREATE: wait
+// (with jitter, so that runs stop stepping on each other) for it to
+// settle rather than dropping it again. ours reports whether the view
+// installed carries marker.
+func settledView(ctx context.Context, conn driver.Conn, db, name, marker string) (def string, ours bool, err error) {
+	for wait := 1; ; wait++ {
+		engine, def, err := viewDefinition(ctx, conn, db, name)
+		if err != nil {
+			return "", false, err
+		}
+		if engine == "View" && strings.Contains(def, marker) {
+			return def, true, nil
+		}
+		if engine != "" || wait == 10 {
+			return def, false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", false, ctx.Err()
+		case <-time.After(time.Duration(10+rand.IntN(40)) * time.Millisecond):
+		}
+	}
+}
+
 func viewDefinition(ctx context.Context, conn driver.Conn, db, name string) (engine, def string, err error) {
 	for attempt := 1; ; attempt++ {
 		engine, def, err = readViewDefinition(ctx, conn, db, name)

@@ -288,6 +288,10 @@ group.initial.rebalance.delay.ms=0
 # records more than 1h in the future by default.
 log.message.timestamp.after.max.ms=9223372036854775807
 log.message.timestamp.before.max.ms=9223372036854775807
+# Those timestamps are weeks old: the default 7-day retention would delete
+# them at its next check (every 5 minutes), at a random point of a test.
+# Tests that need retention delete records themselves (DeleteRecords).
+log.retention.ms=-1
 num.network.threads=2
 num.io.threads=4
 `, clientAddr, controllerPort, dataDir)
