@@ -27,6 +27,7 @@ type Config struct {
 	ShutdownTimeout   time.Duration // how long a final flush may take after SIGTERM
 	PingInterval      time.Duration // ClickHouse health check period
 	Workers           int           // partitions are decoded and aggregated by this many goroutines
+	ProgressInterval  time.Duration // how often a run with a backlog logs its progress (at most 10s: contract section 5)
 
 	UntilCaughtUp bool // --until-caught-up
 }
@@ -49,6 +50,7 @@ func Defaults() Config {
 		ShutdownTimeout:   30 * time.Second,
 		PingInterval:      5 * time.Second,
 		Workers:           min(runtime.GOMAXPROCS(0), 8),
+		ProgressInterval:  10 * time.Second,
 	}
 }
 
@@ -83,6 +85,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("kafka-rebalance-timeout: must be at least 1s, got %s", c.RebalanceTimeout)
 	case c.ShutdownTimeout <= 0 || c.PingInterval <= 0:
 		return errors.New("shutdown timeout and ping interval must be positive")
+	case c.ProgressInterval <= 0 || c.ProgressInterval > 10*time.Second:
+		return fmt.Errorf("progress interval: must be positive and at most 10s, got %s", c.ProgressInterval)
 	}
 	return nil
 }

@@ -227,6 +227,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.cl.AllowRebalance() // Close waits for a blocked rebalance (even after a panic)
 		c.cl.Close()
 	}()
+	prog := c.startProgress()
+	defer prog.stop() // after the last flush: logs the run summary
 	var targets map[int32]int64
 	if c.cfg.UntilCaughtUp {
 		var err error

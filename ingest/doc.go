@@ -36,12 +36,21 @@
 //
 // # Concurrency
 //
-// Run owns three goroutines: the poll loop (the caller's), the flusher and
-// a ClickHouse pinger; all stop before Run returns. Partitions of one poll
-// are spread over per-worker goroutines (Config.Workers, each with its own
-// Aggregator) that the poll loop starts and waits for. Rebalance callbacks run
-// on the Kafka client's goroutine and take the same mutex as the poll loop;
-// rebalances are blocked while a poll is being processed.
+// Run owns four goroutines: the poll loop (the caller's), the flusher, a
+// ClickHouse pinger and the progress reporter (progress.go); all stop before
+// Run returns. Partitions of one poll are spread over per-worker goroutines
+// (Config.Workers, each with its own Aggregator) that the poll loop starts
+// and waits for. Rebalance callbacks run on the Kafka client's goroutine
+// and take the same mutex as the poll loop; rebalances are blocked while a
+// poll is being processed.
+//
+// # Progress
+//
+// While a run has a backlog it logs a "progress" line every
+// Config.ProgressInterval (10s): records_done, rate_per_s, records_left (lag
+// to the last stable offset of the owned partitions) and eta; every Run ends
+// with a "run summary" line: records, accepted, rejected, duplicates,
+// wall_time, rate_per_s. Both read existing counters: nothing per record.
 //
 // # Metrics
 //

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"math"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -25,11 +30,13 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var p pipelineSettings
 	var events, rows int
 	var dataDir string
+	var keep bool
 	f := newFlags("demo", "The embedded default: an in-process Kafka broker (kfake), a private local ClickHouse\n(unless --clickhouse-addr is given), synthetic telemetry from gen, the pipeline until\ncaught up, then a rollup table checked against the independent reference.", stderr)
 	p.register(f)
 	f.intv(&events, "events", 200_000, "synthetic records to produce")
-	f.intv(&rows, "rows", 12, "accounts to print")
+	f.intv(&rows, "rows", 8, "accounts to print in each table")
 	f.str(&dataDir, "data-dir", "", "where the private ClickHouse keeps its data when --clickhouse-addr is not given (default: a temporary directory, removed at the end)")
+	f.boolv(&keep, "keep-clickhouse", false, "keep the private ClickHouse running after the table, to query it, until Ctrl-C")
 	f.setDefault("clickhouse-addr", "")
 	f.setDefault("clickhouse-database", "usagepipe_demo")
 	f.setDefault("metrics-addr", "")
@@ -42,7 +49,9 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	started := time.Now()
 
-	if p.ch.addr == "" {
+	private := p.ch.addr == ""
+	var chDir string // the private ClickHouse's directory
+	if private {
 		dir := dataDir
 		if dir == "" {
 			tmp, err := os.MkdirTemp("", "usagepipe-demo-")
@@ -57,7 +66,8 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		fmt.Fprintf(stdout, "starting a private ClickHouse in %s …\n", dir)
-		srv, err := chserver.Start(ctx, filepath.Join(dir, "clickhouse"), 0)
+		chDir = filepath.Join(dir, "clickhouse")
+		srv, err := chserver.Start(ctx, chDir, 0)
 		if err != nil {
 			return err
 		}
@@ -91,8 +101,9 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	gcfg := gen.Config{Seed: 42, Events: events, Accounts: max(events/200, 10), Users: max(events/7, 50), Features: 25,
-		Quarters: 3, BadRatio: 0.01, DupRatio: 0.02, EdgeCases: true}
+	// A realistic customer base: about 10 events per user over a year.
+	gcfg := gen.Config{Seed: 42, Events: events, Accounts: max(events/800, 10), Users: max(events/10, 50), Features: 25,
+		Quarters: 4, Population: gen.PopulationRealistic, BadRatio: 0.01, DupRatio: 0.02, EdgeCases: true}
 	recs, n, err := gen.Produce(ctx, cl, p.kafka.topic, gen.New(gcfg), true)
 	cl.Close()
 	if err != nil {
@@ -117,7 +128,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	want := reference.Compute(recs, reference.Options{FiscalStartMonth: p.ch.fiscalStartMonth, MaxClockSkew: p.maxClockSkew, DedupWindow: p.dedupWindow})
-	printRollups(stdout, got, rows)
+	latest := printAtRisk(stdout, got, rows)
 	diffs := diffRollups(got, want.Rollups)
 	fmt.Fprintf(stdout, "\n%d records in %s through the pipeline (%.0f records/s); %d rollup rows, %d accounts; %d rejected to %s; %d duplicates\n",
 		n, pipeTime.Round(time.Millisecond), float64(n)/pipeTime.Seconds(), len(got), countAccounts(got), len(want.Rejected), p.kafka.dlq, want.Duplicates)
@@ -125,17 +136,53 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("rollups differ from the independent reference in %d rows", diffs)
 	}
 	fmt.Fprintf(stdout, "rollups match the independent reference computation exactly (%d rows, every column). Total %s.\n", len(got), time.Since(started).Round(time.Millisecond))
-	fmt.Fprintf(stdout, "query them: clickhouse-client --port %s -q 'SELECT * FROM %s.account_quarter_rollups LIMIT 10'\n", portOf(p.ch.addr), p.ch.database)
+	host, port, err := net.SplitHostPort(p.ch.addr)
+	if err != nil {
+		return fmt.Errorf("clickhouse-addr: %w", err)
+	}
+	client := fmt.Sprintf("clickhouse-client --host %s --port %s -q %s", host, port, shellQuote(atRiskSQL(p.ch.database, latest)))
+	switch {
+	case !private:
+		fmt.Fprintf(stdout, "query them: %s\n", client)
+	case keep:
+		fmt.Fprintf(stdout, "ClickHouse keeps running with the demo's data in %s; query it from another terminal:\n  %s\npress Ctrl-C to stop it\n", chDir, client)
+		<-ctx.Done()
+		fmt.Fprintln(stdout, "stopping ClickHouse")
+	case dataDir != "":
+		fmt.Fprintf(stdout, "ClickHouse is stopped; its data is kept in %s. To query it, start it over that data (Ctrl-C stops it):\n  clickhouse-server --config-file=%s\nthen, from another terminal:\n  %s\n",
+			chDir, shellQuote(filepath.Join(chDir, "config.xml")), client)
+	default:
+		again := []string{os.Args[0], "demo"}
+		for _, a := range args {
+			again = append(again, shellQuote(a))
+		}
+		fmt.Fprintf(stdout, "ClickHouse is stopped and its data removed. To query the rollups yourself, run the demo again and keep it up until Ctrl-C:\n  %s --keep-clickhouse\n", strings.Join(again, " "))
+	}
 	return nil
 }
 
-func portOf(addr string) string {
-	for i := len(addr) - 1; i >= 0; i-- {
-		if addr[i] == ':' {
-			return addr[i+1:]
-		}
+// shellQuote quotes s for a POSIX shell when it needs it: in single
+// quotes, or in double quotes when s has single quotes and nothing a
+// shell expands inside double quotes.
+func shellQuote(s string) string {
+	switch {
+	case s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@") == "":
+		return s
+	case !strings.Contains(s, "'"):
+		return "'" + s + "'"
+	case !strings.ContainsAny(s, "$`\\\"!"):
+		return `"` + s + `"`
 	}
-	return "9000"
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// atRiskSQL is the query the closing hint prints: the latest quarter's
+// accounts of at least minRiskSeats seats, lowest utilization or activation
+// first.
+func atRiskSQL(database, quarter string) string {
+	return fmt.Sprintf("SELECT account_id, seats_purchased, seats_assigned, round(seat_utilization, 3) AS utilization, "+
+		"round(activation_rate, 3) AS activation FROM %s.account_quarter_rollups WHERE quarter = '%s' AND seats_purchased >= %d "+
+		"ORDER BY least(seat_utilization, activation_rate), seats_purchased DESC LIMIT 10 FORMAT PrettyCompact", database, quarter, minRiskSeats)
 }
 
 func countAccounts(rows []schema.Rollup) int {
@@ -146,36 +193,95 @@ func countAccounts(rows []schema.Rollup) int {
 	return len(seen)
 }
 
-// printRollups prints the latest quarter of the accounts with the most
-// purchased seats.
-func printRollups(w io.Writer, rows []schema.Rollup, n int) {
-	latest := map[string]schema.Rollup{}
+// minRiskSeats is the smallest account the at-risk table shows: below it a
+// seat or two moves the percentages by tens of points.
+const minRiskSeats = 10
+
+// printAtRisk prints what a customer-success lead looks at first: the
+// latest quarter's accounts (of at least minRiskSeats seats) with the
+// lowest seat utilization, then those with the lowest activation, n of
+// each, with how both moved since the quarter before; then how the whole
+// base spreads. It returns the latest quarter's label.
+func printAtRisk(w io.Writer, rows []schema.Rollup, n int) string {
+	var latestStart time.Time
 	for _, r := range rows {
-		if l, ok := latest[r.AccountID]; !ok || r.QuarterStart.After(l.QuarterStart) {
-			latest[r.AccountID] = r
+		if r.QuarterStart.After(latestStart) {
+			latestStart = r.QuarterStart
 		}
 	}
-	list := make([]schema.Rollup, 0, len(latest))
+	prevStart := latestStart.AddDate(0, -3, 0)
+	prev := map[string]schema.Rollup{}
+	var latest []schema.Rollup
+	quarter, prevQuarter := "", "the quarter before"
+	for _, r := range rows {
+		switch {
+		case r.QuarterStart.Equal(latestStart):
+			quarter = r.Quarter
+			latest = append(latest, r)
+		case r.QuarterStart.Equal(prevStart):
+			prevQuarter = r.Quarter
+			prev[r.AccountID] = r
+		}
+	}
+
+	var seats []uint64
+	var big []schema.Rollup
+	underAssigned, lowActivation, isNew := 0, 0, 0
 	for _, r := range latest {
-		list = append(list, r)
-	}
-	sort.Slice(list, func(i, j int) bool {
-		if list[i].SeatsPurchased != list[j].SeatsPurchased {
-			return list[i].SeatsPurchased > list[j].SeatsPurchased
+		if r.SeatsPurchased == 0 {
+			continue
 		}
-		return list[i].AccountID < list[j].AccountID
-	})
-	if len(list) > n {
-		list = list[:n]
+		seats = append(seats, r.SeatsPurchased)
+		if r.SeatUtilization < 0.8 {
+			underAssigned++
+		}
+		if r.SeatsAssigned > 0 && r.ActivationRate < 0.5 {
+			lowActivation++
+		}
+		if p, ok := prev[r.AccountID]; !ok || p.SeatsPurchased == 0 {
+			isNew++
+		}
+		if r.SeatsPurchased >= minRiskSeats {
+			big = append(big, r)
+		}
 	}
-	fmt.Fprintln(w)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "account\tquarter\tseats purchased\tseats assigned\tutilization\tactive users\tactive seat holders\tactivation\tlogins\tfeatures used\t")
-	for _, r := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f%%\t%d\t%d\t%.1f%%\t%d\t%d\t\n", truncate(r.AccountID, 24), r.Quarter, r.SeatsPurchased, r.SeatsAssigned,
-			100*r.SeatUtilization, r.ActiveUsers, r.ActiveAssignedUsers, 100*r.ActivationRate, r.Logins, r.FeaturesUsed)
+	if len(seats) == 0 {
+		return quarter
 	}
-	tw.Flush()
+	slices.Sort(seats)
+
+	table := func(title string, key func(schema.Rollup) float64) {
+		sort.Slice(big, func(i, j int) bool {
+			a, b := big[i], big[j]
+			return cmp.Or(cmp.Compare(key(a), key(b)), cmp.Compare(b.SeatsPurchased, a.SeatsPurchased), cmp.Compare(a.AccountID, b.AccountID)) < 0
+		})
+		fmt.Fprintf(w, "\n%s in %s (accounts with at least %d seats; change since %s in points)\n", title, quarter, minRiskSeats, prevQuarter)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "account\tseats purchased\tseats assigned\tutilization\tchange\tseat holders active\tactivation\tchange\tactive users\tlogins\tfeatures used\t")
+		for _, r := range big[:min(n, len(big))] {
+			du, da := "new", "new"
+			if p, ok := prev[r.AccountID]; ok && p.SeatsPurchased > 0 {
+				du, da = points(r.SeatUtilization-p.SeatUtilization), points(r.ActivationRate-p.ActivationRate)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f%%\t%s\t%d\t%.1f%%\t%s\t%d\t%d\t%d\t\n", truncate(r.AccountID, 24), r.SeatsPurchased, r.SeatsAssigned,
+				100*r.SeatUtilization, du, r.ActiveAssignedUsers, 100*r.ActivationRate, da, r.ActiveUsers, r.Logins, r.FeaturesUsed)
+		}
+		tw.Flush()
+	}
+	table("Lowest seat utilization (seats assigned / purchased)", func(r schema.Rollup) float64 { return r.SeatUtilization })
+	table("Lowest activation (seat holders active / seats assigned)", func(r schema.Rollup) float64 { return r.ActivationRate })
+	fmt.Fprintf(w, "\n%d accounts with seats in %s: %d to %d seats (median %d); %d below 80%% utilization, %d below 50%% activation, %d new since %s\n",
+		len(seats), quarter, seats[0], seats[len(seats)-1], seats[len(seats)/2], underAssigned, lowActivation, isNew, prevQuarter)
+	return quarter
+}
+
+// points formats a change of a share in percentage points.
+func points(d float64) string {
+	d = math.Round(1000*d) / 10
+	if d == 0 {
+		return "0.0"
+	}
+	return fmt.Sprintf("%+.1f", d)
 }
 
 func truncate(s string, n int) string {

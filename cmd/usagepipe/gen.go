@@ -34,8 +34,9 @@ func (g *genSettings) register(f *flags) {
 	g.log.register(f)
 	f.int64v(&g.cfg.Seed, "seed", 1, "random seed: the same seed and sizes give the same records")
 	f.intv(&g.cfg.Events, "events", 100_000, "records to produce")
-	f.intv(&g.cfg.Accounts, "accounts", 1_000, "distinct accounts")
-	f.intv(&g.cfg.Users, "users", 30_000, "distinct users")
+	f.intv(&g.cfg.Accounts, "accounts", 300, "distinct accounts")
+	f.intv(&g.cfg.Users, "users", 10_000, "distinct users (about; the realistic population's shapes need about 10 events per user)")
+	f.str(&g.cfg.Population, "population", gen.PopulationRealistic, "realistic (a customer base: a handful to thousands of seats, under-assigned, low-activation, growing and shrinking accounts) or uniform (every account alike; what the benchmarks use)")
 	f.intv(&g.cfg.Features, "features", 40, "distinct features")
 	f.intv(&g.cfg.Quarters, "quarters", 2, "calendar quarters the occurred_at values span")
 	f.str(&g.start, "start", "2026-01-01T00:00:00Z", "first occurred_at (RFC 3339)")
@@ -68,6 +69,9 @@ func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if g.cfg.BadRatio < 0 || g.cfg.BadRatio > 1 || g.cfg.DupRatio < 0 || g.cfg.DupRatio > 1 {
 		return usagef("bad-ratio and dup-ratio must be between 0 and 1")
+	}
+	if g.cfg.Population != gen.PopulationRealistic && g.cfg.Population != gen.PopulationUniform {
+		return usagef("population: must be %s or %s, got %q", gen.PopulationRealistic, gen.PopulationUniform, g.cfg.Population)
 	}
 	if g.fiscalStart < 1 || g.fiscalStart > 12 {
 		return usagef("fiscal-year-start-month: must be 1–12, got %d", g.fiscalStart)

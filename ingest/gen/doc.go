@@ -2,6 +2,10 @@
 // section 2) for tests, benchmarks, the demo and `usagepipe gen`: realistic
 // JSON events, a chosen share of bad records rotating through every reject
 // reason, re-sent duplicates, and optionally a fixed set of hard edge cases.
+// The accounts are alike by default (PopulationUniform, what the benchmarks
+// measure) or look like a customer base (PopulationRealistic, population.go:
+// sizes from a handful to thousands of seats, under-assigned, low-activation,
+// growing and shrinking accounts, new customers).
 //
 // The same Config (Seed included) always yields the same records, byte for
 // byte, with the same record timestamps. Each Record carries the reject

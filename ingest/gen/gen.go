@@ -17,9 +17,16 @@ type Config struct {
 	// number of records on top (see Generator.Total). Default 100,000.
 	Events int
 	// Accounts, Users and Features size the population: defaults 10,000
-	// accounts, 300,000 users (at least one per account; user u belongs to
-	// account u mod Accounts) and 40 features.
+	// accounts, 300,000 users (at least one per account) and 40 features.
 	Accounts, Users, Features int
+	// Population shapes the accounts: PopulationUniform ("", the default,
+	// which the benchmarks measure: user u belongs to account u mod
+	// Accounts, and seat events are random) or PopulationRealistic (a
+	// customer base with sizes from a handful to thousands of seats,
+	// under-assigned, low-activation, growing and shrinking accounts; see
+	// population). The bad records, duplicates and edge cases are the same
+	// in both.
+	Population string
 	// Start is where the occurred_at range begins (default
 	// 2026-01-01T00:00:00Z); events spread over Quarters quarters (default
 	// 2), i.e. [Start, Start + 3·Quarters months), roughly in stream order.
@@ -69,6 +76,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Accounts, "gen-accounts", c.Accounts, "accounts (0: 10000)")
 	fs.IntVar(&c.Users, "gen-users", c.Users, "users (0: 300000)")
 	fs.IntVar(&c.Features, "gen-features", c.Features, "distinct features (0: 40)")
+	fs.StringVar(&c.Population, "gen-population", c.Population, "population: uniform (\"\") or realistic")
 	fs.TextVar(&c.Start, "gen-start", c.Start, "start of the occurred_at range, RFC 3339 (zero: 2026-01-01T00:00:00Z)")
 	fs.IntVar(&c.Quarters, "gen-quarters", c.Quarters, "quarters the occurred_at range spans (0: 2)")
 	fs.Float64Var(&c.BadRatio, "gen-bad-ratio", c.BadRatio, "share of bad records (0–1)")
@@ -96,6 +104,9 @@ func (c Config) Validate() error {
 	}
 	if c.BadRatio+c.DupRatio > 1 {
 		errs = append(errs, fmt.Errorf("gen-bad-ratio + gen-dup-ratio must be at most 1, got %v", c.BadRatio+c.DupRatio))
+	}
+	if c.Population != "" && c.Population != PopulationUniform && c.Population != PopulationRealistic {
+		errs = append(errs, fmt.Errorf("gen-population must be %s or %s, got %q", PopulationUniform, PopulationRealistic, c.Population))
 	}
 	if !c.Start.IsZero() && (c.Start.Year() < 2000 || c.Start.Year() > 2100) {
 		errs = append(errs, fmt.Errorf("gen-start must be in 2000–2100, got %s", c.Start.Format(time.RFC3339)))
@@ -155,6 +166,7 @@ type Generator struct {
 
 	accounts []string
 	features []string
+	pop      *population // nil for the uniform population
 
 	emitted int // records of the random stream so far
 	seq     uint32
@@ -192,6 +204,13 @@ func New(cfg Config) *Generator {
 			p.build(scratch)
 		}
 		g.total += len(scratch.pending)
+	}
+	if g.cfg.Population == PopulationRealistic {
+		periods := make([]int64, g.cfg.Quarters+1)
+		for q := range periods {
+			periods[q] = g.cfg.Start.AddDate(0, 3*q, 0).UnixMilli()
+		}
+		g.pop = newPopulation(g.cfg, periods)
 	}
 	return g
 }
@@ -271,7 +290,13 @@ func (g *Generator) random() {
 		s := g.recent[g.rng.IntN(len(g.recent))]
 		g.push(string(s.key), append([]byte(nil), s.value...), "")
 	default:
-		account, d := g.validEvent(g.randomType())
+		var account string
+		var d doc
+		if g.pop != nil {
+			account, d = g.realisticEvent()
+		} else {
+			account, d = g.validEvent(g.randomType())
+		}
 		v := d.bytes()
 		g.remember(account, v)
 		g.push(account, v, "")
@@ -371,15 +396,27 @@ func (g *Generator) formatOccurred(ms int64) string {
 }
 
 // validEvent returns a random valid event of type typ and its account.
+// With the realistic population it is a random user of a random account
+// (bad records start from one; valid events come from realisticEvent).
 func (g *Generator) validEvent(typ string) (string, doc) {
+	if g.pop != nil {
+		a, user := g.pop.anyUser(g.rng)
+		return g.accounts[a], g.eventDoc(typ, a, user, g.occurredMs, func() int { return max(1, g.pop.plans[a].seats[0]) })
+	}
 	u := g.rng.Float64()
 	a := int(u * u * float64(g.cfg.Accounts)) // a few busy accounts, a long tail
-	account := g.accounts[a]
-	user := userID(a + g.rng.IntN(g.usersOf(a))*g.cfg.Accounts)
+	user := a + g.rng.IntN(g.usersOf(a))*g.cfg.Accounts
+	return g.accounts[a], g.eventDoc(typ, a, user, g.occurredMs, func() int { return max(1, g.usersOf(a)+g.rng.IntN(9)-4) })
+}
 
-	d := doc{{"event_id", quote(g.eventID())}, {"type", quote(typ)}, {"account_id", quote(account)}}
+// eventDoc returns a valid event of type typ by user (a global user index,
+// unused by seats_purchased) of account a. occurred and seats are called
+// when their fields are written (seats only for seats_purchased), so the
+// random draws keep their order.
+func (g *Generator) eventDoc(typ string, a, user int, occurred func() int64, seats func() int) doc {
+	d := doc{{"event_id", quote(g.eventID())}, {"type", quote(typ)}, {"account_id", quote(g.accounts[a])}}
 	if typ != "seats_purchased" {
-		d = append(d, field{"user_id", quote(user)})
+		d = append(d, field{"user_id", quote(userID(user))})
 	}
 	if typ == "feature_used" {
 		d = append(d, field{"feature", quote(g.features[g.rng.IntN(len(g.features))])})
@@ -387,10 +424,9 @@ func (g *Generator) validEvent(typ string) (string, doc) {
 	if g.rng.IntN(10) < 8 {
 		d = append(d, field{"product", quote(products[g.rng.IntN(len(products))])})
 	}
-	d = append(d, field{"occurred_at", g.formatOccurred(g.occurredMs())})
+	d = append(d, field{"occurred_at", g.formatOccurred(occurred())})
 	if typ == "seats_purchased" {
-		seats := max(1, g.usersOf(a)+g.rng.IntN(9)-4)
-		d = append(d, field{"seats", strconv.Itoa(seats)})
+		d = append(d, field{"seats", strconv.Itoa(seats())})
 	}
 	if g.rng.IntN(10) < 3 {
 		d = append(d, field{"schema_version", "1"})
@@ -404,7 +440,7 @@ func (g *Generator) validEvent(typ string) (string, doc) {
 		d = append(d, field{"ctx", fmt.Sprintf(`{"ip":"10.%d.%d.%d","locale":"en-US","tags":["beta",null,1.5e3]}`,
 			g.rng.IntN(256), g.rng.IntN(256), g.rng.IntN(256))})
 	}
-	return account, d
+	return d
 }
 
 var featureNames = []string{

@@ -313,11 +313,11 @@ func TestRegisterFlags(t *testing.T) {
 	var c Config
 	fs := flag.NewFlagSet("gen", flag.ContinueOnError)
 	c.RegisterFlags(fs)
-	err := fs.Parse([]string{"-gen-seed=7", "-gen-events=10", "-gen-start=2025-04-01T00:00:00Z", "-gen-bad-ratio=0.5", "-gen-edge-cases"})
+	err := fs.Parse([]string{"-gen-seed=7", "-gen-events=10", "-gen-start=2025-04-01T00:00:00Z", "-gen-bad-ratio=0.5", "-gen-edge-cases", "-gen-population=realistic"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Seed: 7, Events: 10, Start: time.Date(2025, 4, 1, 0, 0, 0, 0, time.UTC), BadRatio: 0.5, EdgeCases: true}
+	want := Config{Seed: 7, Events: 10, Start: time.Date(2025, 4, 1, 0, 0, 0, 0, time.UTC), BadRatio: 0.5, EdgeCases: true, Population: PopulationRealistic}
 	if c != want {
 		t.Errorf("parsed %+v, want %+v", c, want)
 	}
@@ -336,6 +336,9 @@ func TestConfigValidate(t *testing.T) {
 	f(Config{BadRatio: 1.5}, true)
 	f(Config{BadRatio: 0.6, DupRatio: 0.6}, true)
 	f(Config{Start: time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC)}, true)
+	f(Config{Population: PopulationRealistic}, false)
+	f(Config{Population: PopulationUniform}, false)
+	f(Config{Population: "enterprise"}, true)
 }
 
 func TestProduceKfake(t *testing.T) {
