@@ -49,12 +49,13 @@ func (h *logCapture) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
+// find returns the lines with message msg, or all lines if msg is "".
 func (h *logCapture) find(msg string) []logLine {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []logLine
 	for _, l := range h.lines {
-		if l.msg == msg {
+		if msg == "" || l.msg == msg {
 			out = append(out, l)
 		}
 	}
@@ -103,8 +104,10 @@ func TestProgressAndSummary(t *testing.T) {
 	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, "g-progress"
 	cfg.UntilCaughtUp = true
 	cfg.ProgressInterval = 10 * time.Millisecond
-	cfg.FlushInterval = 10 * time.Millisecond
-	cfg.MaxPollRecords = 200 // the first flush starts after a few hundred of 20,000 records
+	// A flush after every poll: the second poll waits for the first flush,
+	// which waits for a progress line, with at most 2,000 of the 20,000
+	// records read.
+	cfg.MaxPollRecords, cfg.MaxPendingFacts = 1000, 1
 	c, err := ingest.New(cfg, gatedWriter{Store: st, gate: logs.sawProgress, deadline: time.Now().Add(20 * time.Second)}, slog.New(logs), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +119,9 @@ func TestProgressAndSummary(t *testing.T) {
 
 	progress := logs.find("progress")
 	if len(progress) == 0 {
+		for _, l := range logs.find("") {
+			t.Logf("%s %v", l.msg, l.attrs)
+		}
 		t.Fatal("no progress line")
 	}
 	first := progress[0].attrs
