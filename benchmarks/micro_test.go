@@ -127,7 +127,9 @@ func BenchmarkDecodeValidateAggregate(b *testing.B) {
 		if d.rej != nil {
 			rejected++
 			agg.Skip(r.part, off)
-		} else if sets[r.part].CheckKey(d.key, d.ts) {
+		} else if !sets[r.part].Covered(d.ts) {
+			b.Fatalf("record %d needs a recovery in an in-order corpus", seq)
+		} else if sets[r.part].CheckKey(d.key, d.ts, off) {
 			dups++
 			agg.Skip(r.part, off)
 		} else {

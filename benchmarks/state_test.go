@@ -163,7 +163,7 @@ func buildState(corpus []microRecord, firstTs int64, partitions int) (*aggregate
 		ts := firstTs + int64(i) // 1 ms apart, as gen stamps them
 		off := offsets[r.part]
 		offsets[r.part]++
-		if dec.Decode(r.value, ts, &ev) != nil || sets[r.part].Check(ev.EventID, ts) {
+		if dec.Decode(r.value, ts, &ev) != nil || sets[r.part].Check(ev.EventID, ts, off) {
 			agg.Skip(r.part, off)
 		} else {
 			agg.Add(r.part, off, &ev)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -100,16 +101,38 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		r := res[p]
 		st := &partState{p: p, topicID: topicID, committed: r.pos, aggFrom: r.pos, next: -1, flushed: r.group,
 			from: r.from, hasFrom: r.hasFrom, tsBucket: -1, dedup: dedup.New(c.cfg.DedupWindow), delays: map[int64]int{}}
+		if d := c.disk.Load(); d != nil {
+			st.dedup.UseDisk(d, 0) // limits: setDedupLimits below
+		}
 		if s, ok := starts.Lookup(c.cfg.Topic, p); ok && s.Offset > r.pos {
 			c.m.expired.Add(float64(s.Offset - r.pos))
 			c.log.Warn("retention deleted records no instance had read: their events are lost",
 				"partition", p, "position", r.pos, "log_start", s.Offset)
 		}
+		// The filter's floor: every record below start has a timestamp
+		// below r.from (ListOffsets by timestamp); [start, r.pos) is read
+		// again only to fill the filter. No record at or after r.from:
+		// nothing needs reading again.
 		start := r.pos
 		if rf, ok := replayFrom[p]; ok {
 			start = min(rf, start)
-		} else if r.hasFrom {
-			start = 0 // no record at or after the replay start's time: replay the whole retained log
+		}
+		if r.hasFrom {
+			if rf, ok := replayFrom[p]; ok {
+				st.dedup.SetFloor(start, r.from)
+				if s, ok := starts.Lookup(c.cfg.Topic, p); ok && s.Offset > 0 && rf <= s.Offset && rf < r.pos {
+					// The first record kept is already inside the window:
+					// records retention deleted just before it may have
+					// been too, and copies of them cannot be recognised.
+					c.m.dedupUnrecoverable.Inc()
+					c.log.Warn("retention deleted records the duplicate filter needs: duplicates of them are counted",
+						"partition", p, "log_start", s.Offset, "dedup_from", time.UnixMilli(r.from).UTC())
+				}
+			} else {
+				// The listing failed: nothing is known below the position,
+				// so the first record recovers what its window needs.
+				st.dedup.SetFloor(start, math.MaxInt64)
+			}
 		}
 		out[p] = kgo.NewOffset().At(start).WithEpoch(-1)
 		c.log.Info("partition assigned", "partition", p, "topic_id", topicID, "src_topic", srcTopic,
@@ -117,6 +140,7 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		c.parts[p] = st
 		c.worker(p).agg.Restore(p, srcTopic, r.pos, byPart[p])
 	}
+	c.setDedupLimits()
 	c.m.restoredRows.Add(float64(len(counts)))
 	c.m.ownPartitions.Set(float64(len(c.parts)))
 	offsets[c.cfg.Topic] = out

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"runtime"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // Config is the consumer's configuration. Field comments give the setting
@@ -17,6 +19,12 @@ type Config struct {
 
 	MaxClockSkew time.Duration // --max-clock-skew
 	DedupWindow  time.Duration // --dedup-window
+	// DedupMemory bounds the duplicate filters' tables of all owned
+	// partitions (--dedup-memory-mib); hours beyond it move to an
+	// on-disk store in a new directory under DedupDir (--dedup-dir,
+	// default the system's temporary directory), removed at exit.
+	DedupMemory int64
+	DedupDir    string
 
 	FlushInterval     time.Duration // --flush-interval: how often facts are written
 	MaxPendingFacts   int           // flush early when this many fact keys wait (memory bound: ~100–150 MiB of event logs and facts per 1M)
@@ -30,6 +38,12 @@ type Config struct {
 	ProgressInterval  time.Duration // how often a run with a backlog logs its progress (at most 10s: contract section 5)
 
 	UntilCaughtUp bool // --until-caught-up
+
+	// ConnOpts are the Kafka connection options (TLS, SASL, logger) of
+	// every client the consumer opens: the group client and the direct
+	// readers that recover the duplicate filter. New's extra options
+	// (metrics hooks) apply to the group client only.
+	ConnOpts []kgo.Opt
 }
 
 // Defaults returns the contract's defaults.
@@ -41,6 +55,7 @@ func Defaults() Config {
 		DLQTopic:          "usage-events-dlq",
 		MaxClockSkew:      time.Hour,
 		DedupWindow:       24 * time.Hour,
+		DedupMemory:       256 << 20,
 		FlushInterval:     time.Second,
 		MaxPendingFacts:   1_000_000,
 		MaxPollRecords:    20_000,
@@ -71,6 +86,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("max-clock-skew: must not be negative, got %s", c.MaxClockSkew)
 	case c.DedupWindow < 0:
 		return fmt.Errorf("dedup-window: must not be negative, got %s", c.DedupWindow)
+	case c.DedupMemory < 1<<20:
+		return fmt.Errorf("dedup-memory-mib: must be at least 1, got %d", c.DedupMemory>>20)
 	case c.FlushInterval < 10*time.Millisecond || c.FlushInterval > time.Hour:
 		return fmt.Errorf("flush-interval: must be between 10ms and 1h, got %s", c.FlushInterval)
 	case c.ReadyStallTimeout <= 0:

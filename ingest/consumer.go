@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -75,6 +77,8 @@ type Consumer struct {
 	topicID     string
 	progressIDs []string
 
+	recoverErr  atomic.Pointer[error]      // a duplicate filter recovery that gave up: Run stops
+	disk        atomic.Pointer[dedup.Disk] // open while Run runs
 	chUp        atomic.Bool
 	lastFlushOK atomic.Int64 // unix nanos
 	totalLag    atomic.Int64
@@ -100,6 +104,22 @@ type decoded struct {
 }
 
 func (c *Consumer) worker(p int32) *worker { return c.workers[int(p)%len(c.workers)] }
+
+func (c *Consumer) dedupIDs() int {
+	n := 0
+	for _, st := range c.parts {
+		n += st.dedup.Len()
+	}
+	return n
+}
+
+func (c *Consumer) dedupDiskIDs() int {
+	n := 0
+	for _, st := range c.parts {
+		n += st.dedup.DiskEntries()
+	}
+	return n
+}
 
 func (c *Consumer) pending() int {
 	n := 0
@@ -165,6 +185,14 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		flushDone: make(chan *flushJob, 1),
 		warn:      rateLimiter{every: 30 * time.Second},
 	}
+	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_dedup_disk_bytes",
+		Help: "Bytes of the duplicate filters' on-disk store (files and write buffers) while run runs."},
+		func() float64 {
+			if d := c.disk.Load(); d != nil {
+				return float64(d.Bytes())
+			}
+			return 0
+		})
 	for range cfg.Workers {
 		c.workers = append(c.workers, &worker{agg: aggregate.New(cfg.Topic), ahead: [2]decoded{
 			{dec: decode.New(decode.Config{MaxClockSkew: cfg.MaxClockSkew})},
@@ -191,6 +219,7 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
 	}
+	opts = append(opts, cfg.ConnOpts...)
 	cl, err := kgo.NewClient(append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)
@@ -223,9 +252,17 @@ func (c *Consumer) Ready() (bool, string) {
 // every record that existed when it started is flushed and committed.
 // It closes the Kafka client before returning.
 func (c *Consumer) Run(ctx context.Context) error {
+	disk, err := c.openDisk()
+	if err != nil {
+		c.cl.Close()
+		return err
+	}
 	defer func() {
 		c.cl.AllowRebalance() // Close waits for a blocked rebalance (even after a panic)
 		c.cl.Close()
+		if err := disk.Close(); err != nil {
+			c.log.Warn("close the duplicate filter's disk", "err", err)
+		}
 	}()
 	prog := c.startProgress()
 	defer prog.stop() // after the last flush: logs the run summary
@@ -257,7 +294,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer cancelFlush()
 	defer close(c.flushReq)
 
-	err := c.loop(ctx, targets)
+	err = c.loop(ctx, targets)
 	c.mu.Lock()
 	ferr := c.finish()
 	c.closed = true
@@ -312,8 +349,13 @@ func (c *Consumer) loop(ctx context.Context, targets map[int32]int64) error {
 		} else if c.flushDue() {
 			fatal = c.startFlush(true)
 		}
+		if err := c.recoverErr.Load(); err != nil && fatal == nil {
+			fatal = *err // what was decided is flushed by finish; the rest is read again next time
+		}
 		done := c.cfg.UntilCaughtUp && c.flight == nil && c.caughtUp(ctx, targets)
 		c.m.pendingFacts.Set(float64(c.pending()))
+		c.m.dedupIDs.Set(float64(c.dedupIDs()))
+		c.m.dedupDiskIDs.Set(float64(c.dedupDiskIDs()))
 		c.updateReady()
 		c.mu.Unlock()
 		c.cl.AllowRebalance()
@@ -403,9 +445,9 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 			replayed++
 		}
 		st.lastTs = ts
-		if off < st.aggFrom { // dedup-only replay
+		if off < st.aggFrom { // dedup-only replay: fills the filter, decides nothing
 			if d.rej == nil {
-				st.dedup.CheckKey(d.key, ts)
+				st.dedup.CheckKey(d.key, ts, off)
 			}
 			continue
 		}
@@ -429,7 +471,22 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 			}
 			continue
 		}
-		if st.dedup.CheckKey(d.key, ts) {
+		if !st.dedup.Covered(ts) {
+			rec := st.dedup.Recovery(ts, off)
+			if err := c.recoverDedup(st, rec, off); err != nil {
+				// Undecided: the record and those after it stay unread.
+				st.next = off
+				c.recoverErr.CompareAndSwap(nil, &err)
+				break
+			}
+		}
+		dup := st.dedup.CheckKey(d.key, ts, off)
+		if err := st.dedup.Err(); err != nil {
+			st.next = off // undecided: read again by the next run
+			c.recoverErr.CompareAndSwap(nil, &err)
+			break
+		}
+		if dup {
 			w.agg.Skip(st.p, off)
 			if fresh {
 				dups++
@@ -631,14 +688,18 @@ func (c *Consumer) collect() {
 	}
 }
 
-// dedupFrom is the record time from which the next owner of the partition
-// replays it to rebuild the duplicate filter: the window (plus slack)
-// before the last record's timestamp.
+// dedupFrom is the floor from which the next owner of the partition
+// rebuilds its duplicate filter: the window (plus slack) before the
+// greatest timestamp seen. Older time is recovered on demand (recover.go).
 func (c *Consumer) dedupFrom(st *partState) int64 {
-	if st.lastTs == 0 && st.hasFrom {
-		return st.from // nothing read since the assignment: keep what it said
+	wm, ok := st.dedup.Watermark()
+	if !ok {
+		if st.hasFrom {
+			return st.from // nothing read since the assignment: keep what it said
+		}
+		return st.lastTs - (c.cfg.DedupWindow + dedup.Slack).Milliseconds()
 	}
-	return st.lastTs - (c.cfg.DedupWindow + dedup.Slack).Milliseconds()
+	return wm - (c.cfg.DedupWindow + dedup.Slack).Milliseconds()
 }
 
 // commitMeta is stored with a committed offset for people and lag tools;
@@ -979,6 +1040,41 @@ func (c *Consumer) onLost(_ context.Context, _ *kgo.Client, lost map[string][]in
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.drop(lost[c.cfg.Topic])
+}
+
+// openDisk opens the duplicate filters' on-disk tier in a directory of its
+// own under cfg.DedupDir.
+func (c *Consumer) openDisk() (*dedup.Disk, error) {
+	base := c.cfg.DedupDir
+	if base == "" {
+		base = os.TempDir()
+	}
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		return nil, fmt.Errorf("dedup-dir: %w", err)
+	}
+	dir, err := os.MkdirTemp(base, "usagepipe-dedup-")
+	if err != nil {
+		return nil, fmt.Errorf("dedup-dir: %w", err)
+	}
+	d, err := dedup.OpenDisk(dedup.DiskConfig{Dir: dir, CacheBytes: c.cfg.DedupMemory / 4, MemtableBytes: uint64(c.cfg.DedupMemory / 16)})
+	if err != nil {
+		return nil, err
+	}
+	c.disk.Store(d)
+	return d, nil
+}
+
+// setDedupLimits shares the filters' memory among the owned partitions: a
+// table holds up to 4/3 of its limit in slots rounded up to a power of two,
+// 24 bytes each, so the worst case is 64 bytes per entry of the limit.
+func (c *Consumer) setDedupLimits() {
+	if len(c.parts) == 0 {
+		return
+	}
+	limit := max(int(c.cfg.DedupMemory/64)/len(c.parts), 1024)
+	for _, st := range c.parts {
+		st.dedup.SetLimit(limit)
+	}
 }
 
 func (c *Consumer) drop(parts []int32) {

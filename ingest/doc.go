@@ -8,16 +8,21 @@
 //
 // Writes are idempotent (see package aggregate), so the consumer is
 // at-least-once on the wire and exactly-once in the rollups:
-//   - On assignment a partition is rewound to the start of the count bucket
-//     holding its committed offset, and further back to where its dedup
-//     window starts. Records before the bucket start only rebuild the dedup
-//     set; records before the committed offset are recomputed but produce no
-//     dead letters and no metrics a second time. The replay start is found
-//     from the offset-commit metadata ("usagepipe/v1 dedup_from_ms=…").
-//   - A record is dropped as a duplicate only when its first copy is at a
-//     lower offset of the same partition; that copy is either committed
-//     (so durably counted) or in memory and flushed before any commit
-//     covering either.
+//   - Progress lives in ClickHouse (assign.go): every flush writes, after
+//     its facts, the next offset of each partition it advanced
+//     (ingest_progress, per topic incarnation). On assignment a partition
+//     resumes there, restores its open count bucket from fact_event_counts
+//     (no recount from Kafka: retention may have deleted it), and is
+//     rewound only to the duplicate filter's floor (dedup_from_ms) to fill
+//     the filter. Group commits follow for lag tools.
+//   - A record is dropped as a duplicate only when an earlier valid copy
+//     of the same partition is within the window (any timestamp order,
+//     contract section 2): that copy is either below the durable position
+//     or read earlier in this run and flushed before any commit covering
+//     either. When a record's window reaches time the filter no longer
+//     holds, the part of the partition it needs is re-read first by a
+//     direct reader (recover.go); past Config.DedupMemory older hours move
+//     to an on-disk store (ingest/dedup).
 //   - Revoke: flush and commit, then let go. Loss: drop state, commit
 //     nothing. A zombie's late writes are harmless; its commit is fenced by
 //     the group generation.
@@ -61,5 +66,9 @@
 // usagepipe_event_delay_seconds, usagepipe_last_flush_timestamp_seconds,
 // usagepipe_ready, usagepipe_clickhouse_up, usagepipe_records_replayed_total,
 // usagepipe_pending_facts, usagepipe_assigned_partitions,
-// usagepipe_dedup_table_bytes.
+// usagepipe_dedup_table_bytes, usagepipe_dedup_ids, usagepipe_dedup_disk_ids,
+// usagepipe_dedup_disk_bytes, usagepipe_dedup_disk_lookups_total,
+// usagepipe_dedup_recoveries_total, usagepipe_dedup_recovery_records_total,
+// usagepipe_dedup_unrecoverable_total, usagepipe_records_expired_unread_total,
+// usagepipe_restored_count_rows_total.
 package ingest

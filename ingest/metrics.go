@@ -27,6 +27,12 @@ type metrics struct {
 	ownPartitions prometheus.Gauge
 	expired       prometheus.Counter
 	restoredRows  prometheus.Counter
+
+	dedupIDs              prometheus.Gauge
+	dedupDiskIDs          prometheus.Gauge
+	dedupRecoveries       prometheus.Counter
+	dedupRecoveredRecords prometheus.Counter
+	dedupUnrecoverable    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -58,6 +64,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Offsets Kafka's retention deleted before any usagepipe instance had read them (found at assignment: log start beyond the durable position). Their events are lost; alert on any increase."}),
 		restoredRows: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_restored_count_rows_total",
 			Help: "Event-count rows of open offset buckets restored from ClickHouse at partition assignment (instead of recounting from Kafka)."}),
+		dedupIDs: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_dedup_ids",
+			Help: "Entries (event ID, record timestamp) the duplicate filters of this instance hold, all owned partitions."}),
+		dedupDiskIDs: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_dedup_disk_ids",
+			Help: "Entries the duplicate filters of this instance moved to their on-disk store (hours beyond --dedup-memory-mib) and still hold."}),
+		dedupRecoveries: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_dedup_recoveries_total",
+			Help: "Times a record's dedup window reached record time the filter no longer held (evicted, or before its floor) and that part of the partition was re-read from Kafka before deciding."}),
+		dedupRecoveredRecords: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_dedup_recovery_records_total",
+			Help: "Records re-read from Kafka by duplicate-filter recoveries."}),
+		dedupUnrecoverable: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_dedup_unrecoverable_total",
+			Help: "Duplicate-filter recoveries that needed records Kafka's retention had already deleted: copies of those records may have been counted. Alert on any increase."}),
 		ownPartitions: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_assigned_partitions",
 			Help: "Partitions of the events topic this instance owns."}),
 	}
@@ -67,6 +83,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_dedup_table_bytes",
 		Help: "Bytes of duplicate-filter tables kept outside the Go heap (anonymous mappings; not counted by go_memstats_* or GOMEMLIMIT), all partitions of this process."},
 		func() float64 { return float64(dedup.MappedBytes()) })
+	f.NewCounterFunc(prometheus.CounterOpts{Name: "usagepipe_dedup_disk_lookups_total",
+		Help: "Duplicate checks that read the on-disk store (the window reached hours moved there), all partitions of this process."},
+		func() float64 { return float64(dedup.DiskLookups()) })
 	flushes := f.NewCounterVec(prometheus.CounterOpts{Name: "usagepipe_flushes_total",
 		Help: "Flush attempts by result: ok, or error (each failed attempt; the flush is retried)."}, []string{"result"})
 	m.flushOK, m.flushErr = flushes.WithLabelValues("ok"), flushes.WithLabelValues("error")

@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/usagepipe/usagepipe/aggregate/reference"
+	"github.com/usagepipe/usagepipe/ingest"
 	"github.com/usagepipe/usagepipe/ingest/gen"
 	"github.com/usagepipe/usagepipe/ingest/kafkatest"
 	"github.com/usagepipe/usagepipe/schema"
@@ -29,6 +30,7 @@ type pipeline struct {
 	db       string
 	fiscal   int
 	produced []reference.Record
+	tweak    func(*ingest.Config) // applied to the consumer's settings by runReg, if set
 }
 
 func newPipeline(t *testing.T, b *kafkatest.Broker, fiscal int) *pipeline {

@@ -138,9 +138,10 @@ func processPartition(recs []*Record, opt Options) partitionResult {
 	res.events = make([]event, 0, len(recs))
 	in := newInterner()
 	var members object // scratch for validate
-	// latestTs[event_id] is the greatest Kafka timestamp of the valid
-	// records with that event_id seen so far, duplicates included.
-	latestTs := make(map[string]int64, len(recs))
+	// seenTs[event_id] holds the Kafka timestamps of every valid record
+	// with that event_id so far, duplicates included: contract section 2
+	// compares with each of them, in either direction.
+	seenTs := make(map[string][]int64, len(recs))
 	for _, r := range recs {
 		d, reason := validate(r.Value, r.TimestampMs, skewMs, &members)
 		if reason != "" {
@@ -148,11 +149,15 @@ func processPartition(recs []*Record, opt Options) partitionResult {
 			continue
 		}
 		id := string(d.eventID)
-		prev, seen := latestTs[id]
-		if !seen || r.TimestampMs > prev {
-			latestTs[id] = r.TimestampMs
+		dup := false
+		for _, ts := range seenTs[id] {
+			if ts >= r.TimestampMs-windowMs && ts <= r.TimestampMs+windowMs {
+				dup = true
+				break
+			}
 		}
-		if seen && prev >= r.TimestampMs-windowMs {
+		seenTs[id] = append(seenTs[id], r.TimestampMs)
+		if dup {
 			res.duplicates++
 			continue
 		}

@@ -306,13 +306,17 @@ func TestDuplicates(t *testing.T) {
 		row("a", date(2026, 4, 1), "2026-Q2", 0, 0, 4, 0, 7, 0, 0, time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)),
 	})
 
-	// With a 30m window every copy above counts. A copy whose Kafka
-	// timestamp is before the original's (a later offset) is a duplicate.
+	// With a 30m window every copy above counts. A copy at a later offset
+	// whose Kafka timestamp is before the original's is a duplicate within
+	// the window (either direction), not beyond it.
 	s.add(3, base+5*h, x)
-	s.add(3, base, x)
+	s.add(3, base, x)                // 5h before: counted
+	s.add(3, base+5*h-20*60_000, x)  // 20m before the first: dropped
+	s.add(3, base+5*h+-31*60_000, x) // 31m before the first, 11m before the last: dropped
+	s.add(3, base+3*h+50*60_000, x)  // 39m before the nearest: counted
 	res = Compute(s.recs, Options{DedupWindow: 30 * time.Minute})
-	if res.Accepted != 11 || res.Duplicates != 1 {
-		t.Errorf("30m window: accepted %d, duplicates %d; want 11, 1", res.Accepted, res.Duplicates)
+	if res.Accepted != 13 || res.Duplicates != 2 {
+		t.Errorf("30m window: accepted %d, duplicates %d; want 13, 2", res.Accepted, res.Duplicates)
 	}
 }
 

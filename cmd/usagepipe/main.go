@@ -186,7 +186,7 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	kmetrics := kprom.NewMetrics("usagepipe", kprom.Subsystem("kafka"), kprom.Registerer(reg))
-	kopts = append(append(kopts, kgo.WithHooks(kmetrics)), extra...)
+	icfg.ConnOpts = append(kopts, extra...)
 
 	st, err := openStore(ctx, scfg, log, reg, true)
 	if err != nil {
@@ -202,7 +202,7 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 		}
 		return fmt.Errorf("migrate: %w", err)
 	}
-	cons, err := ingest.New(icfg, st, log, reg, kopts...)
+	cons, err := ingest.New(icfg, st, log, reg, kgo.WithHooks(kmetrics))
 	if err != nil {
 		if ln != nil {
 			ln.Close()

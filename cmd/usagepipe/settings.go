@@ -336,6 +336,8 @@ type pipelineSettings struct {
 	metricsAddr   string
 	maxClockSkew  time.Duration
 	dedupWindow   time.Duration
+	dedupMemMiB   int
+	dedupDir      string
 	flushInterval time.Duration
 	readyStall    time.Duration
 	session       time.Duration
@@ -350,6 +352,8 @@ func (p *pipelineSettings) register(f *flags) {
 	f.str(&p.metricsAddr, "metrics-addr", ":9464", "HTTP address for /metrics, /healthz and /readyz (empty: off)")
 	f.dur(&p.maxClockSkew, "max-clock-skew", time.Hour, "reject events whose occurred_at is more than this after the record timestamp")
 	f.dur(&p.dedupWindow, "dedup-window", 24*time.Hour, "an event_id repeated within this much record time in a partition is a duplicate")
+	f.intv(&p.dedupMemMiB, "dedup-memory-mib", 256, "memory for the duplicate filters' tables (all partitions); older hours of the window move to disk under --dedup-dir")
+	f.str(&p.dedupDir, "dedup-dir", "", "directory for the duplicate filters' on-disk part, a cache rebuilt from Kafka (default: the system's temporary directory)")
 	f.dur(&p.flushInterval, "flush-interval", time.Second, "how often aggregated facts are written to ClickHouse")
 	f.dur(&p.readyStall, "ready-stall-timeout", 20*time.Second, "/readyz fails when records wait and no flush succeeded for this long")
 	f.dur(&p.session, "kafka-session-timeout", 45*time.Second, "consumer group session timeout: how long a silent member keeps its partitions")
@@ -365,6 +369,7 @@ func (p *pipelineSettings) ingestConfig() (ingest.Config, error) {
 	cfg.Brokers, cfg.Topic, cfg.Group, cfg.DLQTopic = brokers, p.kafka.topic, p.kafka.group, p.kafka.dlq
 	cfg.MaxClockSkew, cfg.DedupWindow, cfg.FlushInterval, cfg.ReadyStallTimeout = p.maxClockSkew, p.dedupWindow, p.flushInterval, p.readyStall
 	cfg.SessionTimeout, cfg.RebalanceTimeout = p.session, p.rebalance
+	cfg.DedupMemory, cfg.DedupDir = int64(p.dedupMemMiB)<<20, p.dedupDir
 	cfg.UntilCaughtUp = p.untilCaughtUp
 	if err := cfg.Validate(); err != nil {
 		return ingest.Config{}, usagef("%v", err)

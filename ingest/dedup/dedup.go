@@ -1,19 +1,28 @@
 // Package dedup finds duplicate events within one Kafka partition (contract
-// section 2): a valid record is a duplicate when an earlier valid record of
-// the same partition with the same event_id has a Kafka timestamp at most
-// the window before it.
+// section 2): a valid record at offset o with Kafka timestamp t is a
+// duplicate when an earlier valid record (offset below o) of the same
+// partition with the same event_id has a timestamp within the window of t,
+// in either direction, whatever order the timestamps arrive in.
 //
 // A Set belongs to one partition and one goroutine; it is not safe for
-// concurrent use. It exports no metrics.
+// concurrent use. It exports no metrics (the consumer does).
+//
+// The Set holds entries (ID hash, timestamp), each of a real valid record
+// below the one being decided, in an open-addressing table of 24-byte
+// entries (linear probing, at most 3/4 full), plus an explicit, conservative
+// description of which earlier records may be missing from it: a floor
+// (every record below offset S has a timestamp below F) and holes (records
+// in an offset range with a timestamp in an hour range, evicted from the
+// table). A record whose window reaches into missing time is not decided
+// until the caller has re-read that part of the partition from Kafka
+// (Recovery, Fill, Recovered). docs/design.md, "The duplicate filter",
+// explains why every answer is exact.
 //
 // Event IDs are kept as 128-bit hashes (two independently seeded maphash
-// sums) in an open-addressing table of 24-byte entries (linear probing,
-// at most 3/4 full), so memory is 32–64 bytes per event ID in the window
-// whatever the ID length; a false duplicate would need a 128-bit collision.
-// The seeds are per process: a Set is rebuilt by replaying its partition
-// after a restart, never persisted. A table of 1 MiB or more lives in an
-// anonymous memory mapping outside the Go heap (table.go): the garbage
-// collector's heap goal (twice the live heap at GOGC=100) does not double it.
+// sums); a false duplicate would need a 128-bit collision. The seeds are
+// per process: a Set is rebuilt from Kafka after a restart, never
+// persisted. A table of 1 MiB or more lives in an anonymous memory mapping
+// outside the Go heap (table.go).
 //
 // The table is far larger than the CPU caches, so a lookup is a cache
 // miss. A caller that knows the next ID early computes its Key and calls
@@ -22,6 +31,8 @@ package dedup
 
 import (
 	"hash/maphash"
+	"math"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -33,44 +44,127 @@ type Key struct{ h1, h2 uint64 }
 
 type entry struct {
 	Key       // h1 == 0: an empty slot
-	ts  int64 // greatest Kafka timestamp of a valid record with this ID
+	ts  int64 // Kafka timestamp of a valid record with this ID
 }
 
 const minSlots = 1 << 10
 
-// Set remembers, per event ID, the greatest Kafka timestamp of a valid record.
-//
-// Entries older than the greatest timestamp seen minus (window + Slack) are
-// swept when the table is 3/4 full (before it grows) and whenever the
-// timestamps advanced by window + Slack since the last sweep, so the set
-// holds at most the IDs of the last 2·(window + Slack) and a sweep's cost
-// (one pass over the table) is spread over many inserts.
+// hourMs is the granularity of eviction and of holes.
+const hourMs = int64(time.Hour / time.Millisecond)
+
+// Slack is the margin kept beyond the window: hours are evicted once they
+// end more than window + Slack behind the greatest timestamp seen, and a
+// recovery re-reads window + Slack beyond the window on each side.
+const Slack = time.Hour
+
+// hourStat is what the Set knows of the valid records of one hour of record
+// time that it holds: their offsets, and the watermark when the hour was
+// last written to (so that hours written recently are kept, however old).
+type hourStat struct {
+	minOff, maxOff int64
+	touched        int64
+	spilled        int // entries moved to disk (spill.go)
+}
+
+// Hole says that records at offsets OffLo..OffHi with a timestamp in
+// [Lo, Hi) may be missing from the table. Lo and Hi are whole hours.
+type Hole struct {
+	Lo, Hi       int64
+	OffLo, OffHi int64
+}
+
+// Set decides duplicates for one partition.
 type Set struct {
 	window    int64 // ms
-	keep      int64 // ms; entries older than watermark-keep are evicted
+	keep      int64 // ms: window + Slack
 	seeds     [2]maphash.Seed
 	tab       []entry // len is a power of two; owned by own (table.go)
 	own       *owner
 	n         int   // entries in use
 	watermark int64 // greatest timestamp seen
+	started   bool  // a timestamp was seen
+	filling   bool  // a recovery is filling the table: no eviction until it ends
 	lastSweep int64
+
+	floorOff int64 // S: every record below it has a timestamp below floorTs
+	floorTs  int64 // F; math.MinInt64: nothing is known to be below S
+	holes    []Hole
+	holesEnd int64 // greatest Hi of holes; math.MinInt64 if none
+
+	hours   map[int64]*hourStat // by hour start
+	curHour int64
+	cur     *hourStat
+
+	// The on-disk tier (disk.go), nil without one: hours spilled when the
+	// table holds more than limit entries.
+	disk        *Disk
+	diskID      uint64
+	epochMs     int64
+	limit       int
+	onDisk      map[int64]*hourStat // hours whose entries were spilled, by hour start
+	epochHours  map[int64]int       // spilled hours per epoch start
+	diskLo      int64               // least spilled hour; math.MaxInt64 if none
+	diskHi      int64               // end of the greatest spilled hour; math.MinInt64 if none
+	diskEntries int
+	diskErr     error
 }
 
-// Slack is how far record timestamps in a partition may go backwards and
-// still be compared exactly: entries are kept for window+Slack behind the
-// greatest timestamp seen.
-const Slack = time.Hour
+// diskLookups counts the lookups of all Sets that went to disk.
+var diskLookups atomic.Int64
 
-// New returns an empty Set for the given dedup window.
+// DiskLookups returns the lookups of this process's Sets that went to the
+// on-disk tier.
+func DiskLookups() int64 { return diskLookups.Load() }
+
+// UseDisk gives s an on-disk tier: when the table holds more than limit
+// entries, the hours written to least recently move to d. A limit of 0
+// keeps everything in memory.
+func (s *Set) UseDisk(d *Disk, limit int) {
+	s.disk, s.diskID, s.limit = d, d.newID(), limit
+	s.epochMs = max((s.window+hourMs-1)/hourMs*hourMs, hourMs)
+}
+
+// SetLimit changes the entries s keeps in memory before spilling (0: no
+// limit); it takes effect at the next insert.
+func (s *Set) SetLimit(limit int) { s.limit = limit }
+
+// DiskEntries is the number of entries s has spilled to disk and not yet
+// aged out.
+func (s *Set) DiskEntries() int { return s.diskEntries }
+
+// Err is the on-disk tier's error, if a lookup or a spill failed: the
+// answer of the CheckKey that returned with it must not be used.
+func (s *Set) Err() error { return s.diskErr }
+
+// New returns an empty Set for the given dedup window that knows every
+// earlier record: the partition is read from its first record.
 func New(window time.Duration) *Set {
 	s := &Set{
-		window: window.Milliseconds(),
-		keep:   (window + Slack).Milliseconds(),
-		seeds:  [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		window:   window.Milliseconds(),
+		keep:     (window + Slack).Milliseconds(),
+		seeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		floorTs:  math.MinInt64,
+		holesEnd: math.MinInt64,
+		hours:    map[int64]*hourStat{},
+		curHour:  math.MinInt64,
+		diskLo:   math.MaxInt64,
+		diskHi:   math.MinInt64,
 	}
 	s.setTable(minSlots)
 	return s
 }
+
+// SetFloor declares that every record below offset off has a timestamp
+// below ts (off is what ListOffsets by timestamp answered for ts) and that
+// the Set will be given every record from off on. Records below off whose
+// window reaches ts - window or earlier are then recovered on demand.
+func (s *Set) SetFloor(off, ts int64) { s.floorOff, s.floorTs = off, ts }
+
+// Floor returns the current floor (offset, timestamp).
+func (s *Set) Floor() (off, ts int64) { return s.floorOff, s.floorTs }
+
+// Watermark returns the greatest timestamp seen, and whether any was.
+func (s *Set) Watermark() (int64, bool) { return s.watermark, s.started }
 
 // Key returns id's key in s.
 func (s *Set) Key(id []byte) Key {
@@ -88,48 +182,196 @@ func (s *Set) Prefetch(k Key) {
 	prefetch.Addr(unsafe.Pointer(&s.tab[k.h1&uint64(len(s.tab)-1)]))
 }
 
-// Check records a valid record with event ID id and Kafka timestamp tsMs and
-// reports whether it is a duplicate. Duplicates are recorded too: a repeat
-// of a duplicate within the window of it is also a duplicate.
-func (s *Set) Check(id []byte, tsMs int64) bool { return s.CheckKey(s.Key(id), tsMs) }
+// Check is CheckKey for event ID id, for a Set that knows every earlier
+// record (tests and benchmarks).
+func (s *Set) Check(id []byte, tsMs, off int64) bool { return s.CheckKey(s.Key(id), tsMs, off) }
 
-// CheckKey is Check for an ID whose Key is k.
-func (s *Set) CheckKey(k Key, tsMs int64) bool {
+// CheckKey records a valid record at offset off with key k and Kafka
+// timestamp tsMs, and reports whether it is a duplicate. Duplicates are
+// recorded too: a copy of a duplicate within the window of it is also a
+// duplicate. The answer is exact only when Covered(tsMs) (the caller
+// recovers first otherwise); records of a re-read that only fill the Set
+// may ignore it.
+func (s *Set) CheckKey(k Key, tsMs, off int64) bool {
 	mask := uint64(len(s.tab) - 1)
 	i := k.h1 & mask
-	dup := false
-	for {
+	dup, exact, same, reuse := false, false, 0, -1
+	for ; s.tab[i].h1 != 0; i = (i + 1) & mask {
 		e := &s.tab[i]
-		if e.h1 == 0 {
-			*e = entry{Key: k, ts: tsMs}
-			s.n++
+		if e.Key != k {
+			continue
+		}
+		same++
+		switch d := tsMs - e.ts; {
+		case d == 0:
+			dup, exact = true, true
+		case d <= s.window && d >= -s.window:
+			dup = true
+		case d > s.keep && reuse < 0 && !s.filling:
+			reuse = int(i) // too old for this record's window, and soon evicted
+		}
+		if exact {
 			break
 		}
-		if e.Key == k {
-			dup = tsMs-e.ts <= s.window
-			e.ts = max(e.ts, tsMs)
-			break
-		}
-		i = (i + 1) & mask
 	}
-	if tsMs > s.watermark {
-		if s.watermark == 0 {
+	if !dup && s.diskHi > tsMs-s.window && s.diskLo <= tsMs+s.window {
+		dup = s.lookupDisk(k, tsMs)
+	}
+	switch {
+	case exact:
+		// An entry with this very timestamp exists.
+	case reuse >= 0:
+		// Reuse the slot of an entry older than eviction's horizon (an ID
+		// repeated after more than window + Slack): its hour becomes a
+		// hole, as the next sweep would make it, so a record whose window
+		// reaches it later recovers it from Kafka. Not while a recovery
+		// fills the table: the hole could fall inside the band it removes.
+		s.forgetHour(s.tab[reuse].ts, off)
+		s.tab[reuse].ts = tsMs
+	case same == 0 || same == 1 && s.tab[i].h1 == 0:
+		// i is the empty slot ending the probe. With one entry before,
+		// there is no middle timestamp to prune.
+		s.tab[i] = entry{Key: k, ts: tsMs}
+		s.n++
+	default:
+		s.insertMore(k, tsMs)
+	}
+	s.touch(tsMs, off)
+	if tsMs > s.watermark || !s.started {
+		if !s.started {
 			// The first timestamp: there is nothing older to sweep, and a
 			// sweep now would shrink a table just sized by Reserve.
-			s.lastSweep = tsMs
+			s.lastSweep, s.started = tsMs, true
 		}
-		s.watermark = tsMs
-		if s.watermark-s.lastSweep > s.keep {
+		s.watermark = max(s.watermark, tsMs)
+		if s.watermark-s.lastSweep > s.keep && !s.filling {
 			s.sweep() // bound the memory of a set that stopped growing
 		}
 	}
+	if s.limit > 0 && s.n > s.limit && s.disk != nil && !s.filling {
+		s.spill()
+	}
 	if s.n > len(s.tab)/4*3 {
-		s.sweep() // make room before growing
+		if !s.filling {
+			// Make room before growing. Not while a recovery fills the
+			// table: an hour evicted now inside the band being recovered
+			// would count as recovered without its records.
+			s.sweep()
+		}
 		if s.n > len(s.tab)/2 {
 			s.rebuild(len(s.tab) * 2)
 		}
 	}
 	return dup
+}
+
+// insertMore adds timestamp ts to an ID that has entries already, keeping
+// only the timestamps that can change an answer: of three timestamps
+// a < b < c of one ID with c - a <= 2·window, b is redundant (any time
+// within the window of b is within the window of a or of c).
+func (s *Set) insertMore(k Key, ts int64) {
+	var have [8]int64
+	got := have[:0]
+	mask := uint64(len(s.tab) - 1)
+	for i := k.h1 & mask; s.tab[i].h1 != 0; i = (i + 1) & mask {
+		if s.tab[i].Key == k {
+			got = append(got, s.tab[i].ts)
+		}
+	}
+	keep := prune(append(got, ts), 2*s.window)
+	for _, t := range got {
+		if !contains(keep, t) {
+			s.remove(k, t)
+		}
+	}
+	if contains(keep, ts) {
+		i := k.h1 & uint64(len(s.tab)-1)
+		for s.tab[i].h1 != 0 {
+			i = (i + 1) & uint64(len(s.tab)-1)
+		}
+		s.tab[i] = entry{Key: k, ts: ts}
+		s.n++
+	}
+}
+
+// prune sorts ts and drops every middle timestamp whose neighbours are at
+// most span apart.
+func prune(ts []int64, span int64) []int64 {
+	for i := 1; i < len(ts); i++ { // insertion sort: a handful of values
+		for j := i; j > 0 && ts[j] < ts[j-1]; j-- {
+			ts[j], ts[j-1] = ts[j-1], ts[j]
+		}
+	}
+	out := ts[:0]
+	for i, t := range ts {
+		if i > 0 && t == out[len(out)-1] {
+			continue
+		}
+		if len(out) >= 2 && t-out[len(out)-2] <= span {
+			out[len(out)-1] = t // the previous one is redundant
+			continue
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+func contains(ts []int64, t int64) bool {
+	for _, v := range ts {
+		if v == t {
+			return true
+		}
+	}
+	return false
+}
+
+// remove deletes k's entry with timestamp ts.
+func (s *Set) remove(k Key, ts int64) {
+	mask := uint64(len(s.tab) - 1)
+	for i := k.h1 & mask; s.tab[i].h1 != 0; i = (i + 1) & mask {
+		if s.tab[i].Key == k && s.tab[i].ts == ts {
+			s.deleteAt(i)
+			return
+		}
+	}
+}
+
+// forgetHour makes the hour of ts a hole: an entry of it leaves the table.
+// off is the offset of the record being decided (every record of the hour
+// is below it).
+func (s *Set) forgetHour(ts, off int64) {
+	h := hourOf(ts)
+	lo, hi := int64(0), off-1
+	if st := s.hours[h]; st != nil {
+		lo, hi = st.minOff, st.maxOff
+	}
+	s.addHole(Hole{Lo: h, Hi: h + hourMs, OffLo: lo, OffHi: hi})
+}
+
+// touch records that a valid record at offset off with timestamp ts is
+// held (or represented) by the table.
+func (s *Set) touch(ts, off int64) {
+	if d := ts - s.curHour; d < 0 || d >= hourMs {
+		h := hourOf(ts)
+		st := s.hours[h]
+		if st == nil {
+			st = &hourStat{minOff: off, maxOff: off}
+			s.hours[h] = st
+		}
+		s.curHour, s.cur = h, st
+	}
+	st := s.cur
+	st.minOff, st.maxOff = min(st.minOff, off), max(st.maxOff, off)
+	st.touched = max(st.touched, s.watermark, ts)
+}
+
+// hourOf is the start of ts's hour (floor division).
+func hourOf(ts int64) int64 {
+	h := ts / hourMs * hourMs
+	if h > ts {
+		h -= hourMs
+	}
+	return h
 }
 
 // Reserve grows the table, if needed, so that n more IDs fit without
@@ -153,23 +395,51 @@ func (s *Set) Reserve(n int) {
 func (s *Set) Free() {
 	s.own.t.free()
 	s.tab, s.n = nil, 0
+	if s.disk != nil {
+		_ = s.disk.dropSet(s.diskID) // a failed delete leaves unreachable keys until the next start
+		s.disk = nil
+	}
 }
 
-// Len is the number of event IDs remembered.
+// Len is the number of entries (event ID, timestamp) held.
 func (s *Set) Len() int { return s.n }
 
-// sweep forgets the entries older than the watermark minus keep, in place
-// (backward-shift deletion), and shrinks a table left mostly empty.
+// Holes returns the number of hole ranges (time ranges that a record's
+// window reaching them would make the caller recover).
+func (s *Set) Holes() int { return len(s.holes) }
+
+// sweep evicts the hours that ended more than keep before the watermark
+// and were not written to since then: their entries leave the table and
+// they become holes. A table left mostly empty shrinks.
 func (s *Set) sweep() {
 	s.lastSweep = s.watermark
 	cut := s.watermark - s.keep
+	s.ageDisk(cut)
+	var evict map[int64]bool
+	for h, st := range s.hours {
+		if h+hourMs <= cut && st.touched <= cut {
+			if evict == nil {
+				evict = map[int64]bool{}
+			}
+			evict[h] = true
+		}
+	}
+	if evict == nil {
+		return
+	}
 	for i := 0; i < len(s.tab); {
-		if e := &s.tab[i]; e.h1 != 0 && e.ts < cut {
+		if e := &s.tab[i]; e.h1 != 0 && e.ts < cut && evict[hourOf(e.ts)] {
 			s.deleteAt(uint64(i)) // slot i may now hold a later entry: look again
 			continue
 		}
 		i++
 	}
+	for h := range evict {
+		st := s.hours[h]
+		s.addHole(Hole{Lo: h, Hi: h + hourMs, OffLo: st.minOff, OffHi: st.maxOff})
+		delete(s.hours, h)
+	}
+	s.curHour, s.cur = math.MinInt64, nil
 	if len(s.tab) > minSlots && s.n < len(s.tab)/8 {
 		s.rebuild(len(s.tab) / 2)
 	}
@@ -189,18 +459,15 @@ func (s *Set) deleteAt(i uint64) {
 	s.n--
 }
 
-func (s *Set) rebuild(size int) { s.rebuildFrom(size, s.watermark-s.keep) }
-
-// rebuildFrom moves the entries not older than cut into a new table of
-// size slots.
-func (s *Set) rebuildFrom(size int, cut int64) {
+// rebuild moves every entry into a new table of size slots.
+func (s *Set) rebuild(size int) {
 	old, oldOwner := s.tab, s.own.t
 	s.own.t = nil // freed below, after the move
 	s.setTable(size)
 	s.n = 0
 	mask := uint64(size - 1)
 	for _, e := range old {
-		if e.h1 == 0 || e.ts < cut {
+		if e.h1 == 0 {
 			continue
 		}
 		i := e.h1 & mask

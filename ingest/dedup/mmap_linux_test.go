@@ -35,12 +35,12 @@ func TestLargeTableOutsideHeap(t *testing.T) {
 		t.Fatalf("the Go heap grew by %d bytes for a %d-byte table", grew, size)
 	}
 	for i := range 1000 {
-		if s.Check(fmt.Appendf(nil, "id-%d", i), 0) {
+		if s.Check(fmt.Appendf(nil, "id-%d", i), 0, int64(i)) {
 			t.Fatalf("id %d: a new ID is a duplicate", i)
 		}
 	}
 	for i := range 1000 {
-		if !s.Check(fmt.Appendf(nil, "id-%d", i), 1) {
+		if !s.Check(fmt.Appendf(nil, "id-%d", i), 1, int64(1<<20+i)) {
 			t.Fatalf("id %d not found in the mapped table", i)
 		}
 	}
@@ -48,7 +48,7 @@ func TestLargeTableOutsideHeap(t *testing.T) {
 	// table back under mmapMinBytes, onto the heap.
 	mappedBefore := MappedBytes()
 	for ts := int64(1); len(s.tab)*int(unsafe.Sizeof(entry{})) >= mmapMinBytes; ts++ {
-		s.Check(fmt.Appendf(nil, "late-%d", ts), ts*s.keep*2)
+		s.Check(fmt.Appendf(nil, "late-%d", ts), ts*s.keep*2, int64(1<<22)+ts)
 	}
 	if s.own.t.mem != nil {
 		t.Fatalf("a %d-slot table is still mapped", len(s.tab))

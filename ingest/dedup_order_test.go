@@ -1,0 +1,235 @@
+package ingest_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/usagepipe/usagepipe/aggregate/reference"
+	"github.com/usagepipe/usagepipe/ingest"
+	"github.com/usagepipe/usagepipe/ingest/kafkatest"
+)
+
+// Duplicates in any timestamp order (contract section 2; docs/design.md,
+// "The duplicate filter"), on kfake and Apache Kafka: imports whose record
+// timestamps go back by months, re-sends long after, copies of copies,
+// window edges, restarts between copies. Every case compares every rollup
+// column with the reference, which applies section 2 literally.
+
+// loginAt is one login record: event ID and Kafka timestamp (= occurred_at).
+type loginAt struct {
+	id string
+	ts time.Time
+}
+
+// produceLogins produces the records in order, one partition, as a bulk
+// loader does (record timestamp = event time).
+func (p *pipeline) produceLogins(recs []loginAt) {
+	p.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(p.brokers...), kgo.DefaultProduceTopic(p.topic), kgo.MaxBufferedRecords(1<<20))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer cl.Close()
+	var mu sync.Mutex
+	for i, r := range recs {
+		v := fmt.Sprintf(`{"event_id":%q,"type":"login","account_id":"acme","user_id":"u-%d","occurred_at":%d}`, r.id, i%53, r.ts.UnixMilli())
+		cl.Produce(context.Background(), &kgo.Record{Key: []byte("acme"), Value: []byte(v), Timestamp: r.ts}, func(r *kgo.Record, err error) {
+			if err != nil {
+				p.t.Errorf("produce: %v", err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			p.produced = append(p.produced, reference.Record{Topic: p.topic, Partition: r.Partition, Offset: r.Offset, TimestampMs: r.Timestamp.UnixMilli(), Key: r.Key, Value: r.Value})
+		})
+	}
+	if err := cl.Flush(context.Background()); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// spread returns n logins prefix-0… evenly over [from, to).
+func spread(prefix string, n int, from, to time.Time) []loginAt {
+	out := make([]loginAt, n)
+	step := to.Sub(from) / time.Duration(n)
+	for i := range out {
+		out[i] = loginAt{fmt.Sprint(prefix, i), from.Add(time.Duration(i) * step).Truncate(time.Millisecond)}
+	}
+	return out
+}
+
+func utc(y int, m time.Month, d int) time.Time { return time.Date(y, m, d, 0, 0, 0, 0, time.UTC) }
+
+// TestImportReRun is issue 11's case: an import of Jan–Jun 2026, then an
+// older Jul–Dec 2025 file, then a crashed job re-sends the first import's
+// last 300 records with their original timestamps. All 300 are duplicates;
+// with and without a restart between the copies.
+func TestImportReRun(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		for _, restart := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/restart=%v", b.Kind, restart), func(t *testing.T) {
+				p := newRealTopic(t, b)
+				first := spread("h1-", 3000, utc(2026, 1, 1), utc(2026, 7, 1))
+				p.produceLogins(first)
+				p.produceLogins(spread("h2-", 3000, utc(2025, 7, 1), utc(2026, 1, 1)))
+				var regs registries
+				if restart {
+					p.runReg("g", regs.next())
+					p.wantLogins(6000)
+				}
+				p.produceLogins(first[2700:])
+				p.runReg("g", regs.next())
+				p.wantLogins(6000)
+				if n := regs.sum(t, "usagepipe_dedup_recoveries_total"); n == 0 {
+					t.Error("no recovery: the re-sent copies were found without re-reading, so this run proves nothing about recovery")
+				}
+				if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 300 {
+					t.Errorf("usagepipe_events_duplicate_total = %v, want 300", n)
+				}
+				if n := regs.sum(t, "usagepipe_dedup_unrecoverable_total"); n != 0 {
+					t.Errorf("usagepipe_dedup_unrecoverable_total = %v with nothing deleted", n)
+				}
+			})
+		}
+	}
+}
+
+// TestDuplicatesAnyOrder: copies whose timestamps jump back and forth by
+// months across the window, copies of copies, and the window's edges
+// (±1 ms), with restarts between some copies.
+func TestDuplicatesAnyOrder(t *testing.T) {
+	const w = 24 * time.Hour
+	ms := time.Millisecond
+	t0 := utc(2026, 3, 10)
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			filler := func(prefix string, from time.Time) []loginAt { // 10 days of records: evicts what came before
+				return spread(prefix, 240, from, from.Add(10*24*time.Hour))
+			}
+			var batches [][]loginAt
+			batches = append(batches,
+				append([]loginAt{{"a", t0}, {"b", t0}, {"c", t0}, {"d", t0}, {"e", t0}}, filler("f1-", t0.Add(time.Hour))...),
+				append([]loginAt{
+					{"a", t0.Add(w)},              // the window's edge: a duplicate
+					{"b", t0.Add(-w - ms)},        // 1 ms beyond it, earlier: counted
+					{"c", t0.Add(w + ms)},         // 1 ms beyond it, later: counted
+					{"d", t0.Add(-w)},             // the edge, earlier: a duplicate
+					{"e", t0.Add(20 * time.Hour)}, // a duplicate, copied below
+				}, filler("f2-", utc(2026, 8, 1))...),
+				append([]loginAt{
+					{"e", t0.Add(40 * time.Hour)}, // a copy of the copy: 20h from it, 40h from the first
+					{"b", t0.Add(-w - 2*ms)},      // 1 ms from the counted earlier b: a duplicate
+				}, filler("f3-", utc(2025, 11, 1))...),
+				[]loginAt{
+					{"c", t0.Add(2*w + ms)},                   // the edge of the counted later c: a duplicate
+					{"e", t0.Add(65 * time.Hour)},             // beyond the window of all three e: counted
+					{"f1-3", t0.Add(time.Hour + 3*time.Hour)}, // a filler record re-sent months later: a duplicate
+				},
+			)
+			var regs registries
+			for i, batch := range batches {
+				p.produceLogins(batch)
+				if i%2 == 1 { // a restart between some copies
+					p.runReg("g", regs.next())
+				}
+			}
+			p.runReg("g", regs.next())
+			want := reference.Compute(p.produced, reference.Options{})
+			if want.Duplicates != 7 {
+				t.Fatalf("the reference finds %d duplicates, want the 7 this test is built around", want.Duplicates)
+			}
+			p.check()
+			if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 7 {
+				t.Errorf("usagepipe_events_duplicate_total = %v, want 7", n)
+			}
+			if n := regs.sum(t, "usagepipe_dedup_recoveries_total"); n == 0 {
+				t.Error("no recovery happened")
+			}
+		})
+	}
+}
+
+// registries gives each run of a test its own registry and sums a counter
+// over all of them.
+type registries []*prometheus.Registry
+
+func (r *registries) next() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	*r = append(*r, reg)
+	return reg
+}
+
+func (r registries) sum(t *testing.T, name string) float64 {
+	var n float64
+	for _, reg := range r {
+		n += counter(t, reg, name)
+	}
+	return n
+}
+
+// TestDedupAfterRetention: retention deleted records still inside the dedup
+// window. A copy of a kept record is still a duplicate; a copy of a deleted
+// one cannot be recognised: it is counted, and the run says so in
+// usagepipe_dedup_unrecoverable_total (docs/design.md, "The duplicate
+// filter").
+func TestDedupAfterRetention(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			recs := spread("r-", 500, utc(2026, 2, 1), utc(2026, 2, 1).Add(500*time.Hour)) // one an hour
+			p.produceLogins(recs)
+			var regs registries
+			p.runReg("g", regs.next())
+			p.retain(10) // records 0–489 deleted; the window reaches back to 474
+			p.produceLogins([]loginAt{recs[495], recs[480]})
+			p.runReg("g", regs.next())
+			want := reference.Compute(p.produced, reference.Options{})
+			if want.Accepted != 500 || want.Duplicates != 2 {
+				t.Fatalf("reference: %d accepted, %d duplicates; want 500 and 2", want.Accepted, want.Duplicates)
+			}
+			p.wantLoginsOnly(501) // the copy of 480 is counted: its original is gone
+			if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 1 {
+				t.Errorf("usagepipe_events_duplicate_total = %v, want 1 (the copy of a kept record)", n)
+			}
+			if n := regs.sum(t, "usagepipe_dedup_unrecoverable_total"); n < 1 {
+				t.Error("the deleted records inside the window were not reported")
+			}
+		})
+	}
+}
+
+// TestDedupSpillsToDisk: a window that does not fit the filter's memory
+// (1 MiB: about 16k IDs) moves its older hours to the on-disk store, and
+// copies of records held there are still duplicates, across a restart.
+func TestDedupSpillsToDisk(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			p.tweak = func(c *ingest.Config) { c.DedupMemory, c.DedupDir = 1<<20, t.TempDir() }
+			recs := spread("s-", 40000, utc(2026, 4, 1), utc(2026, 4, 1).Add(20*time.Hour))
+			p.produceLogins(recs)
+			var regs registries
+			first := regs.next()
+			p.runReg("g", first)
+			if n := counter(t, first, "usagepipe_dedup_disk_lookups_total"); n == 0 {
+				t.Fatal("no lookup went to disk: nothing was moved there, and the test proves nothing")
+			}
+			copies := append([]loginAt(nil), recs[:1000]...) // the oldest hours: on disk
+			copies = append(copies, recs[20000:20500]...)
+			p.produceLogins(copies)
+			second := regs.next()
+			p.runReg("g", second)
+			p.wantLogins(40000)
+			if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 1500 {
+				t.Errorf("usagepipe_events_duplicate_total = %v, want 1500", n)
+			}
+		})
+	}
+}

@@ -1,0 +1,160 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/usagepipe/usagepipe/ingest/decode"
+	"github.com/usagepipe/usagepipe/ingest/dedup"
+	"github.com/usagepipe/usagepipe/schema/event"
+)
+
+// Recovering the duplicate filter (docs/design.md, "The duplicate filter"):
+// a record whose dedup window reaches time the filter no longer holds (an
+// evicted hour, or below the floor it was rebuilt from) is decided only
+// after that part of the partition was re-read from Kafka by a direct
+// reader of its own. The poll loop waits for it: a wrong answer is never
+// given to save time.
+
+// recoverDedup re-reads what st's filter needs to decide a record at offset
+// off, retrying until it succeeds or the consumer stops.
+func (c *Consumer) recoverDedup(st *partState, r *dedup.Recovery, off int64) error {
+	started := time.Now()
+	ctx := c.flushCtx
+	var start, read int64
+	err := c.retry(ctx, "recover the duplicate filter", func() error {
+		var err error
+		start, err = c.recoveryStart(ctx, st.p, r)
+		if err != nil {
+			return err
+		}
+		read, err = c.readRange(ctx, st.p, start, r.To, func(rec *kgo.Record, ev *decode.Decoder) {
+			fillDedup(st, r, rec, ev)
+		})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("partition %d: %w", st.p, err)
+	}
+	st.dedup.Recovered(r, start)
+	c.m.dedupRecoveries.Inc()
+	c.m.dedupRecoveredRecords.Add(float64(read))
+	c.log.Debug("duplicate filter recovered", "partition", st.p, "offset", off,
+		"from", time.UnixMilli(r.Lo).UTC(), "to", time.UnixMilli(r.Hi).UTC(),
+		"offsets", fmt.Sprintf("%d-%d", start, r.To), "records", read, "filled", r.Filled(), "took", time.Since(started))
+	return nil
+}
+
+// recoveryStart is the first offset r needs: none below the first offset
+// whose timestamp is at least r.Lo (Kafka's ListOffsets by timestamp, exact
+// for out-of-order timestamps), nor below r.From when the floor stays. It
+// also reports a recovery that needs records retention deleted.
+func (c *Consumer) recoveryStart(ctx context.Context, p int32, r *dedup.Recovery) (int64, error) {
+	listed, err := c.adm.ListOffsetsAfterMilli(ctx, r.Lo, c.cfg.Topic)
+	if err == nil {
+		err = listed.Error()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list offsets after %d: %w", r.Lo, err)
+	}
+	o, ok := listed.Lookup(c.cfg.Topic, p)
+	if !ok || o.Offset < 0 {
+		return 0, fmt.Errorf("list offsets after %d: partition %d missing", r.Lo, p)
+	}
+	starts, err := c.adm.ListStartOffsets(ctx, c.cfg.Topic)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list start offsets: %w", err)
+	}
+	logStart := int64(0)
+	if s, ok := starts.Lookup(c.cfg.Topic, p); ok {
+		logStart = s.Offset
+	}
+	start := o.Offset
+	if !r.Floor {
+		start = max(start, r.From)
+	}
+	start = min(start, r.To)
+	// Records below the log start are gone. They may have been within the
+	// band when the filter had evicted them (r.From below the log start),
+	// or, when the floor moves down, when the first record kept already is
+	// within it.
+	if logStart > 0 && (r.From < logStart && !r.Floor || r.Floor && start <= logStart && start < r.To) {
+		c.m.dedupUnrecoverable.Inc()
+		c.warn.Do(func(n int) {
+			c.log.Warn("retention deleted records the duplicate filter needs: duplicates of them are counted",
+				"partition", p, "log_start", logStart, "from", time.UnixMilli(r.Lo).UTC(), "to", time.UnixMilli(r.Hi).UTC(), "repeats", n)
+		})
+	}
+	return start, nil
+}
+
+// readRange reads the records of partition p at offsets [from, to) with a
+// direct (groupless) reader, read_committed like the group client, and
+// hands each data record to fn with a decoder it may use. It returns the
+// records read.
+func (c *Consumer) readRange(ctx context.Context, p int32, from, to int64, fn func(*kgo.Record, *decode.Decoder)) (int64, error) {
+	if from >= to {
+		return 0, nil
+	}
+	opts := append([]kgo.Opt{
+		kgo.SeedBrokers(c.cfg.Brokers...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{c.cfg.Topic: {p: kgo.NewOffset().At(from)}}),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), // below the log start: from what is left
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.KeepControlRecords(),
+		kgo.FetchMaxBytes(8 << 20),
+		kgo.FetchMaxPartitionBytes(8 << 20),
+	}, c.cfg.ConnOpts...)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return 0, fmt.Errorf("recovery reader: %w", err)
+	}
+	defer cl.Close()
+	dec := decode.New(decode.Config{MaxClockSkew: c.cfg.MaxClockSkew})
+	var n int64
+	for {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		var ferr error
+		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
+		if ferr != nil {
+			return n, fmt.Errorf("recovery read of partition %d: %w", p, ferr)
+		}
+		done := false
+		fs.EachRecord(func(r *kgo.Record) {
+			if done || r.Offset >= to {
+				done = true
+				return
+			}
+			n++
+			if !r.Attrs.IsControl() {
+				fn(r, dec)
+			}
+			// The record being decided (offset to or later) exists, so the
+			// read always reaches to-1 or passes it.
+			done = r.Offset >= to-1
+		})
+		if done {
+			return n, nil
+		}
+	}
+}
+
+// fillDedup gives st's filter one re-read record, if it is valid (an
+// invalid record is never an earlier copy: contract section 2).
+func fillDedup(st *partState, r *dedup.Recovery, rec *kgo.Record, dec *decode.Decoder) {
+	ts := rec.Timestamp.UnixMilli()
+	var ev event.Event
+	if dec.Decode(rec.Value, ts, &ev) != nil {
+		return
+	}
+	st.dedup.Fill(r, st.dedup.Key(ev.EventID), ts, rec.Offset)
+}
