@@ -77,10 +77,7 @@ func (p *pipeline) run(group string) {
 func (p *pipeline) check() reference.Result {
 	p.t.Helper()
 	want := reference.Compute(p.produced, reference.Options{FiscalStartMonth: p.fiscal})
-	st, err := store.Open(context.Background(), store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
-	if err != nil {
-		p.t.Fatal(err)
-	}
+	st := p.openStore()
 	defer st.Close()
 	got, err := st.ReadRollups(context.Background())
 	if err != nil {
@@ -109,6 +106,16 @@ func (p *pipeline) check() reference.Result {
 		p.t.Fatalf("feature rows differ: got %d rows, want %d", len(gotF), len(want.Features))
 	}
 	return want
+}
+
+// openStore opens the test's ClickHouse database.
+func (p *pipeline) openStore() *store.Store {
+	p.t.Helper()
+	st, err := store.Open(context.Background(), store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return st
 }
 
 func norm(r schema.Rollup) schema.Rollup {

@@ -165,10 +165,7 @@ func (p *pipeline) retain(keep int64) {
 // logins counts the rollups' logins of acme over all quarters.
 func (p *pipeline) storedLogins() uint64 {
 	p.t.Helper()
-	st, err := store.Open(context.Background(), store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
-	if err != nil {
-		p.t.Fatal(err)
-	}
+	st := p.openStore()
 	defer st.Close()
 	rows, err := st.ReadRollups(context.Background())
 	if err != nil {
