@@ -39,6 +39,14 @@ type Config struct {
 
 	UntilCaughtUp bool // --until-caught-up
 
+	// FiscalStartMonth (--fiscal-year-start-month; 0 means 1) is the fiscal
+	// calendar of the served rollups this instance recomputes; it must be
+	// the one the database was migrated for.
+	FiscalStartMonth int
+	// SweepInterval is how often the serve loop checks every mark against
+	// the served rows (docs/design.md, "Served rollups").
+	SweepInterval time.Duration
+
 	// ConnOpts are the Kafka connection options (TLS, SASL, logger) of
 	// every client the consumer opens: the group client and the direct
 	// readers that recover the duplicate filter. New's extra options
@@ -66,6 +74,7 @@ func Defaults() Config {
 		PingInterval:      5 * time.Second,
 		Workers:           min(runtime.GOMAXPROCS(0), 8),
 		ProgressInterval:  10 * time.Second,
+		SweepInterval:     time.Minute,
 	}
 }
 
@@ -102,6 +111,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("kafka-rebalance-timeout: must be at least 1s, got %s", c.RebalanceTimeout)
 	case c.ShutdownTimeout <= 0 || c.PingInterval <= 0:
 		return errors.New("shutdown timeout and ping interval must be positive")
+	case c.SweepInterval <= 0:
+		return fmt.Errorf("sweep interval: must be positive, got %s", c.SweepInterval)
+	case c.FiscalStartMonth < 0 || c.FiscalStartMonth > 12:
+		return fmt.Errorf("fiscal-year-start-month: must be 1–12, got %d", c.FiscalStartMonth)
 	case c.ProgressInterval <= 0 || c.ProgressInterval > 10*time.Second:
 		return fmt.Errorf("progress interval: must be positive and at most 10s, got %s", c.ProgressInterval)
 	}

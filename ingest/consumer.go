@@ -68,6 +68,8 @@ type Consumer struct {
 	closed      bool      // Run has flushed for the last time
 	lastRun     time.Time // when the last flush was started
 
+	srv *server // keeps the served rollups current; nil if w cannot
+
 	flushReq  chan *flushJob
 	flushDone chan *flushJob
 	flushCtx  context.Context
@@ -185,6 +187,11 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		flushDone: make(chan *flushJob, 1),
 		warn:      rateLimiter{every: 30 * time.Second},
 	}
+	srv, err := newServer(w, cfg, log, reg)
+	if err != nil {
+		return nil, err
+	}
+	c.srv = srv
 	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_dedup_disk_bytes",
 		Help: "Bytes of the duplicate filters' on-disk store (files and write buffers) while run runs."},
 		func() float64 {
@@ -293,16 +300,32 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer wg.Wait()
 	defer cancelFlush()
 	defer close(c.flushReq)
+	// The serve loop stops with ctx; the served rows of the last flushes
+	// are completed below (--until-caught-up) or by the next sweep.
+	serveCtx, stopServe := context.WithCancel(ctx)
+	var serveWG sync.WaitGroup
+	if c.srv != nil {
+		serveWG.Go(func() { c.srv.run(serveCtx) })
+	}
+	defer serveWG.Wait()
+	defer stopServe()
 
 	err = c.loop(ctx, targets)
 	c.mu.Lock()
 	ferr := c.finish()
 	c.closed = true
+	broken := c.broken
 	c.mu.Unlock()
 	c.cl.AllowRebalance()
 	c.m.ready.Set(0)
 	if err == nil {
 		err = ferr
+	}
+	if err == nil && c.cfg.UntilCaughtUp && c.srv != nil && !broken {
+		// Contract section 5: exit only once the served rows are complete.
+		stopServe()
+		serveWG.Wait()
+		err = c.srv.complete(flushCtx)
 	}
 	return err
 }
@@ -831,6 +854,9 @@ func (c *Consumer) flusher(ctx context.Context) {
 			c.log.Debug("flushed", "rows", job.facts.Rows(), "dlq", len(job.dlq), "seconds", now.Sub(job.started).Seconds())
 			for s, n := range job.delays {
 				c.m.delay.ObserveN(now.Sub(time.Unix(s, 0)).Seconds()-0.5, uint64(n))
+			}
+			if c.srv != nil {
+				c.srv.touch(job.facts.AccountMonths)
 			}
 		}
 		c.flushDone <- job

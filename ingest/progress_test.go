@@ -101,6 +101,7 @@ func TestProgressAndSummary(t *testing.T) {
 	}
 	logs := &logCapture{sawProgress: make(chan struct{})}
 	cfg := ingest.Defaults()
+	cfg.FiscalStartMonth = p.fiscal
 	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, "g-progress"
 	cfg.UntilCaughtUp = true
 	cfg.ProgressInterval = 10 * time.Millisecond

@@ -108,6 +108,7 @@ func (p *pipeline) runReg(group string, reg prometheus.Registerer) {
 		p.t.Fatal(err)
 	}
 	cfg := ingest.Defaults()
+	cfg.FiscalStartMonth = p.fiscal
 	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, group
 	cfg.FlushInterval = 200 * time.Millisecond
 	cfg.UntilCaughtUp = true
@@ -401,6 +402,7 @@ func (p *pipeline) start(group string, reg prometheus.Registerer) (stop func()) 
 		p.t.Fatal(err)
 	}
 	cfg := ingest.Defaults()
+	cfg.FiscalStartMonth = p.fiscal
 	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, group
 	cfg.FlushInterval = 200 * time.Millisecond
 	c, err := ingest.New(cfg, st, nil, reg)
@@ -440,6 +442,7 @@ func TestTopicRecreatedWhileRunning(t *testing.T) {
 				t.Fatal(err)
 			}
 			cfg := ingest.Defaults()
+			cfg.FiscalStartMonth = p.fiscal
 			cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, "g"
 			cfg.FlushInterval = 200 * time.Millisecond
 			c, err := ingest.New(cfg, st, nil, reg)

@@ -37,11 +37,16 @@ var migrations = []migration{
 		"ingest_progress.sql",
 		"topic_incarnations.sql",
 	}},
+	{3, "0003_served_rollups", []string{
+		"rollups_served.sql",
+		"features_served.sql",
+		"rollup_marks.sql",
+	}},
 }
 
 // views are repeatable: migrate (re)creates one whenever its rendered
 // definition differs from the one it recorded, e.g. when the fiscal start
-// month changed. They read only fact tables, never each other.
+// month changed. Each reads one served table (FINAL), never the facts.
 var views = []struct{ name, file string }{
 	{"account_quarter_rollups", "account_quarter_rollups.sql"},
 	{"account_quarter_features", "account_quarter_features.sql"},
@@ -137,7 +142,22 @@ func render(cfg Config) (*rendered, error) {
 // markerPlaceholder stands for a view's marker while its hash is computed.
 const markerPlaceholder = "MARKER_PLACEHOLDER"
 
+// tmplData is what a SQL template may use. Accounts, FromQ and FromDate
+// only appear in the compute_*.sql templates (served.go).
+type tmplData struct {
+	DB               string
+	FiscalStartMonth int
+	Marker           string
+	Accounts         string // a boolean SQL expression on account_id
+	FromQ            int32  // the first quarter index computed
+	FromDate         string // a Date SQL expression: that quarter's first day
+}
+
 func renderFile(cfg Config, file, marker string) (string, error) {
+	return renderData(cfg, file, tmplData{DB: cfg.Database, FiscalStartMonth: cfg.FiscalStartMonth, Marker: marker})
+}
+
+func renderData(cfg Config, file string, data tmplData) (string, error) {
 	src, err := sqlFiles.ReadFile("sql/" + file)
 	if err != nil {
 		return "", fmt.Errorf("schema: %w", err)
@@ -147,11 +167,6 @@ func renderFile(cfg Config, file, marker string) (string, error) {
 		return "", fmt.Errorf("schema: parse %s: %w", file, err)
 	}
 	var b strings.Builder
-	data := struct {
-		DB               string
-		FiscalStartMonth int
-		Marker           string
-	}{cfg.Database, cfg.FiscalStartMonth, marker}
 	if err := t.Execute(&b, data); err != nil {
 		return "", fmt.Errorf("schema: render %s: %w", file, err)
 	}

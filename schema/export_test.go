@@ -24,3 +24,13 @@ var SupportsCreateOrReplaceView = supportsCreateOrReplaceView
 
 // ViewStatements exposes how migrate (re)creates a view.
 var ViewStatements = viewStatements
+
+// RecomputeAllSQL is the recompute of every account from the earliest
+// month a fact may carry, stamped with second sec.
+func RecomputeAllSQL(cfg Config, sec uint32) ([]string, error) {
+	sv, err := NewServed(nil, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return sv.recomputeStatements("1", sv.QuarterOf(MinMonth), sec, uint64(sec)<<32)
+}

@@ -13,8 +13,9 @@ import (
 
 // Migrate creates or upgrades usagepipe's ClickHouse objects for cfg:
 // the database, the bookkeeping table schema_migrations, every migration
-// not yet recorded there, and each view unless system.tables shows this
-// very definition installed (its last alias carries a hash of its SQL; a
+// not yet recorded there, the served rows of cfg's fiscal calendar unless
+// already built (from the facts, with progress on the log), and each view
+// unless system.tables shows this very definition installed (its last alias carries a hash of its SQL; a
 // new release or fiscal start month changes it). It is idempotent: a
 // second run changes nothing. Runs that overlap (several `usagepipe run`
 // starting at once) are harmless: every statement is IF NOT EXISTS or
@@ -68,6 +69,24 @@ func migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger
 	}
 	if !withViews {
 		return nil
+	}
+
+	// Served rows of this fiscal calendar before the views read them, so
+	// that a reader never sees them empty (docs/design.md, "Served
+	// rollups"): once per database and fiscal start month.
+	backfill := fmt.Sprintf("served_fy%d", r.cfg.FiscalStartMonth)
+	if _, ok := applied[backfill]; !ok {
+		sv, err := NewServed(conn, r.cfg)
+		if err != nil {
+			return err
+		}
+		if err := sv.backfill(ctx, log); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		if err := record(ctx, conn, db, backfill, "backfill", 0, "", ""); err != nil {
+			return err
+		}
+		log.Info("built served rollups", "database", db, "fiscal_year_start_month", r.cfg.FiscalStartMonth)
 	}
 
 	replace := supportsCreateOrReplaceView(sv.Version.Major, sv.Version.Minor)

@@ -20,6 +20,7 @@ import (
 // checkViews compares both views with what the contract computes from evs.
 func checkViews(t *testing.T, st *store.Store, evs []ev, fiscalStart int) {
 	t.Helper()
+	serve(t, st)
 	wantR, wantF := expect(evs, fiscalStart)
 	gotR, err := st.ReadRollups(context.Background())
 	if err != nil {
@@ -37,10 +38,56 @@ func checkViews(t *testing.T, st *store.Store, evs []ev, fiscalStart int) {
 	}
 }
 
+// write writes f as a flush does, then brings the served rows up to date
+// as the serve loop's sweep does, for every fiscal calendar migrate built.
 func write(t *testing.T, st *store.Store, f *schema.Facts) {
 	t.Helper()
 	if err := st.Write(context.Background(), f); err != nil {
 		t.Fatal(err)
+	}
+	serve(t, st)
+}
+
+// serve sweeps the served rows of every fiscal calendar migrate built, and
+// checks that a second sweep finds nothing stale.
+func serve(t *testing.T, st *store.Store) {
+	t.Helper()
+	ctx := context.Background()
+	rows, err := st.Conn().Query(ctx, "SELECT DISTINCT name FROM "+st.Database()+".schema_migrations WHERE kind = 'backfill'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fys []int
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		var fy int
+		if _, err := fmt.Sscanf(name, "served_fy%d", &fy); err != nil {
+			t.Fatalf("backfill record %q: %v", name, err)
+		}
+		fys = append(fys, fy)
+	}
+	rows.Close()
+	if len(fys) == 0 {
+		t.Fatal("no served rollups were built by migrate")
+	}
+	for _, fy := range fys {
+		sv, err := schema.NewServed(st.Conn(), schema.Config{Database: st.Database(), FiscalStartMonth: fy})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sv.Sweep(ctx); err != nil {
+			t.Fatal(err)
+		}
+		stale, err := sv.Stale(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(stale) > 0 {
+			t.Fatalf("fiscal start %d: %d accounts still stale after a sweep: %v", fy, len(stale), stale)
+		}
 	}
 }
 

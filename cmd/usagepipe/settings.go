@@ -371,6 +371,7 @@ func (p *pipelineSettings) ingestConfig() (ingest.Config, error) {
 	cfg.SessionTimeout, cfg.RebalanceTimeout = p.session, p.rebalance
 	cfg.DedupMemory, cfg.DedupDir = int64(p.dedupMemMiB)<<20, p.dedupDir
 	cfg.UntilCaughtUp = p.untilCaughtUp
+	cfg.FiscalStartMonth = p.ch.fiscalStartMonth
 	if err := cfg.Validate(); err != nil {
 		return ingest.Config{}, usagef("%v", err)
 	}

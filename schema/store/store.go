@@ -93,6 +93,7 @@ const (
 	tEventCounts
 	tSeatEvents
 	tSeatPurchases
+	tMarks
 	tProgress
 	nTables
 )
@@ -104,6 +105,7 @@ var tables = [nTables]struct{ name, cols string }{
 	{"fact_event_counts", "account_id, month, kind, feature, src_topic, src_partition, bucket, covered_end, events"},
 	{"fact_seat_events", "account_id, user_id, month, occurred_ms, event_id, assigned"},
 	{"fact_seat_purchases", "account_id, month, occurred_ms, event_id, seats"},
+	{"rollup_marks", "account_id, month"},
 	{"ingest_progress", "topic, topic_id, partition, next_offset, dedup_from_ms, written_at"},
 }
 
@@ -271,6 +273,19 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 			c.u[1] = append(c.u[1], uint64(r.Seats))
 		}
 		return []any{c.s[0], c.d, c.u[0], c.s[1], c.u[1]}
+	}); err != nil {
+		return err
+	}
+	// Marks after the facts (marked_at, the server's clock on arrival, is
+	// then at or after every fact's acknowledgement) and before progress (a
+	// replay from the progress row writes them again): the serve loop and
+	// its sweep recompute the served rows of these accounts.
+	if err := s.send(ctx, c, tMarks, len(f.AccountMonths), func(lo, hi int) []any {
+		for i := lo; i < hi; i++ {
+			r := &f.AccountMonths[i]
+			c.add(r.Account, r.Month)
+		}
+		return []any{c.s[0], c.d}
 	}); err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ real 18.16 server returned.
 
 IN.json:  {"statements": [sql, ...],
            "inserts": [{"table": "db.t", "columns": [...], "rows": [[...], ...]}],
+           "after": [sql, ...],  # run after the inserts
            "queries": {"name": sql, ...}}
 OUT.json: {"version": "26.x", "results": {"name": {"meta": [...], "data": [[...], ...]}}}
 
@@ -42,6 +43,8 @@ def main() -> int:
                 cols = ins["columns"]
                 body = "\n".join(json.dumps(dict(zip(cols, row)), ensure_ascii=False) for row in ins["rows"])
                 run(sess, f"INSERT INTO {ins['table']} ({', '.join(cols)}) FORMAT JSONEachRow\n{body}")
+            for sql in spec.get("after", []):
+                run(sess, sql)
             for name, sql in spec["queries"].items():
                 res = json.loads(str(run(sess, sql, "JSONCompact")))
                 out["results"][name] = {"meta": res["meta"], "data": res["data"]}

@@ -159,254 +159,120 @@ CREATE TABLE IF NOT EXISTS usage.topic_incarnations
 ENGINE = MergeTree
 ORDER BY (topic, topic_id);
 
+-- Served rollups (contract section 4, "Reading is cheap"): one computed row
+-- per (fiscal start month, account, quarter) and version. A recompute
+-- (schema/served.go) INSERTs rows computed from the facts by
+-- compute_rollups.sql; version = S * 2^32 + a random tie-break, S being the
+-- server clock (seconds) read before the INSERT, updated_at = S. The view
+-- account_quarter_rollups reads FINAL: the greatest version of each key.
+-- fy keeps the rows of two fiscal calendars apart (see docs/design.md,
+-- "Served rollups").
+-- ORDER BY (fy, account_id, quarter_start): the row's key; ReplacingMergeTree
+-- keeps its greatest version on merge.
+CREATE TABLE IF NOT EXISTS usage.rollups_served
+(
+    fy UInt8,
+    account_id String,
+    quarter_start Date,
+    quarter_end Date,
+    quarter String,
+    seats_purchased UInt64,
+    seats_assigned UInt64,
+    seat_utilization Float64,
+    active_users UInt64,
+    active_assigned_users UInt64,
+    activation_rate Float64,
+    logins UInt64,
+    feature_events UInt64,
+    features_used UInt64,
+    last_activity_at DateTime('UTC'),
+    updated_at DateTime('UTC'),
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (fy, account_id, quarter_start);
+
+-- Served feature rows: one computed row per (fiscal start month, account,
+-- quarter, feature) and version, written by the same recompute as
+-- rollups_served (features first, then rollups: a rollup row of version S
+-- vouches that the feature rows of S landed). The view
+-- account_quarter_features reads FINAL.
+-- ORDER BY (fy, account_id, quarter_start, feature): the row's key.
+CREATE TABLE IF NOT EXISTS usage.features_served
+(
+    fy UInt8,
+    account_id String,
+    quarter_start Date,
+    quarter_end Date,
+    quarter String,
+    feature String,
+    active_users UInt64,
+    events UInt64,
+    updated_at DateTime('UTC'),
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (fy, account_id, quarter_start, feature);
+
+-- What is to be recomputed: every flush writes, after its facts and before
+-- its progress row, one row per (account, month) it wrote facts for;
+-- marked_at is the server clock when the row landed. A mark is satisfied
+-- once the account has served rows for every quarter from the month's
+-- quarter through the last quarter, each with updated_at > marked_at (the
+-- sweep in schema/served.go checks; docs/design.md, "Served rollups").
+-- ORDER BY (account_id, month): ReplacingMergeTree keeps the latest mark.
+CREATE TABLE IF NOT EXISTS usage.rollup_marks
+(
+    account_id String,
+    month Date,
+    marked_at DateTime('UTC') DEFAULT now()
+)
+ENGINE = ReplacingMergeTree(marked_at)
+ORDER BY (account_id, month);
+
 -- account_quarter_rollups (contract section 4): one row per
--- (account_id, quarter_start), computed at read time from the facts.
--- Every source becomes rows of (account_id, qi, value columns) with qi the
--- month index of the fiscal quarter's first month; UNION ALL + GROUP BY
--- (account_id, qi) with max() merges them without JOINs, and HAVING keeps
--- the quarters from each account's first quarter through the global last
--- quarter (v_in_range). Every fact is read through max/argMax/uniqExact or
--- GROUP BY, so duplicates and unmerged ReplacingMergeTree rows change
--- nothing and no FINAL is needed.
--- Written for ClickHouse 18.16 and current releases alike: no WITH, no
--- JOIN; every UNION ALL branch names every column the same (18.16 prunes
--- unused UNION ALL columns by name, and mixes up unnamed ones); no lambda
--- captures a column of its FROM subquery (18.16 drops columns used only
--- inside a lambda), hence arrayPopFront/arrayPushBack to pair each
--- quarter with the next one.
--- Fiscal year start month: 1.
--- The outermost subquery's alias ends in a hash of this rendered statement:
--- migrate finds it in system.tables to know the view is this version.
+-- (account_id, quarter_start), read from rollups_served. FINAL keeps the
+-- greatest version of each key, so a plain SELECT sees exactly one row
+-- while older versions still wait for a merge; the cost is that of the
+-- served rows, not of the history of facts. Filters on the key columns
+-- reach the primary key on current ClickHouse (predicate push-down).
+-- Fiscal year start month: 1 (rows of other fiscal
+-- calendars stay in the table, unread). The table alias ends in a hash of
+-- this rendered statement: migrate finds it in system.tables to know the
+-- view is this version.
 CREATE VIEW usage.account_quarter_rollups AS
 SELECT
     account_id,
-    addMonths(toDate('2000-01-01'), qi - 24000) AS quarter_start,
-    addMonths(quarter_start, 3) AS quarter_end,
-    concat(toString(intDiv(qi - qi % 12 + 11, 12)), '-Q', toString(intDiv(qi % 12, 3) + 1)) AS quarter,
+    quarter_start,
+    quarter_end,
+    quarter,
     seats_purchased,
     seats_assigned,
-    if(seats_purchased = 0, 0., seats_assigned / seats_purchased) AS seat_utilization,
+    seat_utilization,
     active_users,
     active_assigned_users,
-    if(seats_assigned = 0, 0., active_assigned_users / seats_assigned) AS activation_rate,
+    activation_rate,
     logins,
     feature_events,
     features_used,
-    toDateTime(intDiv(last_activity_ms, 1000), 'UTC') AS last_activity_at
-FROM
-(
-    SELECT
-        account_id,
-        qi,
-        max(v_in_range) AS in_range,
-        max(v_seats_purchased) AS seats_purchased,
-        max(v_seats_assigned) AS seats_assigned,
-        max(v_active_users) AS active_users,
-        max(v_active_assigned_users) AS active_assigned_users,
-        max(v_logins) AS logins,
-        max(v_feature_events) AS feature_events,
-        max(v_features_used) AS features_used,
-        max(v_last_activity_ms) AS last_activity_ms
-    FROM
-    (
-        -- The account × quarter grid: each account's first quarter through
-        -- the global last quarter.
-        SELECT
-            account_id,
-            toInt32(first_q + 3 * arrayJoin(range(toUInt32(greatest(intDiv(last_q - first_q, 3) + 1, 0))))) AS qi,
-            toUInt8(1) AS v_in_range,
-            toUInt64(0) AS v_seats_purchased,
-            toUInt64(0) AS v_seats_assigned,
-            toUInt64(0) AS v_active_users,
-            toUInt64(0) AS v_active_assigned_users,
-            toUInt64(0) AS v_logins,
-            toUInt64(0) AS v_feature_events,
-            toUInt64(0) AS v_features_used,
-            toUInt64(0) AS v_last_activity_ms
-        FROM
-        (
-            SELECT account_id, toInt32((toInt32(toYear(min(month))) * 12 + toInt32(toMonth(min(month))) - 1) - (toInt32(toYear(min(month))) * 12 + toInt32(toMonth(min(month))) - 1) % 3) AS first_q, (SELECT toInt32((toInt32(toYear(max(month))) * 12 + toInt32(toMonth(max(month))) - 1) - (toInt32(toYear(max(month))) * 12 + toInt32(toMonth(max(month))) - 1) % 3) FROM usage.fact_account_months) AS last_q
-            FROM usage.fact_account_months
-            GROUP BY account_id
-        ) AS grid
-
-        UNION ALL
-
-        -- seats_purchased as of each quarter's end: the latest purchase of
-        -- each quarter holds from that quarter until the next quarter with a
-        -- purchase (or the global last quarter).
-        SELECT
-            account_id,
-            toInt32(tupleElement(seg, 1) + 3 * arrayJoin(range(toUInt32(greatest(intDiv(tupleElement(seg, 2) - tupleElement(seg, 1), 3), 0))))) AS qi,
-            toUInt8(0) AS v_in_range,
-            toUInt64(tupleElement(seg, 3)) AS v_seats_purchased,
-            toUInt64(0) AS v_seats_assigned,
-            toUInt64(0) AS v_active_users,
-            toUInt64(0) AS v_active_assigned_users,
-            toUInt64(0) AS v_logins,
-            toUInt64(0) AS v_feature_events,
-            toUInt64(0) AS v_features_used,
-            toUInt64(0) AS v_last_activity_ms
-        FROM
-        (
-            SELECT
-                account_id,
-                arrayJoin(arrayMap((x, next_q) -> (tupleElement(x, 1), next_q, tupleElement(x, 2)), s, arrayPushBack(arrayPopFront(arrayMap(x -> tupleElement(x, 1), s)), toInt32(last_q + 3)))) AS seg
-            FROM
-            (
-                SELECT account_id, arraySort(groupArray((pq, ps))) AS s, (SELECT toInt32((toInt32(toYear(max(month))) * 12 + toInt32(toMonth(max(month))) - 1) - (toInt32(toYear(max(month))) * 12 + toInt32(toMonth(max(month))) - 1) % 3) FROM usage.fact_account_months) AS last_q
-                FROM
-                (
-                    SELECT account_id, toInt32((toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) - (toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) % 3) AS pq, argMax(seats, (occurred_ms, event_id)) AS ps
-                    FROM usage.fact_seat_purchases
-                    GROUP BY account_id, pq
-                ) AS purchase_quarters
-                GROUP BY account_id
-            ) AS purchase_history
-        ) AS purchase_segments
-
-        UNION ALL
-
-        -- Per-user figures, summed per account and quarter.
-        SELECT
-            account_id,
-            qi,
-            toUInt8(0) AS v_in_range,
-            toUInt64(0) AS v_seats_purchased,
-            toUInt64(sum(u_assigned)) AS v_seats_assigned,
-            toUInt64(sum(u_active)) AS v_active_users,
-            toUInt64(sum(u_assigned * u_active)) AS v_active_assigned_users,
-            toUInt64(0) AS v_logins,
-            toUInt64(0) AS v_feature_events,
-            toUInt64(0) AS v_features_used,
-            toUInt64(max(u_last_ms)) AS v_last_activity_ms
-        FROM
-        (
-            SELECT account_id, user_id, qi, max(w_assigned) AS u_assigned, max(w_active) AS u_active, max(w_last_ms) AS u_last_ms
-            FROM
-            (
-                -- Quarters at whose end the user holds a seat: each quarter's
-                -- latest seat event holds until the user's next quarter with a
-                -- seat event (or the global last quarter); assigned ones count.
-                SELECT
-                    account_id,
-                    user_id,
-                    toInt32(tupleElement(seg, 1) + 3 * arrayJoin(range(toUInt32(greatest(intDiv(tupleElement(seg, 2) - tupleElement(seg, 1), 3), 0))))) AS qi,
-                    toUInt8(1) AS w_assigned,
-                    toUInt8(0) AS w_active,
-                    toUInt64(0) AS w_last_ms
-                FROM
-                (
-                    SELECT
-                        account_id,
-                        user_id,
-                        arrayJoin(arrayFilter(x -> tupleElement(x, 3) = 1, arrayMap((x, next_q) -> (tupleElement(x, 1), next_q, tupleElement(x, 2)), s, arrayPushBack(arrayPopFront(arrayMap(x -> tupleElement(x, 1), s)), toInt32(last_q + 3))))) AS seg
-                    FROM
-                    (
-                        SELECT account_id, user_id, arraySort(groupArray((sq, st))) AS s, (SELECT toInt32((toInt32(toYear(max(month))) * 12 + toInt32(toMonth(max(month))) - 1) - (toInt32(toYear(max(month))) * 12 + toInt32(toMonth(max(month))) - 1) % 3) FROM usage.fact_account_months) AS last_q
-                        FROM
-                        (
-                            SELECT account_id, user_id, toInt32((toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) - (toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) % 3) AS sq, argMax(assigned, (occurred_ms, event_id)) AS st
-                            FROM usage.fact_seat_events
-                            GROUP BY account_id, user_id, sq
-                        ) AS seat_quarters
-                        GROUP BY account_id, user_id
-                    ) AS seat_history
-                ) AS seat_segments
-
-                UNION ALL
-
-                -- Users active in the quarter.
-                SELECT account_id, user_id, toInt32((toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) - (toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) % 3) AS qi, toUInt8(0) AS w_assigned, toUInt8(1) AS w_active, last_activity_ms AS w_last_ms
-                FROM usage.fact_user_activity
-            ) AS user_rows
-            GROUP BY account_id, user_id, qi
-        ) AS user_quarters
-        GROUP BY account_id, qi
-
-        UNION ALL
-
-        -- logins and feature_events: the latest row of each offset bucket.
-        SELECT
-            account_id,
-            toInt32((toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) - (toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) % 3) AS qi,
-            toUInt8(0) AS v_in_range,
-            toUInt64(0) AS v_seats_purchased,
-            toUInt64(0) AS v_seats_assigned,
-            toUInt64(0) AS v_active_users,
-            toUInt64(0) AS v_active_assigned_users,
-            toUInt64(sumIf(n, kind = 1)) AS v_logins,
-            toUInt64(sumIf(n, kind = 2)) AS v_feature_events,
-            toUInt64(0) AS v_features_used,
-            toUInt64(0) AS v_last_activity_ms
-        FROM
-        (
-            SELECT account_id, month, kind, feature, src_topic, src_partition, bucket, argMax(events, covered_end) AS n
-            FROM usage.fact_event_counts
-            GROUP BY account_id, month, kind, feature, src_topic, src_partition, bucket
-        ) AS buckets
-        GROUP BY account_id, qi
-
-        UNION ALL
-
-        -- features_used: distinct features of the quarter.
-        SELECT
-            account_id,
-            toInt32((toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) - (toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) % 3) AS qi,
-            toUInt8(0) AS v_in_range,
-            toUInt64(0) AS v_seats_purchased,
-            toUInt64(0) AS v_seats_assigned,
-            toUInt64(0) AS v_active_users,
-            toUInt64(0) AS v_active_assigned_users,
-            toUInt64(0) AS v_logins,
-            toUInt64(0) AS v_feature_events,
-            toUInt64(uniqExact(feature)) AS v_features_used,
-            toUInt64(0) AS v_last_activity_ms
-        FROM usage.fact_feature_users
-        GROUP BY account_id, qi
-    ) AS parts
-    GROUP BY account_id, qi
-    HAVING in_range = 1
-) AS quarters_va16145074b0806a4;
+    last_activity_at,
+    updated_at
+FROM usage.rollups_served AS served_v6572ae42f936bf6a FINAL
+WHERE fy = 1;
 
 -- account_quarter_features (contract section 4): one row per
--- (account_id, quarter_start, feature) with at least one event, computed at
--- read time from the facts (UNION ALL + GROUP BY, no JOIN, no FINAL, every
--- UNION ALL column named in every branch: see account_quarter_rollups.sql).
--- Fiscal year start month: 1. The last alias carries a
--- hash of this statement (see account_quarter_rollups.sql).
+-- (account_id, quarter_start, feature) with at least one event, read from
+-- features_served FINAL (see account_quarter_rollups.sql).
+-- Fiscal year start month: 1. The table alias carries
+-- a hash of this statement.
 CREATE VIEW usage.account_quarter_features AS
 SELECT
     account_id,
-    addMonths(toDate('2000-01-01'), qi - 24000) AS quarter_start,
-    addMonths(quarter_start, 3) AS quarter_end,
-    concat(toString(intDiv(qi - qi % 12 + 11, 12)), '-Q', toString(intDiv(qi % 12, 3) + 1)) AS quarter,
+    quarter_start,
+    quarter_end,
+    quarter,
     feature,
     active_users,
     events
-FROM
-(
-    SELECT account_id, qi, feature, max(v_users) AS active_users, sum(v_events) AS events
-    FROM
-    (
-        -- Distinct users per feature and quarter.
-        SELECT account_id, toInt32((toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) - (toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) % 3) AS qi, feature, toUInt64(uniqExact(user_id)) AS v_users, toUInt64(0) AS v_events
-        FROM usage.fact_feature_users
-        GROUP BY account_id, qi, feature
-
-        UNION ALL
-
-        -- feature_used events: the latest row of each offset bucket.
-        SELECT account_id, toInt32((toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) - (toInt32(toYear(month)) * 12 + toInt32(toMonth(month)) - 1) % 3) AS qi, feature, toUInt64(0) AS v_users, toUInt64(sum(n)) AS v_events
-        FROM
-        (
-            SELECT account_id, month, feature, src_topic, src_partition, bucket, argMax(events, covered_end) AS n
-            FROM usage.fact_event_counts
-            WHERE kind = 2
-            GROUP BY account_id, month, feature, src_topic, src_partition, bucket
-        ) AS buckets
-        GROUP BY account_id, qi, feature
-    ) AS parts
-    GROUP BY account_id, qi, feature
-    HAVING events > 0
-) AS feature_quarters_vaa90e9e4b31cd696;
+FROM usage.features_served AS served_va3a34eae30be6fa1 FINAL
+WHERE fy = 1;

@@ -1,0 +1,229 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/usagepipe/usagepipe/schema"
+)
+
+// connProvider is what a Writer offers when the served rollups can be
+// maintained through it (*store.Store does).
+type connProvider interface {
+	Conn() driver.Conn
+	Database() string
+}
+
+// server keeps the served rollups current (docs/design.md, "Served
+// rollups"): every flush hands it the accounts it wrote facts for, and its
+// loop recomputes them off the ingest path, batching whatever gathered
+// while the previous recompute ran. A sweep at start, every SweepInterval,
+// when the last quarter moves and before an --until-caught-up run exits
+// recomputes every account whose marks its served rows do not satisfy,
+// whoever wrote them. Its loop is owned by Consumer.Run.
+type server struct {
+	sv    *schema.Served
+	log   *slog.Logger
+	every time.Duration
+	warn  rateLimiter
+
+	mu      sync.Mutex
+	pending map[string]int32 // account → earliest quarter to recompute
+	since   time.Time        // when the oldest pending account was touched
+	lastQ   int32            // the greatest quarter this process has seen served or touched
+	sweep   bool             // sweep at the next round (rollover, start)
+	kick    chan struct{}
+
+	recomputed prometheus.Counter
+	sweeps     prometheus.Counter
+	staleFound prometheus.Counter
+	errs       prometheus.Counter
+	delay      prometheus.Histogram
+	pendingG   prometheus.GaugeFunc
+}
+
+func newServer(w Writer, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*server, error) {
+	cp, ok := w.(connProvider)
+	if !ok {
+		return nil, nil
+	}
+	sv, err := schema.NewServed(cp.Conn(), schema.Config{Database: cp.Database(), FiscalStartMonth: cfg.FiscalStartMonth})
+	if err != nil {
+		return nil, fmt.Errorf("served rollups: %w", err)
+	}
+	s := &server{sv: sv, log: log, every: cfg.SweepInterval, pending: map[string]int32{}, sweep: true, kick: make(chan struct{}, 1)}
+	f := promauto.With(reg)
+	s.recomputed = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_accounts_recomputed_total", Help: "Accounts whose served rollup rows were recomputed (one per account and recompute)."})
+	s.sweeps = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_sweeps_total", Help: "Sweeps: checks of every mark against the served rows."})
+	s.staleFound = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_stale_accounts_total", Help: "Accounts a sweep found with marks their served rows did not satisfy (left by a crash, another instance, or a quarter rollover)."})
+	s.errs = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_errors_total", Help: "Recomputes or sweeps that failed (retried)."})
+	s.delay = f.NewHistogram(prometheus.HistogramOpts{Name: "usagepipe_serve_delay_seconds", Help: "From a flush's facts being written to the served rows of its accounts being written (the oldest account of each recompute).",
+		Buckets: []float64{0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300}})
+	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_serve_pending_accounts", Help: "Accounts waiting for their served rows to be recomputed."}, func() float64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return float64(len(s.pending))
+	})
+	return s, nil
+}
+
+// touch queues the accounts of a flush that was just written.
+func (s *server) touch(am []schema.AccountMonth) {
+	if len(am) == 0 {
+		return
+	}
+	s.mu.Lock()
+	if len(s.pending) == 0 {
+		s.since = time.Now()
+	}
+	for _, r := range am {
+		q := s.sv.QuarterOf(r.Month)
+		if old, ok := s.pending[r.Account]; !ok || q < old {
+			s.pending[strings.Clone(r.Account)] = q
+		}
+		if q > s.lastQ {
+			// The stream entered a new quarter: every account needs its
+			// row for it (contract section 4's grid).
+			s.lastQ, s.sweep = q, true
+		}
+	}
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run recomputes until ctx is done.
+func (s *server) run(ctx context.Context) {
+	next := time.Now()
+	backoff := 100 * time.Millisecond
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		if err := s.round(ctx, time.Now().After(next)); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.errs.Inc()
+			s.warn.Do(func(n int) { s.log.Warn("served rollups: recompute failed; retrying", "err", err, "backoff", backoff, "repeats", n) })
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if time.Now().After(next) {
+			next = time.Now().Add(s.every)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-tick.C:
+		}
+	}
+}
+
+// round recomputes the pending accounts, after a sweep if one is due.
+// On error the accounts stay pending.
+func (s *server) round(ctx context.Context, sweepDue bool) error {
+	s.mu.Lock()
+	sweep := s.sweep || sweepDue
+	batch, since := s.pending, s.since
+	s.pending, s.sweep = map[string]int32{}, false
+	s.mu.Unlock()
+	if sweep {
+		stale, err := s.sv.Stale(ctx)
+		if err != nil {
+			s.requeue(batch, since, true)
+			return err
+		}
+		s.sweeps.Inc()
+		s.staleFound.Add(float64(len(stale)))
+		if len(stale) > 0 {
+			s.log.Info("served rollups: sweep found stale accounts", "accounts", len(stale))
+		}
+		for a, q := range stale {
+			if old, ok := batch[a]; !ok || q < old {
+				batch[a] = q
+			}
+		}
+	}
+	if len(batch) == 0 {
+		return nil
+	}
+	if err := s.sv.Recompute(ctx, batch, nil); err != nil {
+		s.requeue(batch, since, false)
+		return err
+	}
+	s.recomputed.Add(float64(len(batch)))
+	if !since.IsZero() {
+		s.delay.Observe(time.Since(since).Seconds())
+	}
+	return nil
+}
+
+func (s *server) requeue(batch map[string]int32, since time.Time, sweep bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for a, q := range batch {
+		if old, ok := s.pending[a]; !ok || q < old {
+			s.pending[a] = q
+		}
+	}
+	if !since.IsZero() && (s.since.IsZero() || since.Before(s.since)) {
+		s.since = since
+	}
+	s.sweep = s.sweep || sweep
+}
+
+// complete makes the served rows complete before an --until-caught-up run
+// exits: the pending accounts, then sweeps until one finds nothing stale
+// (other instances may still be writing: after maxRounds it stops and
+// says so; their own runs complete their accounts).
+func (s *server) complete(ctx context.Context) error {
+	const maxRounds = 10
+	backoff := 200 * time.Millisecond
+	for round := 1; ; round++ {
+		s.mu.Lock()
+		s.sweep = true
+		s.mu.Unlock()
+		err := s.round(ctx, true)
+		if err == nil {
+			stale, err2 := s.sv.Stale(ctx)
+			if err2 == nil && len(stale) == 0 {
+				return nil
+			}
+			err = err2
+			if err == nil && round >= maxRounds {
+				s.log.Warn("served rollups: accounts still stale after the final sweeps (other instances writing?)", "accounts", len(stale))
+				return nil
+			}
+		}
+		if err != nil {
+			s.errs.Inc()
+			if ctx.Err() != nil {
+				return fmt.Errorf("served rollups: %w", err)
+			}
+			s.warn.Do(func(n int) { s.log.Warn("served rollups: final recompute failed; retrying", "err", err, "backoff", backoff, "repeats", n) })
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("served rollups: %w", err)
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+		}
+	}
+}

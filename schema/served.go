@@ -1,0 +1,374 @@
+package schema
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// Served computes the served rollup and feature rows from the facts and
+// stores them (docs/design.md, "Served rollups"). Its methods are safe for
+// concurrent use; it holds no state besides its settings.
+type Served struct {
+	conn driver.Conn
+	cfg  Config
+	// ChunkAccounts and ChunkBytes bound the accounts of one recompute
+	// INSERT (its account list is a literal, and max_query_size is 256 KiB).
+	ChunkAccounts int
+	ChunkBytes    int
+}
+
+// NewServed returns a Served for the database and fiscal calendar of cfg.
+func NewServed(conn driver.Conn, cfg Config) (*Served, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Served{conn: conn, cfg: cfg.withDefaults(), ChunkAccounts: 1000, ChunkBytes: 96 << 10}, nil
+}
+
+// recomputeTimeout is the server-side limit of one recompute INSERT
+// (max_execution_time), and versionMaxAge how old a version may be when a
+// chunk starts: together they keep every row landing within ~30 s of its
+// updated_at, which the contract's "updated_at >= U - 60 s" poll needs.
+const (
+	recomputeTimeout = 20
+	versionMaxAge    = 10 * time.Second
+)
+
+// QuarterOf is the quarter index (the month index of the quarter's first
+// month) of month index m under the fiscal start month of s.
+func (s *Served) QuarterOf(m int32) int32 { return quarterOf(m, s.cfg.FiscalStartMonth) }
+
+func quarterOf(m int32, fiscalStart int) int32 {
+	f := int32(fiscalStart - 1)
+	return m - ((m-f)%3+3)%3
+}
+
+// ServerSecond is the ClickHouse server's clock, in Unix seconds.
+func (s *Served) ServerSecond(ctx context.Context) (uint32, error) {
+	var t uint32
+	if err := s.conn.QueryRow(ctx, "SELECT toUInt32(now())").Scan(&t); err != nil {
+		return 0, fmt.Errorf("server clock: %w", err)
+	}
+	return t, nil
+}
+
+// waitPast returns the server clock once it is past second t.
+func (s *Served) waitPast(ctx context.Context, t uint32) (uint32, error) {
+	for {
+		now, err := s.ServerSecond(ctx)
+		if err != nil || now > t {
+			return now, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Recompute stores new served rows for accounts: account → the earliest
+// quarter index to recompute (through the last quarter). Every fact
+// acknowledged before Recompute was called is in the rows it writes (it
+// waits until the server clock has passed the second it was called in,
+// at most one second). Feature rows are written before rollup rows, so a
+// rollup row of version S vouches for the feature rows of S. progress, if
+// not nil, is called after each chunk with the accounts done so far.
+func (s *Served) Recompute(ctx context.Context, accounts map[string]int32, progress func(done, total int)) error {
+	if len(accounts) == 0 {
+		return nil
+	}
+	t0, err := s.ServerSecond(ctx)
+	if err != nil {
+		return err
+	}
+	sec, err := s.waitPast(ctx, t0)
+	if err != nil {
+		return err
+	}
+	taken := time.Now()
+	// Group by first quarter (usually one or two groups: the current
+	// quarter, and late events), then chunk.
+	byQ := map[int32][]string{}
+	for a, q := range accounts {
+		byQ[q] = append(byQ[q], a)
+	}
+	qs := make([]int32, 0, len(byQ))
+	for q := range byQ {
+		qs = append(qs, q)
+	}
+	slices.Sort(qs)
+	done := 0
+	for _, q := range qs {
+		list := byQ[q]
+		slices.Sort(list)
+		for len(list) > 0 {
+			n, expr := s.chunk(list)
+			if time.Since(taken) > versionMaxAge {
+				if sec, err = s.ServerSecond(ctx); err != nil {
+					return err
+				}
+				taken = time.Now()
+			}
+			if err := s.recomputeChunk(ctx, expr, q, sec); err != nil {
+				return err
+			}
+			list = list[n:]
+			done += n
+			if progress != nil {
+				progress(done, len(accounts))
+			}
+		}
+	}
+	return nil
+}
+
+// chunk returns how many of list's first accounts go into one recompute,
+// and the SQL expression selecting them.
+func (s *Served) chunk(list []string) (int, string) {
+	var b strings.Builder
+	b.WriteString("account_id IN (")
+	n := 0
+	for n < len(list) && n < s.ChunkAccounts && (n == 0 || b.Len() < s.ChunkBytes) {
+		if n > 0 {
+			b.WriteByte(',')
+		}
+		quote(&b, list[n])
+		n++
+	}
+	b.WriteByte(')')
+	return n, b.String()
+}
+
+// quote writes v as a ClickHouse string literal: backslash escapes for
+// quote and backslash, \xHH for control bytes.
+func quote(b *strings.Builder, v string) {
+	b.WriteByte('\'')
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c == '\'' || c == '\\':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c < 0x20 || c == 0x7f:
+			fmt.Fprintf(b, "\\x%02x", c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	b.WriteByte('\'')
+}
+
+func (s *Served) recomputeChunk(ctx context.Context, accounts string, fromQ int32, sec uint32) error {
+	qs, err := s.recomputeStatements(accounts, fromQ, sec, uint64(sec)<<32|uint64(rand.Uint32()))
+	if err != nil {
+		return err
+	}
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_execution_time": recomputeTimeout}))
+	for i, q := range qs {
+		if err := s.conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("recompute %s: %w", [2]string{"features_served", "rollups_served"}[i], err)
+		}
+	}
+	return nil
+}
+
+// recomputeStatements are the INSERT … SELECTs of one recompute: feature
+// rows first, then rollup rows (a rollup row of version S vouches for the
+// feature rows of S).
+func (s *Served) recomputeStatements(accounts string, fromQ int32, sec uint32, version uint64) ([]string, error) {
+	feat, roll, err := s.computeSQL(accounts, fromQ)
+	if err != nil {
+		return nil, err
+	}
+	db := s.cfg.Database
+	stamp := fmt.Sprintf("toDateTime(%d, 'UTC'), toUInt64(%d)", sec, version)
+	return []string{
+		"INSERT INTO " + db + ".features_served (fy, account_id, quarter_start, quarter_end, quarter, feature, active_users, events, updated_at, version) " +
+			fmt.Sprintf("SELECT %d, account_id, quarter_start, quarter_end, quarter, feature, active_users, events, %s FROM (%s)", s.cfg.FiscalStartMonth, stamp, feat),
+		"INSERT INTO " + db + ".rollups_served (fy, account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins, feature_events, features_used, last_activity_at, updated_at, version) " +
+			fmt.Sprintf("SELECT %d, account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins, feature_events, features_used, last_activity_at, %s FROM (%s)", s.cfg.FiscalStartMonth, stamp, roll),
+	}, nil
+}
+
+// computeSQL renders the SELECTs of the feature and rollup rows of the
+// accounts that the SQL expression accounts selects, from quarter fromQ.
+func (s *Served) computeSQL(accounts string, fromQ int32) (features, rollups string, err error) {
+	d := tmplData{DB: s.cfg.Database, FiscalStartMonth: s.cfg.FiscalStartMonth, Accounts: accounts, FromQ: fromQ,
+		FromDate: fmt.Sprintf("toDate('%04d-%02d-01')", fromQ/12, fromQ%12+1)}
+	if features, err = renderData(s.cfg, "compute_features.sql", d); err != nil {
+		return "", "", err
+	}
+	if rollups, err = renderData(s.cfg, "compute_rollups.sql", d); err != nil {
+		return "", "", err
+	}
+	return features, rollups, nil
+}
+
+// Stale returns every account with a mark its served rows do not satisfy
+// yet (docs/design.md, "Served rollups"), with the earliest quarter to
+// recompute. A mark (account, month, marked_at) is satisfied when the
+// account has a served row for every quarter from the month's through the
+// last quarter, each with updated_at > marked_at. The served rows are read
+// first, then the marks, then the last quarter: whatever lands in between
+// only makes an account look staler, never fresher.
+func (s *Served) Stale(ctx context.Context) (map[string]int32, error) {
+	db := s.cfg.Database
+	served := map[string]map[int32]uint32{}
+	err := s.scan(ctx, fmt.Sprintf("SELECT account_id, toInt32(toYear(quarter_start) * 12 + toMonth(quarter_start) - 1), toUInt32(updated_at) FROM %s.rollups_served FINAL WHERE fy = %d", db, s.cfg.FiscalStartMonth),
+		func(a string, q int32, t uint32) {
+			m := served[a]
+			if m == nil {
+				m = map[int32]uint32{}
+				served[a] = m
+			}
+			m[q] = t
+		})
+	if err != nil {
+		return nil, fmt.Errorf("read rollups_served: %w", err)
+	}
+	marks := map[string]map[int32]uint32{} // account → quarter → latest marked_at
+	err = s.scan(ctx, "SELECT account_id, toInt32(toYear(month) * 12 + toMonth(month) - 1), toUInt32(max(marked_at)) FROM "+db+".rollup_marks GROUP BY account_id, month",
+		func(a string, m int32, t uint32) {
+			q := s.QuarterOf(m)
+			mm := marks[a]
+			if mm == nil {
+				mm = map[int32]uint32{}
+				marks[a] = mm
+			}
+			mm[q] = max(mm[q], t)
+		})
+	if err != nil {
+		return nil, fmt.Errorf("read rollup_marks: %w", err)
+	}
+	last, ok, err := s.LastQuarter(ctx)
+	if err != nil || !ok {
+		return nil, err
+	}
+	stale := map[string]int32{}
+	for a, mm := range marks {
+		first := last + 3
+		for q := range mm {
+			first = min(first, q)
+		}
+		rows := served[a]
+		// Walk down from the last quarter: floor is the smallest
+		// updated_at of the rows from q through the last quarter (0 once a
+		// row is missing).
+		floor := ^uint32(0)
+		from := int32(-1)
+		for q := last; q >= first; q -= 3 {
+			t, ok := rows[q]
+			if !ok {
+				t = 0
+			}
+			floor = min(floor, t)
+			if mt, ok := mm[q]; ok && floor <= mt {
+				from = q
+			}
+		}
+		if from >= 0 {
+			stale[a] = from
+		}
+	}
+	return stale, nil
+}
+
+// scan runs a query whose rows are (String, Int32, UInt32).
+func (s *Served) scan(ctx context.Context, q string, fn func(string, int32, uint32)) error {
+	rows, err := s.conn.Query(ctx, q)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			a string
+			i int32
+			u uint32
+		)
+		if err := rows.Scan(&a, &i, &u); err != nil {
+			return err
+		}
+		fn(a, i, u)
+	}
+	return rows.Err()
+}
+
+// LastQuarter is the quarter index of the latest month with an accepted
+// event (the end of every account's grid); ok is false while there is none.
+func (s *Served) LastQuarter(ctx context.Context) (q int32, ok bool, err error) {
+	var (
+		m int32
+		n uint64
+	)
+	if err := s.conn.QueryRow(ctx, "SELECT toInt32(toYear(max(month)) * 12 + toMonth(max(month)) - 1), count() FROM "+s.cfg.Database+".fact_account_months").Scan(&m, &n); err != nil {
+		return 0, false, fmt.Errorf("last quarter: %w", err)
+	}
+	if n == 0 {
+		return 0, false, nil
+	}
+	return s.QuarterOf(m), true, nil
+}
+
+// Sweep recomputes every stale account (see Stale) and returns how many
+// there were.
+func (s *Served) Sweep(ctx context.Context) (int, error) {
+	stale, err := s.Stale(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return len(stale), s.Recompute(ctx, stale, nil)
+}
+
+// backfill builds the served rows of s's fiscal calendar from the facts
+// alone (migrate, when upgrading a database that has only facts, or after
+// a change of fiscal start month): it marks every (account, month) of
+// fact_account_months as written at time 0 (so that the sweep checks those
+// accounts through every later quarter) and recomputes every account, in
+// chunks, logging progress.
+func (s *Served) backfill(ctx context.Context, log *slog.Logger) error {
+	db := s.cfg.Database
+	if err := s.conn.Exec(ctx, "INSERT INTO "+db+".rollup_marks (account_id, month, marked_at) SELECT account_id, month, toDateTime(0, 'UTC') FROM "+db+".fact_account_months"); err != nil {
+		return fmt.Errorf("backfill rollup_marks: %w", err)
+	}
+	accounts := map[string]int32{}
+	err := s.scan(ctx, "SELECT account_id, toInt32(toYear(min(month)) * 12 + toMonth(min(month)) - 1), toUInt32(0) FROM "+db+".fact_account_months GROUP BY account_id",
+		func(a string, m int32, _ uint32) { accounts[a] = s.QuarterOf(m) })
+	if err != nil {
+		return fmt.Errorf("backfill: list accounts: %w", err)
+	}
+	// One group: every account from the earliest quarter of any (the
+	// HAVING keeps each account's own grid).
+	first := int32(MaxMonth)
+	for _, q := range accounts {
+		first = min(first, q)
+	}
+	for a := range accounts {
+		accounts[a] = first
+	}
+	start := time.Now()
+	last := start
+	log.Info("building served rollups from the facts", "database", db, "fiscal_year_start_month", s.cfg.FiscalStartMonth, "accounts", len(accounts))
+	err = s.Recompute(ctx, accounts, func(done, total int) {
+		if time.Since(last) < 5*time.Second && done < total {
+			return
+		}
+		last = time.Now()
+		el := time.Since(start)
+		eta := time.Duration(float64(el) / float64(done) * float64(total-done)).Round(time.Second)
+		log.Info("served rollups backfill", "accounts_done", done, "accounts", total, "elapsed", el.Round(time.Second), "eta", eta)
+	})
+	if err != nil {
+		return fmt.Errorf("backfill: %w", err)
+	}
+	return nil
+}
