@@ -321,11 +321,20 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err == nil {
 		err = ferr
 	}
-	if err == nil && c.cfg.UntilCaughtUp && c.srv != nil && !broken {
-		// Contract section 5: exit only once the served rows are complete.
+	if c.srv != nil && !broken {
 		stopServe()
 		serveWG.Wait()
-		err = c.srv.complete(flushCtx)
+		switch {
+		case err == nil && c.cfg.UntilCaughtUp:
+			// Contract section 5: exit only once the served rows are complete.
+			err = c.srv.complete(flushCtx)
+		case err == nil || errors.Is(err, ErrTopicRecreated):
+			// SIGTERM: the served rows of what this run wrote, within the
+			// shutdown timeout; else the next sweep (any instance) does it.
+			if derr := c.srv.round(flushCtx, false); derr != nil {
+				c.log.Warn("served rollups: not recomputed at shutdown; the next sweep will", "err", derr)
+			}
+		}
 	}
 	return err
 }

@@ -3,6 +3,7 @@
 //
 //	usagepipe run      consume, aggregate, write (applies migrations first)
 //	usagepipe migrate  create or upgrade the ClickHouse objects
+//	usagepipe verify   recompute rollups from the facts and compare with the served rows
 //	usagepipe demo     everything on an embedded default, then a rollup table
 //	usagepipe gen      deterministic synthetic telemetry (and expected rollups)
 package main
@@ -20,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -64,6 +66,7 @@ commands:
   run       consume events, aggregate, write rollups to ClickHouse (migrates first)
             --until-caught-up stops once every record present at start is written
   migrate   create or upgrade the ClickHouse database, tables and views
+  verify    recompute rollups from the facts and compare them with the served rows (exit 1 on any difference)
   demo      in-process Kafka + local ClickHouse + synthetic data, then print rollups
   gen       produce deterministic synthetic telemetry (optionally write expected rollups)
 
@@ -73,13 +76,15 @@ an environment variable USAGEPIPE_<FLAG_NAME>; the flag wins.`
 func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, topUsage)
-		return usagef("a command is required: run, migrate, demo or gen")
+		return usagef("a command is required: run, migrate, verify, demo or gen")
 	}
 	switch args[0] {
 	case "run":
 		return cmdRun(ctx, args[1:], stderr)
 	case "migrate":
 		return cmdMigrate(ctx, args[1:], stderr)
+	case "verify":
+		return cmdVerify(ctx, args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, args[1:], stdout, stderr)
 	case "gen":
@@ -88,7 +93,7 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stdout, topUsage)
 		return nil
 	}
-	return usagef("unknown command %q (want run, migrate, demo or gen)", args[0])
+	return usagef("unknown command %q (want run, migrate, verify, demo or gen)", args[0])
 }
 
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
@@ -137,6 +142,67 @@ func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
 
 // openStore connects to ClickHouse; with wait it retries until ctx ends
 // (a pipeline started before its database keeps trying).
+func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var ch chSettings
+	var ls logSettings
+	var accounts string
+	f := newFlags("verify", "Recompute the rollups of every account (or --accounts) from the fact tables and compare\nevery column with the served rows of account_quarter_rollups and account_quarter_features.\nPrints each difference; exit code 1 if there is any. Run it once the pipeline has caught up.", stderr)
+	ch.register(f)
+	ls.register(f)
+	f.str(&accounts, "accounts", "", "comma-separated account IDs to check (default: every account)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	log, err := ls.logger(stderr)
+	if err != nil {
+		return err
+	}
+	scfg, err := ch.storeConfig()
+	if err != nil {
+		return err
+	}
+	st, err := openStore(ctx, scfg, log, nil, false)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	sv, err := schema.NewServed(st.Conn(), schema.Config{Database: ch.database, FiscalStartMonth: ch.fiscalStartMonth})
+	if err != nil {
+		return usagef("%v", err)
+	}
+	var list []string
+	if accounts != "" {
+		for _, a := range strings.Split(accounts, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				list = append(list, a)
+			}
+		}
+		if len(list) == 0 {
+			return usagef("accounts: no account ID in %q", accounts)
+		}
+	}
+	diffs := 0
+	checked, err := sv.Verify(ctx, list, func(d schema.Difference) {
+		diffs++
+		fmt.Fprintf(stdout, "DIFF %s %s\n  served:   %s\n  computed: %s\n", d.Table, d.Key, orNone(d.Served), orNone(d.Computed))
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "verify: %d accounts checked, %d differences (database %s, fiscal year start month %d)\n", checked, diffs, ch.database, ch.fiscalStartMonth)
+	if diffs > 0 {
+		return fmt.Errorf("verify: %d differences between the served rows and the facts", diffs)
+	}
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(no row)"
+	}
+	return s
+}
+
 func openStore(ctx context.Context, cfg store.Config, log *slog.Logger, reg prometheus.Registerer, wait bool) (*store.Store, error) {
 	// The database may not exist before the first migration: connect to
 	// "default" for migrations and writes name the database explicitly.
