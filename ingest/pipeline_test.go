@@ -30,7 +30,8 @@ type pipeline struct {
 	db       string
 	fiscal   int
 	produced []reference.Record
-	tweak    func(*ingest.Config) // applied to the consumer's settings by runReg, if set
+	tweak    func(*ingest.Config)              // applied to the consumer's settings by runReg, if set
+	writer   func(ingest.Writer) ingest.Writer // wraps the store runReg writes through, if set
 }
 
 func newPipeline(t *testing.T, b *kafkatest.Broker, fiscal int) *pipeline {

@@ -115,7 +115,11 @@ func (p *pipeline) runReg(group string, reg prometheus.Registerer) {
 	if p.tweak != nil {
 		p.tweak(&cfg)
 	}
-	c, err := ingest.New(cfg, st, nil, reg)
+	var w ingest.Writer = st
+	if p.writer != nil {
+		w = p.writer(st)
+	}
+	c, err := ingest.New(cfg, w, nil, reg)
 	if err != nil {
 		p.t.Fatal(err)
 	}

@@ -114,7 +114,9 @@ func (s *server) run(ctx context.Context) {
 				return
 			}
 			s.errs.Inc()
-			s.warn.Do(func(n int) { s.log.Warn("served rollups: recompute failed; retrying", "err", err, "backoff", backoff, "repeats", n) })
+			s.warn.Do(func(n int) {
+				s.log.Warn("served rollups: recompute failed; retrying", "err", err, "backoff", backoff, "repeats", n)
+			})
 			select {
 			case <-ctx.Done():
 				return
@@ -217,7 +219,9 @@ func (s *server) complete(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return fmt.Errorf("served rollups: %w", err)
 			}
-			s.warn.Do(func(n int) { s.log.Warn("served rollups: final recompute failed; retrying", "err", err, "backoff", backoff, "repeats", n) })
+			s.warn.Do(func(n int) {
+				s.log.Warn("served rollups: final recompute failed; retrying", "err", err, "backoff", backoff, "repeats", n)
+			})
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("served rollups: %w", err)
