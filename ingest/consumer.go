@@ -865,7 +865,7 @@ func (c *Consumer) flusher(ctx context.Context) {
 				c.m.delay.ObserveN(now.Sub(time.Unix(s, 0)).Seconds()-0.5, uint64(n))
 			}
 			if c.srv != nil {
-				c.srv.touch(job.facts.AccountMonths)
+				c.srv.touch(job.facts.AccountMonths, job.delays)
 			}
 		}
 		c.flushDone <- job

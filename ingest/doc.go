@@ -41,9 +41,12 @@
 //
 // # Concurrency
 //
-// Run owns four goroutines: the poll loop (the caller's), the flusher, a
-// ClickHouse pinger and the progress reporter (progress.go); all stop before
-// Run returns. Partitions of one poll are spread over per-worker goroutines
+// Run owns five goroutines: the poll loop (the caller's), the flusher, a
+// ClickHouse pinger, the progress reporter (progress.go) and the serve loop
+// (serve.go), which recomputes the served rollups of the accounts each
+// flush wrote, off the ingest path, and sweeps for stale ones; all stop
+// before Run returns (with --until-caught-up, after the served rows are
+// complete). Partitions of one poll are spread over per-worker goroutines
 // (Config.Workers, each with its own Aggregator) that the poll loop starts
 // and waits for. Rebalance callbacks run on the Kafka client's goroutine
 // and take the same mutex as the poll loop; rebalances are blocked while a
@@ -70,5 +73,8 @@
 // usagepipe_dedup_disk_bytes, usagepipe_dedup_disk_lookups_total,
 // usagepipe_dedup_recoveries_total, usagepipe_dedup_recovery_records_total,
 // usagepipe_dedup_unrecoverable_total, usagepipe_records_expired_unread_total,
-// usagepipe_restored_count_rows_total.
+// usagepipe_restored_count_rows_total, usagepipe_served_delay_seconds,
+// usagepipe_serve_accounts_recomputed_total, usagepipe_serve_sweeps_total,
+// usagepipe_serve_stale_accounts_total, usagepipe_serve_errors_total,
+// usagepipe_serve_pending_accounts.
 package ingest

@@ -37,7 +37,7 @@ type server struct {
 
 	mu      sync.Mutex
 	pending map[string]int32 // account → earliest quarter to recompute
-	since   time.Time        // when the oldest pending account was touched
+	delays  map[int64]int    // record second → new records of the pending accounts
 	lastQ   int32            // the greatest quarter this process has seen served or touched
 	sweep   bool             // sweep at the next round (rollover, start)
 	kick    chan struct{}
@@ -46,8 +46,7 @@ type server struct {
 	sweeps     prometheus.Counter
 	staleFound prometheus.Counter
 	errs       prometheus.Counter
-	delay      prometheus.Histogram
-	pendingG   prometheus.GaugeFunc
+	delay      *batchHistogram
 }
 
 func newServer(w Writer, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*server, error) {
@@ -59,14 +58,18 @@ func newServer(w Writer, cfg Config, log *slog.Logger, reg prometheus.Registerer
 	if err != nil {
 		return nil, fmt.Errorf("served rollups: %w", err)
 	}
-	s := &server{sv: sv, log: log, every: cfg.SweepInterval, pending: map[string]int32{}, sweep: true, kick: make(chan struct{}, 1)}
+	s := &server{sv: sv, log: log, every: cfg.SweepInterval, pending: map[string]int32{}, delays: map[int64]int{}, sweep: true, kick: make(chan struct{}, 1)}
 	f := promauto.With(reg)
 	s.recomputed = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_accounts_recomputed_total", Help: "Accounts whose served rollup rows were recomputed (one per account and recompute)."})
 	s.sweeps = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_sweeps_total", Help: "Sweeps: checks of every mark against the served rows."})
 	s.staleFound = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_stale_accounts_total", Help: "Accounts a sweep found with marks their served rows did not satisfy (left by a crash, another instance, or a quarter rollover)."})
 	s.errs = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_errors_total", Help: "Recomputes or sweeps that failed (retried)."})
-	s.delay = f.NewHistogram(prometheus.HistogramOpts{Name: "usagepipe_serve_delay_seconds", Help: "From a flush's facts being written to the served rows of its accounts being written (the oldest account of each recompute).",
-		Buckets: []float64{0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300}})
+	s.delay = newBatchHistogram(prometheus.HistogramOpts{Name: "usagepipe_served_delay_seconds",
+		Help:    "Kafka record timestamp to the moment the served rollup rows of its account were rewritten with it (freshness of account_quarter_rollups).",
+		Buckets: []float64{.25, .5, 1, 2, 3, 4, 5, 7.5, 10, 20, 30, 60, 120, 300, 900, 3600}})
+	if reg != nil {
+		reg.MustRegister(s.delay)
+	}
 	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_serve_pending_accounts", Help: "Accounts waiting for their served rows to be recomputed."}, func() float64 {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -75,14 +78,15 @@ func newServer(w Writer, cfg Config, log *slog.Logger, reg prometheus.Registerer
 	return s, nil
 }
 
-// touch queues the accounts of a flush that was just written.
-func (s *server) touch(am []schema.AccountMonth) {
+// touch queues the accounts of a flush that was just written; delays
+// counts its new records by record second.
+func (s *server) touch(am []schema.AccountMonth, delays map[int64]int) {
 	if len(am) == 0 {
 		return
 	}
 	s.mu.Lock()
-	if len(s.pending) == 0 {
-		s.since = time.Now()
+	for sec, n := range delays {
+		s.delays[sec] += n
 	}
 	for _, r := range am {
 		q := s.sv.QuarterOf(r.Month)
@@ -143,13 +147,13 @@ func (s *server) run(ctx context.Context) {
 func (s *server) round(ctx context.Context, sweepDue bool) error {
 	s.mu.Lock()
 	sweep := s.sweep || sweepDue
-	batch, since := s.pending, s.since
-	s.pending, s.sweep = map[string]int32{}, false
+	batch, delays := s.pending, s.delays
+	s.pending, s.delays, s.sweep = map[string]int32{}, map[int64]int{}, false
 	s.mu.Unlock()
 	if sweep {
 		stale, err := s.sv.Stale(ctx)
 		if err != nil {
-			s.requeue(batch, since, true)
+			s.requeue(batch, delays, true)
 			return err
 		}
 		s.sweeps.Inc()
@@ -167,17 +171,19 @@ func (s *server) round(ctx context.Context, sweepDue bool) error {
 		return nil
 	}
 	if err := s.sv.Recompute(ctx, batch, nil); err != nil {
-		s.requeue(batch, since, false)
+		s.requeue(batch, delays, false)
 		return err
 	}
 	s.recomputed.Add(float64(len(batch)))
-	if !since.IsZero() {
-		s.delay.Observe(time.Since(since).Seconds())
+	now := time.Now()
+	for sec, n := range delays {
+		// As usagepipe_event_delay_seconds: from the middle of the second.
+		s.delay.ObserveN(now.Sub(time.Unix(sec, 0)).Seconds()-0.5, uint64(n))
 	}
 	return nil
 }
 
-func (s *server) requeue(batch map[string]int32, since time.Time, sweep bool) {
+func (s *server) requeue(batch map[string]int32, delays map[int64]int, sweep bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for a, q := range batch {
@@ -185,8 +191,8 @@ func (s *server) requeue(batch map[string]int32, since time.Time, sweep bool) {
 			s.pending[a] = q
 		}
 	}
-	if !since.IsZero() && (s.since.IsZero() || since.Before(s.since)) {
-		s.since = since
+	for sec, n := range delays {
+		s.delays[sec] += n
 	}
 	s.sweep = s.sweep || sweep
 }

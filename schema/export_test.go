@@ -32,5 +32,5 @@ func RecomputeAllSQL(cfg Config, sec uint32) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sv.recomputeStatements("1", sv.QuarterOf(MinMonth), sec, uint64(sec)<<32)
+	return sv.RecomputeSQL("1", sv.QuarterOf(MinMonth), sec)
 }

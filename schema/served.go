@@ -199,6 +199,21 @@ func (s *Served) recomputeStatements(accounts string, fromQ int32, sec uint32, v
 	}, nil
 }
 
+// ComputeSQL renders the SELECTs of the feature and rollup rows that a
+// recompute of the accounts selected by the SQL boolean expression accounts
+// (on account_id; "1" for all) from quarter index fromQ would store
+// (benchmarks and verify compare with them).
+func (s *Served) ComputeSQL(accounts string, fromQ int32) (features, rollups string, err error) {
+	return s.computeSQL(accounts, fromQ)
+}
+
+// RecomputeSQL is the INSERT … SELECT statements one recompute chunk runs,
+// stamped with server second sec (for tools that run them elsewhere, such
+// as the chDB benchmark).
+func (s *Served) RecomputeSQL(accounts string, fromQ int32, sec uint32) ([]string, error) {
+	return s.recomputeStatements(accounts, fromQ, sec, uint64(sec)<<32)
+}
+
 // computeSQL renders the SELECTs of the feature and rollup rows of the
 // accounts that the SQL expression accounts selects, from quarter fromQ.
 func (s *Served) computeSQL(accounts string, fromQ int32) (features, rollups string, err error) {

@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/usagepipe/usagepipe/aggregate/reference"
@@ -48,6 +49,17 @@ func (sc *scenario) check(ctx context.Context) {
 		return d.total() + df.total()
 	}
 	f.rollupDiffs = compare("rollups")
+
+	// usagepipe verify: the served rows against a recompute from the facts.
+	vctx, vcancel := context.WithTimeout(ctx, 5*time.Minute)
+	out, err := sc.l.runOnce(vctx, "verify", "verify")
+	vcancel()
+	f.verifyDiffs = -1
+	if _, serr := fmt.Sscanf(lastLine(out), "verify: %d accounts checked, %d differences", new(int), &f.verifyDiffs); serr != nil || err != nil || f.verifyDiffs != 0 {
+		t.Errorf("usagepipe verify: %v, %d differences:\n%s", err, f.verifyDiffs, tail(out, 3000))
+	} else {
+		sc.logf("usagepipe verify: %s", lastLine(out))
+	}
 
 	// Dead letters: every rejected record at least once, with its reason.
 	dctx, cancel := context.WithTimeout(ctx, 60*time.Second)
@@ -175,4 +187,15 @@ func (sc *scenario) check(ctx context.Context) {
 	if f.zombies > 0 && f.zombieRows == 0 {
 		sc.logf("note: the zombie wrote nothing after SIGCONT (it had no write pending when paused)")
 	}
+}
+
+// lastLine is the last line of out that starts with "verify:".
+func lastLine(out string) string {
+	last := ""
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "verify:") {
+			last = l
+		}
+	}
+	return last
 }

@@ -27,6 +27,7 @@ type figures struct {
 	zombieFlushes, zombieRows                                   float64
 
 	rollupDiffs                       int
+	verifyDiffs                       int
 	phys                              rowStats
 	naiveDiff, naiveNowDiff, idemDiff int
 	ncSumDiff, ncRepDiff              int
@@ -196,6 +197,7 @@ func (f *figures) table(all []*figures) string {
 			return fmt.Sprintf("%.0f (%.0f)", f.zombieFlushes, f.zombieRows)
 		}},
 		{"differences from the reference (rollups + features, every column)", func(f *figures) string { return fmt.Sprint(f.rollupDiffs) }},
+		{"differences `usagepipe verify` found (served rows vs a recompute from the facts)", func(f *figures) string { return fmt.Sprint(f.verifyDiffs) }},
 		{"fact rows written (all INSERTs, via audit views)", func(f *figures) string { return fmt.Sprint(f.phys.written) }},
 		{"physical duplicate rows written (beyond one per key)", func(f *figures) string { return fmt.Sprint(f.phys.beyondKey) }},
 		{"count rows re-written by replays (same key and count as an earlier row)", func(f *figures) string { return fmt.Sprint(f.phys.replayRows) }},
