@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func TestCheck(t *testing.T) {
@@ -194,4 +195,24 @@ func BenchmarkCheck(b *testing.B) {
 		i++
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/event")
+}
+
+// LimitFor keeps a table's peak (its doubling to 2·limit slots, with the
+// half-size table still mapped) within the bytes given, and takes the
+// largest such table.
+func TestLimitFor(t *testing.T) {
+	for _, bytes := range []int64{0, 1 << 20, 100 << 20, 128 << 20, 1 << 30} {
+		limit := LimitFor(bytes)
+		slots := int64(2 * limit)
+		peak := slots * int64(unsafe.Sizeof(entry{})) * 3 / 2
+		if limit > 1024 && peak > bytes {
+			t.Errorf("LimitFor(%d) = %d: peak %d bytes", bytes, limit, peak)
+		}
+		if 2*peak <= bytes {
+			t.Errorf("LimitFor(%d) = %d: a table twice as large fits", bytes, limit)
+		}
+	}
+	if got := LimitFor(128 << 20); got != 1<<20 {
+		t.Errorf("LimitFor(128 MiB) = %d, want 1Mi entries (2Mi slots, 48 MiB, 72 MiB while doubling)", got)
+	}
 }

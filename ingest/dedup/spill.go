@@ -105,9 +105,13 @@ func (s *Set) spill() {
 		s.diskLo, s.diskHi = min(s.diskLo, h), max(s.diskHi, h+hourMs)
 	}
 	s.curHour, s.cur = math.MinInt64, nil
-	for len(s.tab) > minSlots && s.n < len(s.tab)/8 {
-		s.rebuild(len(s.tab) / 2)
-	}
+	// The table keeps its size: it spilled because it was full and fills
+	// again. Shrinking it here (as sweep does when entries age out) made a
+	// partition whose newest hour alone exceeds the limit (100M IDs a day
+	// under a 256 MiB cap) spill that whole hour, shrink to a few slots
+	// and double its way back, over and over: a rebuild every doubling,
+	// with the old and the new table mapped at once, and fresh pages to
+	// fault in. LimitFor counts the one doubling to the table's full size.
 }
 
 // ageDisk turns the spilled hours that aged out (as sweep does for the
