@@ -40,7 +40,18 @@ func NewServed(conn driver.Conn, cfg Config) (*Served, error) {
 const (
 	recomputeTimeout = 20
 	versionMaxAge    = 10 * time.Second
+	// startLimit: an INSERT that starts more than this after its S fails
+	// (throwIf in the statement; now() is the query's start time).
+	startLimit = 10
+	// landLimit: a chunk whose INSERTs landed more than this after S is
+	// recomputed with a new S.
+	landLimit = 40
 )
+
+// maxQuerySize is the max_query_size of recompute and verify queries: the
+// account list of a chunk appears in each fact scan (7 times in the
+// rollups query), and a chunk's list is up to ChunkBytes.
+const maxQuerySize = 16 << 20
 
 // QuarterOf is the quarter index (the month index of the quarter's first
 // month) of month index m under the fiscal start month of s.
@@ -107,19 +118,39 @@ func (s *Served) Recompute(ctx context.Context, accounts map[string]int32, progr
 	}
 	slices.Sort(qs)
 	done := 0
+	size := s.ChunkAccounts
 	for _, q := range qs {
 		list := byQ[q]
 		slices.Sort(list)
 		for len(list) > 0 {
-			n, expr := s.chunk(list)
+			n, expr := s.chunk(list[:min(len(list), size)])
 			if time.Since(taken) > versionMaxAge {
 				if sec, err = s.ServerSecond(ctx); err != nil {
 					return err
 				}
 				taken = time.Now()
 			}
-			if err := s.recomputeChunk(ctx, expr, q, sec); err != nil {
-				return err
+			landed, err := s.recomputeChunk(ctx, expr, q, sec)
+			if err != nil {
+				if ctx.Err() != nil || n == 1 {
+					return err
+				}
+				// Too slow or too big (max_execution_time, memory):
+				// halve the chunk and go on; a chunk of one account
+				// that fails is an error.
+				size = max(1, n/2)
+				continue
+			}
+			if landed > sec+landLimit {
+				// Landed too late for the updated_at poll (18.16 does
+				// not bound a query's whole run by max_execution_time):
+				// again, with a new S, so the newest row is on time.
+				if sec, err = s.ServerSecond(ctx); err != nil {
+					return err
+				}
+				taken = time.Now()
+				size = max(1, n/2)
+				continue
 			}
 			list = list[n:]
 			done += n
@@ -167,18 +198,20 @@ func quote(b *strings.Builder, v string) {
 	b.WriteByte('\'')
 }
 
-func (s *Served) recomputeChunk(ctx context.Context, accounts string, fromQ int32, sec uint32) error {
+// recomputeChunk runs one chunk's INSERTs with version second sec and
+// returns the server clock after they landed.
+func (s *Served) recomputeChunk(ctx context.Context, accounts string, fromQ int32, sec uint32) (uint32, error) {
 	qs, err := s.recomputeStatements(accounts, fromQ, sec, uint64(sec)<<32|uint64(rand.Uint32()))
 	if err != nil {
-		return err
+		return 0, err
 	}
-	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_execution_time": recomputeTimeout}))
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_execution_time": recomputeTimeout, "max_query_size": maxQuerySize}))
 	for i, q := range qs {
 		if err := s.conn.Exec(ctx, q); err != nil {
-			return fmt.Errorf("recompute %s: %w", [2]string{"features_served", "rollups_served"}[i], err)
+			return 0, fmt.Errorf("recompute %s: %w", [2]string{"features_served", "rollups_served"}[i], err)
 		}
 	}
-	return nil
+	return s.ServerSecond(ctx)
 }
 
 // recomputeStatements are the INSERT … SELECTs of one recompute: feature
@@ -191,11 +224,15 @@ func (s *Served) recomputeStatements(accounts string, fromQ int32, sec uint32, v
 	}
 	db := s.cfg.Database
 	stamp := fmt.Sprintf("toDateTime(%d, 'UTC'), toUInt64(%d)", sec, version)
+	// A statement that starts too long after its S fails: its rows could
+	// land too late for the updated_at poll (a pause between reading S
+	// and sending the INSERT).
+	guard := fmt.Sprintf(" WHERE throwIf(now() > toDateTime(%d, 'UTC') + %d) = 0", sec, startLimit)
 	return []string{
 		"INSERT INTO " + db + ".features_served (fy, account_id, quarter_start, quarter_end, quarter, feature, active_users, events, updated_at, version) " +
-			fmt.Sprintf("SELECT %d, account_id, quarter_start, quarter_end, quarter, feature, active_users, events, %s FROM (%s)", s.cfg.FiscalStartMonth, stamp, feat),
+			fmt.Sprintf("SELECT %d, account_id, quarter_start, quarter_end, quarter, feature, active_users, events, %s FROM (%s)%s", s.cfg.FiscalStartMonth, stamp, feat, guard),
 		"INSERT INTO " + db + ".rollups_served (fy, account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins, feature_events, features_used, last_activity_at, updated_at, version) " +
-			fmt.Sprintf("SELECT %d, account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins, feature_events, features_used, last_activity_at, %s FROM (%s)", s.cfg.FiscalStartMonth, stamp, roll),
+			fmt.Sprintf("SELECT %d, account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins, feature_events, features_used, last_activity_at, %s FROM (%s)%s", s.cfg.FiscalStartMonth, stamp, roll, guard),
 	}, nil
 }
 
@@ -275,23 +312,20 @@ func (s *Served) Stale(ctx context.Context) (map[string]int32, error) {
 			first = min(first, q)
 		}
 		rows := served[a]
-		// Walk down from the last quarter: floor is the smallest
-		// updated_at of the rows from q through the last quarter (0 once a
-		// row is missing).
-		floor := ^uint32(0)
-		from := int32(-1)
-		for q := last; q >= first; q -= 3 {
-			t, ok := rows[q]
-			if !ok {
-				t = 0
+		// Walk up from the first marked quarter: a row must exist and be
+		// newer than every mark at or before its quarter (those marks
+		// need every later row too). The first row that is not is where
+		// the recompute starts; after a rollover that is just the new
+		// quarter.
+		var newest uint32
+		for q := first; q <= last; q += 3 {
+			if mt, ok := mm[q]; ok {
+				newest = max(newest, mt)
 			}
-			floor = min(floor, t)
-			if mt, ok := mm[q]; ok && floor <= mt {
-				from = q
+			if t, ok := rows[q]; !ok || t <= newest {
+				stale[a] = q
+				break
 			}
-		}
-		if from >= 0 {
-			stale[a] = from
 		}
 	}
 	return stale, nil
@@ -419,6 +453,7 @@ func (s *Served) Verify(ctx context.Context, accounts []string, each func(Differ
 		}
 	}
 	accounts = slices.Compact(slices.Sorted(slices.Values(accounts)))
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_query_size": maxQuerySize}))
 	from := s.QuarterOf(MinMonth)
 	var servedRollups, servedFeatures int
 	for list := accounts; len(list) > 0; {

@@ -1,4 +1,4 @@
--- The feature rows (contract section 4) of the accounts {{.Accounts}}
+-- The feature rows (contract section 4) of the accounts the filter
 -- selects, for quarters from {{.FromQ}} on, computed from the facts
 -- (UNION ALL + GROUP BY, no JOIN, no FINAL, every UNION ALL column named in
 -- every branch: see compute_rollups.sql). A recompute INSERTs them into

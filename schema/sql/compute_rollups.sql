@@ -1,4 +1,4 @@
--- The rollup rows (contract section 4) of the accounts {{.Accounts}} selects,
+-- The rollup rows (contract section 4) of the accounts the filter selects,
 -- for quarters from {{.FromQ}} on, computed from the facts. A recompute
 -- (schema/served.go) INSERTs them into rollups_served; usagepipe verify
 -- compares them with the view. Every filter is on the fact tables' primary
