@@ -30,10 +30,11 @@ type connProvider interface {
 // recomputes every account whose marks its served rows do not satisfy,
 // whoever wrote them. Its loop is owned by Consumer.Run.
 type server struct {
-	sv    *schema.Served
-	log   *slog.Logger
-	every time.Duration
-	warn  rateLimiter
+	sv      *schema.Served
+	log     *slog.Logger
+	every   time.Duration
+	warn    rateLimiter
+	backlog func() bool // the consumer is far behind: recompute rarely
 
 	mu      sync.Mutex
 	pending map[string]int32 // account → earliest quarter to recompute
@@ -106,14 +107,38 @@ func (s *server) touch(am []schema.AccountMonth, delays map[int64]int) {
 	}
 }
 
+// backlogEvery is how often the loop recomputes while the consumer has a
+// backlog (a backfill, a catch-up after an outage): every round then
+// re-reads the current quarter of most accounts, and the rows are behind
+// anyway, so it leaves ClickHouse to the flushes. Between rounds it also
+// waits as long as the last round took, so recomputes never take more
+// than about half of the time.
+const (
+	backlogEvery   = 30 * time.Second
+	backlogRecords = 500_000 // lag that counts as a backlog: ~5 s at 100k/s
+)
+
 // run recomputes until ctx is done.
 func (s *server) run(ctx context.Context) {
 	next := time.Now()
 	backoff := 100 * time.Millisecond
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var last time.Time // when the last round ended
+	var took time.Duration
 	for {
-		if err := s.round(ctx, time.Now().After(next)); err != nil {
+		if !last.IsZero() && (time.Since(last) < took || s.backlog != nil && s.backlog() && time.Since(last) < backlogEvery) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			continue
+		}
+		began := time.Now()
+		err := s.round(ctx, time.Now().After(next))
+		last, took = time.Now(), time.Since(began)
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
