@@ -75,12 +75,32 @@ func migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger
 	// that a reader never sees them empty (docs/design.md, "Served
 	// rollups"): once per database and fiscal start month.
 	backfill := fmt.Sprintf("served_fy%d", r.cfg.FiscalStartMonth)
-	if _, ok := applied[backfill]; !ok {
-		sv, err := NewServed(conn, r.cfg)
-		if err != nil {
-			return err
+	served, err := NewServed(conn, r.cfg)
+	if err != nil {
+		return err
+	}
+	if _, ok := applied[backfill]; ok {
+		// Built before, but maybe for another calendar than the views
+		// show now (a fiscal start month changed and changed back):
+		// nothing kept those rows current meanwhile, so sweep them before
+		// the views switch to them.
+		for i, v := range views {
+			engine, def, err := viewDefinition(ctx, conn, db, v.name)
+			if err != nil {
+				return err
+			}
+			if engine == "View" && strings.Contains(def, r.views[i].marker) {
+				continue
+			}
+			n, err := served.Sweep(ctx)
+			if err != nil {
+				return fmt.Errorf("migrate: sweep served rollups: %w", err)
+			}
+			log.Info("brought served rollups up to date before switching the views", "database", db, "fiscal_year_start_month", r.cfg.FiscalStartMonth, "accounts", n)
+			break
 		}
-		if err := sv.backfill(ctx, log); err != nil {
+	} else {
+		if err := served.backfill(ctx, log); err != nil {
 			return fmt.Errorf("migrate: %w", err)
 		}
 		if err := record(ctx, conn, db, backfill, "backfill", 0, "", ""); err != nil {

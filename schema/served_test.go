@@ -71,3 +71,53 @@ func TestServedLongAccountIDs(t *testing.T) {
 		t.Fatalf("verify: %d accounts, %v, differences %s", n, err, strings.Join(diffs, "; "))
 	}
 }
+
+// TestServedFiscalSwitchBack: fiscal start 1, then 4 (facts written while
+// 4 is in use are served for 4 only), then 1 again: migrate brings the rows
+// of calendar 1 up to date before its views switch back, so a reader sees
+// every fact at once, with no serve loop involved.
+func TestServedFiscalSwitchBack(t *testing.T) {
+	ctx := context.Background()
+	st, db := open(t)
+	migrate := func(fs int) {
+		t.Helper()
+		if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: db, FiscalStartMonth: fs}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	migrate(1)
+	evs := seatsAndActivity()
+	write(t, st, factsOf(evs, nil))
+	migrate(4)
+	more := []ev{
+		{id: "n1", typ: event.Login, account: "acme", user: "u9", ms: ms("2026-11-02T00:00:00Z"), offset: 100},
+		{id: "n2", typ: event.Login, account: "newco", user: "u1", ms: ms("2026-12-01T00:00:00Z"), offset: 101},
+	}
+	if err := st.Write(ctx, factsOf(more, nil)); err != nil {
+		t.Fatal(err)
+	}
+	sv4, err := schema.NewServed(st.Conn(), schema.Config{Database: db, FiscalStartMonth: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sv4.Sweep(ctx); err != nil { // the running pipeline of calendar 4
+		t.Fatal(err)
+	}
+	migrate(1)
+	all := append(append([]ev{}, evs...), more...)
+	wantR, wantF := expect(all, 1)
+	gotR, err := st.ReadRollups(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := diff(fmtRollups(gotR), fmtRollups(wantR)); d != "" {
+		t.Errorf("rollups right after switching back to fiscal start 1:\n%s", d)
+	}
+	gotF, err := st.ReadFeatures(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := diff(fmtFeatures(gotF), fmtFeatures(wantF)); d != "" {
+		t.Errorf("features right after switching back to fiscal start 1:\n%s", d)
+	}
+}
