@@ -30,11 +30,10 @@ type connProvider interface {
 // recomputes every account whose marks its served rows do not satisfy,
 // whoever wrote them. Its loop is owned by Consumer.Run.
 type server struct {
-	sv      *schema.Served
-	log     *slog.Logger
-	every   time.Duration
-	warn    rateLimiter
-	backlog func() bool // the consumer is far behind: recompute rarely
+	sv    *schema.Served
+	log   *slog.Logger
+	every time.Duration
+	warn  rateLimiter
 
 	mu      sync.Mutex
 	pending map[string]int32 // account → earliest quarter to recompute
@@ -107,17 +106,6 @@ func (s *server) touch(am []schema.AccountMonth, delays map[int64]int) {
 	}
 }
 
-// backlogEvery is how often the loop recomputes while the consumer has a
-// backlog (a backfill, a catch-up after an outage): every round then
-// re-reads the current quarter of most accounts, and the rows are behind
-// anyway, so it leaves ClickHouse to the flushes. Between rounds it also
-// waits as long as the last round took, so recomputes never take more
-// than about half of the time.
-const (
-	backlogEvery   = 30 * time.Second
-	backlogRecords = 500_000 // lag that counts as a backlog: ~5 s at 100k/s
-)
-
 // run recomputes until ctx is done.
 func (s *server) run(ctx context.Context) {
 	next := time.Now()
@@ -127,7 +115,12 @@ func (s *server) run(ctx context.Context) {
 	var last time.Time // when the last round ended
 	var took time.Duration
 	for {
-		if !last.IsZero() && (time.Since(last) < took || s.backlog != nil && s.backlog() && time.Since(last) < backlogEvery) {
+		// Between rounds the loop waits as long as the last one took, so
+		// recomputes take at most about half of one ClickHouse query
+		// slot. (Deferring rounds during a backlog was measured worse: on
+		// a stream in time order each round reads only the current
+		// quarter, while one big round at the end reads everything.)
+		if !last.IsZero() && time.Since(last) < took {
 			select {
 			case <-ctx.Done():
 				return
