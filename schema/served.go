@@ -583,3 +583,33 @@ func deref(v any) any {
 	}
 	return v
 }
+
+// BackfillPending reports whether Migrate would build the served rows of
+// cfg's fiscal calendar from existing facts: the database has facts and no
+// record of that build. Such a build must not race writers of a release
+// before the served rollups, which write facts but no marks (their facts
+// would never be served): `usagepipe run` waits for the consumer group to
+// be empty first.
+func BackfillPending(ctx context.Context, conn driver.Conn, cfg Config) (bool, error) {
+	if err := cfg.Validate(); err != nil {
+		return false, err
+	}
+	cfg = cfg.withDefaults()
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name IN ('fact_account_months', 'schema_migrations')", cfg.Database).Scan(&n); err != nil {
+		return false, fmt.Errorf("served rollups: read system.tables: %w", err)
+	}
+	if n < 2 {
+		return false, nil
+	}
+	if err := conn.QueryRow(ctx, "SELECT count() FROM "+cfg.Database+".schema_migrations WHERE name = ?", fmt.Sprintf("served_fy%d", cfg.FiscalStartMonth)).Scan(&n); err != nil {
+		return false, fmt.Errorf("served rollups: read schema_migrations: %w", err)
+	}
+	if n > 0 {
+		return false, nil
+	}
+	if err := conn.QueryRow(ctx, "SELECT count() FROM (SELECT 1 FROM "+cfg.Database+".fact_account_months LIMIT 1)").Scan(&n); err != nil {
+		return false, fmt.Errorf("served rollups: read fact_account_months: %w", err)
+	}
+	return n > 0, nil
+}

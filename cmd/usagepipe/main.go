@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
 
@@ -262,7 +263,19 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 		return err
 	}
 	defer st.Close()
-	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.ch.database, FiscalStartMonth: p.ch.fiscalStartMonth}, log); err != nil {
+	mcfg := schema.Config{Database: p.ch.database, FiscalStartMonth: p.ch.fiscalStartMonth}
+	if pending, err := schema.BackfillPending(ctx, st.Conn(), mcfg); err != nil || pending {
+		if err == nil {
+			err = waitGroupEmpty(ctx, kopts, icfg.Brokers, icfg.Group, log)
+		}
+		if err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			return err
+		}
+	}
+	if err := schema.Migrate(ctx, st.Conn(), mcfg, log); err != nil {
 		if ln != nil {
 			ln.Close()
 		}
@@ -315,4 +328,49 @@ func httpHandler(reg *prometheus.Registry, cons *ingest.Consumer) http.Handler {
 		fmt.Fprintln(w, why)
 	})
 	return mux
+}
+
+// waitGroupEmpty waits until the consumer group has no members. Before
+// the served rows are first built from existing facts, instances of an
+// older release must be gone: they write facts without marks, and a fact
+// written while the rows are being built would never be served
+// (docs/operations.md, "Served rollups"). New instances have not joined
+// yet (they migrate first), so any member is an old one.
+func waitGroupEmpty(ctx context.Context, kopts []kgo.Opt, brokers []string, group string, log *slog.Logger) error {
+	cl, err := kgo.NewClient(append(append([]kgo.Opt{}, kopts...), kgo.SeedBrokers(brokers...))...)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	var warned time.Time
+	for {
+		gs, err := adm.DescribeGroups(ctx, group)
+		if err == nil {
+			err = gs.Error()
+		}
+		members := -1
+		if err == nil {
+			members = 0
+			if g, ok := gs[group]; ok {
+				members = len(g.Members)
+			}
+			if members == 0 {
+				return nil
+			}
+		}
+		if time.Since(warned) > 30*time.Second {
+			warned = time.Now()
+			if err != nil {
+				log.Warn("served rollups: cannot see the consumer group before building the served rows; retrying", "group", group, "err", err)
+			} else {
+				log.Warn("served rollups: waiting for the consumer group to be empty before building the served rows from the facts: stop the older usagepipe still running (it writes no marks; docs/operations.md, Served rollups, Upgrade)", "group", group, "members", members)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for consumer group %s to be empty: %w", group, ctx.Err())
+		case <-time.After(2 * time.Second):
+		}
+	}
 }

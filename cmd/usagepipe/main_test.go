@@ -21,7 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/usagepipe/usagepipe/ingest/kafkatest"
 	"github.com/usagepipe/usagepipe/schema/chserver"
@@ -409,5 +411,65 @@ func TestVerify(t *testing.T) {
 	}
 	if code, out, _ = exec(ctx, append([]string{"verify", "--accounts", other}, ch...)...); code != 0 || !strings.Contains(out, "1 accounts checked, 0 differences") {
 		t.Fatalf("verify --accounts %s: exit %d:\n%s", other, code, out)
+	}
+}
+
+// TestUpgradeWaitsForOldRelease: a database with facts whose served rows
+// were never built (a release before the served rollups wrote it) is only
+// built once the consumer group is empty: an old instance still consuming
+// would write facts without marks during the build. run waits, says why,
+// and goes on when the old member leaves; the rows are then exact.
+func TestUpgradeWaitsForOldRelease(t *testing.T) {
+	cluster := kafkatest.Kfake(t)
+	brokers := strings.Join(cluster.ListenAddrs(), ",")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if code, _, stderr := exec(ctx, "gen", "--kafka-brokers", brokers, "--events", "2000", "--accounts", "8", "--users", "80"); code != 0 {
+		t.Fatalf("gen: %s", stderr)
+	}
+	db := chtest.NewDatabase(t)
+	ch := []string{"--clickhouse-addr", chtest.Addr(), "--clickhouse-database", db}
+	// Facts of calendar 1; calendar 4's served rows do not exist yet.
+	if code, _, stderr := exec(ctx, append([]string{"run", "--until-caught-up", "--kafka-brokers", brokers, "--kafka-group", "first", "--metrics-addr", ""}, ch...)...); code != 0 {
+		t.Fatalf("run: %s", stderr)
+	}
+	// An "old release" member in the group the new run uses.
+	old, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...), kgo.ConsumerGroup("g"), kgo.ConsumeTopics("usage-events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for ctx.Err() == nil {
+			if fs := old.PollFetches(ctx); fs.IsClientClosed() {
+				return
+			}
+		}
+	}()
+	waitFor(t, "the old member joined", 30*time.Second, func() bool {
+		gs, err := kadm.NewClient(old).DescribeGroups(ctx, "g")
+		return err == nil && len(gs["g"].Members) == 1
+	})
+	type res struct {
+		code   int
+		stderr string
+	}
+	done := make(chan res, 1)
+	go func() {
+		code, _, stderr := exec(ctx, append([]string{"run", "--until-caught-up", "--kafka-brokers", brokers, "--kafka-group", "g", "--metrics-addr", "", "--fiscal-year-start-month", "4"}, ch...)...)
+		done <- res{code, stderr}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("run did not wait for the old member: exit %d\n%s", r.code, r.stderr)
+	case <-time.After(5 * time.Second):
+	}
+	old.Close()
+	r := <-done
+	if r.code != 0 || !strings.Contains(r.stderr, "waiting for the consumer group to be empty") {
+		t.Fatalf("run: exit %d, want 0 after saying it waits:\n%s", r.code, r.stderr)
+	}
+	code, out, _ := exec(ctx, append([]string{"verify", "--fiscal-year-start-month", "4"}, ch...)...)
+	if code != 0 || !strings.Contains(out, "8 accounts checked, 0 differences") {
+		t.Fatalf("verify: exit %d\n%s", code, out)
 	}
 }
