@@ -55,7 +55,8 @@ type DiskConfig struct {
 }
 
 // The store's shares of a memory cap M (DiskConfig.Memory). Where the
-// store's memory goes (BenchmarkDedupDisk's -dedupdisk.trace, 100M IDs):
+// store's memory goes (BenchmarkDedupDisk's -dedupdisk.trace at 20M and 100M
+// IDs and 256 MiB: peak RSS 191.9 MiB at 100M, benchmarks/README.md):
 //
 //   - Pebble's block cache, M/8: data, index and bloom filter blocks (all
 //     of them go through the cache: Pebble pins none outside it), and the
