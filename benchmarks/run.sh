@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benchmarks/run.sh — reproduces the results tables of benchmarks/README.md
-# (`make bench` runs it after `make deps build`). About 9–10 minutes on a
-# 2-core machine (15 at most under other load). Everything goes to $BENCH_OUT (default
+# (`make bench` runs it after `make deps build`). About 15 minutes on a
+# 2-core machine (20 at most under other load; TestRead takes ~5). Everything goes to $BENCH_OUT (default
 # benchmarks/results/<UTC date-time>); the tables are printed at the end and
 # written to $BENCH_OUT/tables.md.
 #
@@ -11,6 +11,7 @@
 #   BENCH_HISTORY=1        also measure the decoder and aggregator the lead replaced
 #                          (needs github.com/valyala/fastjson in the module cache or the proxy)
 #   BENCH_LATENCY=45s      how long the 100k/s paced run lasts
+#   BENCH_READ_SCALES=events:accounts:users,...   histories of TestRead (default 4M, 16M, 48M events)
 #   BENCH_REV=<git rev>    measure that commit (with this benchmarks/ folder laid over
 #                          it) instead of the working tree, e.g. BENCH_REV=HEAD while
 #                          others have uncommitted changes in progress
@@ -135,6 +136,9 @@ e2e -test.run '^TestLatency$' -bench.brokers "$BROKERS" -bench.rate 100000 -benc
 
 log "memory: defaults vs GOMEMLIMIT=800MiB; ${EVENTS} then 2×${EVENTS} events"
 e2e -test.run '^TestMemory$' -bench.brokers kfake -bench.events "$EVENTS"
+
+log "reads of the served rollups vs a plain table, 18.16 and chDB: ${BENCH_READ_SCALES:-4M, 16M, 48M events}"
+e2e -test.run '^TestRead$' ${BENCH_READ_SCALES:+-bench.read-scales "$BENCH_READ_SCALES"}
 
 log "scaling: 4 and 12 partitions, 1 and 2 instances"
 e2e -test.run '^TestScale$' -bench.brokers kfake -bench.events "$EVENTS"

@@ -30,6 +30,13 @@ type resume struct {
 // ever needed again (docs/design.md, "Progress lives in ClickHouse"). Each
 // partition is sought back to where its duplicate filter's replay starts.
 func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	// The client joins the group as soon as it exists, so an assignment
+	// can arrive before New has made c.adm from it.
+	select {
+	case <-c.built:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	parts := offsets[c.cfg.Topic]
 	if len(parts) == 0 {
 		return offsets, nil

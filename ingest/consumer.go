@@ -68,7 +68,8 @@ type Consumer struct {
 	closed      bool      // Run has flushed for the last time
 	lastRun     time.Time // when the last flush was started
 
-	srv *server // keeps the served rollups current; nil if w cannot
+	srv   *server       // keeps the served rollups current; nil if w cannot
+	built chan struct{} // closed once New has made adm
 
 	flushReq  chan *flushJob
 	flushDone chan *flushJob
@@ -186,6 +187,7 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		flushReq:  make(chan *flushJob),
 		flushDone: make(chan *flushJob, 1),
 		warn:      rateLimiter{every: 30 * time.Second},
+		built:     make(chan struct{}),
 	}
 	srv, err := newServer(w, cfg, log, reg)
 	if err != nil {
@@ -233,6 +235,7 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 	}
 	c.cl = cl
 	c.adm = kadm.NewClient(cl)
+	close(c.built)
 	c.chUp.Store(true)
 	return c, nil
 }
@@ -1091,7 +1094,9 @@ func (c *Consumer) openDisk() (*dedup.Disk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dedup-dir: %w", err)
 	}
-	d, err := dedup.OpenDisk(dedup.DiskConfig{Dir: dir, CacheBytes: c.cfg.DedupMemory / 4, MemtableBytes: uint64(c.cfg.DedupMemory / 16)})
+	// The store takes its shares of --dedup-memory-mib; the tables get
+	// the rest (d.TableBytes, setDedupLimits).
+	d, err := dedup.OpenDisk(dedup.DiskConfig{Dir: dir, Memory: c.cfg.DedupMemory})
 	if err != nil {
 		return nil, err
 	}
@@ -1099,14 +1104,18 @@ func (c *Consumer) openDisk() (*dedup.Disk, error) {
 	return d, nil
 }
 
-// setDedupLimits shares the filters' memory among the owned partitions: a
-// table holds up to 4/3 of its limit in slots rounded up to a power of two,
-// 24 bytes each, so the worst case is 64 bytes per entry of the limit.
+// setDedupLimits shares what the on-disk store leaves of the filters'
+// memory (Disk.TableBytes) among the owned partitions' tables
+// (dedup.LimitFor: a table's peak, while it doubles, for that limit).
 func (c *Consumer) setDedupLimits() {
 	if len(c.parts) == 0 {
 		return
 	}
-	limit := max(int(c.cfg.DedupMemory/64)/len(c.parts), 1024)
+	tables := c.cfg.DedupMemory / 2
+	if d := c.disk.Load(); d != nil {
+		tables = d.TableBytes()
+	}
+	limit := dedup.LimitFor(tables / int64(len(c.parts)))
 	for _, st := range c.parts {
 		st.dedup.SetLimit(limit)
 	}
