@@ -112,24 +112,31 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	return runPipeline(ctx, &p, log, prometheus.NewRegistry(), nil)
 }
 
-func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
-	var ch chSettings
+// chCommand parses the flags of a command that only talks to ClickHouse
+// (f, with ch and the log settings registered here) and connects.
+func chCommand(ctx context.Context, f *flags, ch *chSettings, args []string, stderr io.Writer) (*store.Store, *slog.Logger, error) {
 	var ls logSettings
-	f := newFlags("migrate", "Create or upgrade the ClickHouse database, fact tables and rollup views (idempotent).", stderr)
 	ch.register(f)
 	ls.register(f)
 	if err := f.parse(args); err != nil {
-		return err
+		return nil, nil, err
 	}
 	log, err := ls.logger(stderr)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	scfg, err := ch.storeConfig()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	st, err := openStore(ctx, scfg, log, nil, false)
+	return st, log, err
+}
+
+func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
+	var ch chSettings
+	f := newFlags("migrate", "Create or upgrade the ClickHouse database, fact tables and rollup views (idempotent).", stderr)
+	st, log, err := chCommand(ctx, f, &ch, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -141,28 +148,12 @@ func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
 	return nil
 }
 
-// openStore connects to ClickHouse; with wait it retries until ctx ends
-// (a pipeline started before its database keeps trying).
 func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var ch chSettings
-	var ls logSettings
 	var accounts string
 	f := newFlags("verify", "Recompute the rollups of every account (or --accounts) from the fact tables and compare\nevery column with the served rows of account_quarter_rollups and account_quarter_features.\nPrints each difference; exit code 1 if there is any. Run it once the pipeline has caught up.", stderr)
-	ch.register(f)
-	ls.register(f)
 	f.str(&accounts, "accounts", "", "comma-separated account IDs to check (default: every account)")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	log, err := ls.logger(stderr)
-	if err != nil {
-		return err
-	}
-	scfg, err := ch.storeConfig()
-	if err != nil {
-		return err
-	}
-	st, err := openStore(ctx, scfg, log, nil, false)
+	st, _, err := chCommand(ctx, f, &ch, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -204,6 +195,8 @@ func orNone(s string) string {
 	return s
 }
 
+// openStore connects to ClickHouse; with wait it retries until ctx ends
+// (a pipeline started before its database keeps trying).
 func openStore(ctx context.Context, cfg store.Config, log *slog.Logger, reg prometheus.Registerer, wait bool) (*store.Store, error) {
 	// The database may not exist before the first migration: connect to
 	// "default" for migrations and writes name the database explicitly.
