@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
@@ -18,7 +17,7 @@ import (
 // connProvider is what a Writer offers when the served rollups can be
 // maintained through it (*store.Store does).
 type connProvider interface {
-	Conn() driver.Conn
+	Topology() *schema.Topology
 	Database() string
 }
 
@@ -54,7 +53,8 @@ func newServer(w Writer, cfg Config, log *slog.Logger, reg prometheus.Registerer
 	if !ok {
 		return nil, nil
 	}
-	sv, err := schema.NewServed(cp.Conn(), schema.Config{Database: cp.Database(), FiscalStartMonth: cfg.FiscalStartMonth})
+	t := cp.Topology()
+	sv, err := schema.NewServedOn(t, schema.Config{Database: cp.Database(), FiscalStartMonth: cfg.FiscalStartMonth, Cluster: t.Cluster})
 	if err != nil {
 		return nil, fmt.Errorf("served rollups: %w", err)
 	}

@@ -212,8 +212,8 @@ func TestChDBSameResults(t *testing.T) {
 			}
 			if _, rest, ok := strings.Cut(q, "CREATE VIEW "+s.db+"."); ok {
 				name, _, _ := strings.Cut(rest, " ")
-				spec.Statements = append(spec.Statements, schema.ViewStatements(s.db, name, q, false)...)
-				spec.Statements = append(spec.Statements, schema.ViewStatements(s.db, name, q, true)...)
+				spec.Statements = append(spec.Statements, schema.ViewStatements(s.db, name, q, false, "")...)
+				spec.Statements = append(spec.Statements, schema.ViewStatements(s.db, name, q, true, "")...)
 			}
 		}
 		for _, f := range writes {

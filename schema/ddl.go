@@ -89,6 +89,11 @@ func DDL(cfg Config) ([]string, error) {
 	for _, s := range r.views {
 		out = append(out, s.sql)
 	}
+	if r.cfg.Cluster != "" {
+		for _, v := range views {
+			out = append(out, distributedDDL(r.cfg, v.name))
+		}
+	}
 	return out, nil
 }
 
@@ -100,6 +105,9 @@ func render(cfg Config) (*rendered, error) {
 	r := &rendered{cfg: cfg}
 	one := func(file string) (statement, error) {
 		s, err := renderFile(cfg, file, markerPlaceholder)
+		if err == nil && cfg.Cluster != "" {
+			s = onCluster(cfg, s)
+		}
 		if err != nil || !strings.Contains(s, markerPlaceholder) {
 			return statement{file: file, sql: s}, err
 		}

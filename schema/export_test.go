@@ -10,7 +10,7 @@ import (
 // MigrateTo applies only the first upTo migrations, and the views if
 // withViews: a database as an older usagepipe left it.
 func MigrateTo(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger, upTo int, withViews bool) error {
-	return migrate(ctx, conn, cfg, log, upTo, withViews)
+	return migrate(ctx, SingleServer(conn), cfg, log, upTo, withViews)
 }
 
 // QuarterSQL returns the SQL quarter functions the views are rendered with.

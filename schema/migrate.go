@@ -21,15 +21,27 @@ import (
 // starting at once) are harmless: every statement is IF NOT EXISTS or
 // installs the same view. A nil log logs nothing.
 func Migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger) error {
-	return migrate(ctx, conn, cfg, log, len(migrations), true)
+	return MigrateOn(ctx, SingleServer(conn), cfg, log)
+}
+
+// MigrateOn is Migrate on topology t: on a cluster (cfg.Cluster, which
+// must be t's) every object is created ON CLUSTER with Replicated engines,
+// the served rows are built shard by shard, and the cluster's layout is
+// recorded (docs/design.md, "ClickHouse clusters").
+func MigrateOn(ctx context.Context, t *Topology, cfg Config, log *slog.Logger) error {
+	return migrate(ctx, t, cfg, log, len(migrations), true)
 }
 
 // migrate applies the first upTo migrations, and the views if withViews.
 // Tests use it to build a database at an older version.
-func migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger, upTo int, withViews bool) error {
+func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upTo int, withViews bool) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Cluster != t.Cluster {
+		return fmt.Errorf("%w: migrate: clickhouse cluster %q, but connected to %q", ErrConfig, cfg.Cluster, t.Cluster)
+	}
+	conn := t.Global
 	r, err := render(cfg)
 	if err != nil {
 		return err
@@ -67,6 +79,11 @@ func migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger
 		}
 		log.Info("applied migration", "database", db, "migration", m.name)
 	}
+	if t.Clustered() {
+		if err := checkLayout(ctx, t, db, applied, true); err != nil {
+			return err
+		}
+	}
 	if !withViews {
 		return nil
 	}
@@ -75,7 +92,7 @@ func migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger
 	// that a reader never sees them empty (docs/design.md, "Served
 	// rollups"): once per database and fiscal start month.
 	backfill := fmt.Sprintf("served_fy%d", r.cfg.FiscalStartMonth)
-	served, err := NewServed(conn, r.cfg)
+	served, err := NewServedOn(t, r.cfg)
 	if err != nil {
 		return err
 	}
@@ -85,7 +102,7 @@ func migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger
 		// nothing kept those rows current meanwhile, so sweep them before
 		// the views switch to them.
 		for i, v := range views {
-			engine, def, err := viewDefinition(ctx, conn, db, v.name)
+			engine, def, err := viewDefinition(ctx, conn, db, r.viewName(v.name))
 			if err != nil {
 				return err
 			}
@@ -112,7 +129,8 @@ func migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger
 	replace := supportsCreateOrReplaceView(sv.Version.Major, sv.Version.Minor)
 	for i, v := range views {
 		s := r.views[i]
-		engine, def, err := viewDefinition(ctx, conn, db, v.name)
+		name := r.viewName(v.name)
+		engine, def, err := viewDefinition(ctx, conn, db, name)
 		if err != nil {
 			return err
 		}
@@ -122,19 +140,19 @@ func migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger
 		if engine != "" && engine != "View" {
 			// A table of that name (made by hand or by some older design):
 			// keep its data aside rather than drop it.
-			aside := fmt.Sprintf("%s_replaced_%d", v.name, time.Now().Unix())
-			if err := conn.Exec(ctx, "RENAME TABLE "+db+"."+v.name+" TO "+db+"."+aside); err != nil {
-				return fmt.Errorf("migrate: move table %s aside: %w", v.name, err)
+			aside := fmt.Sprintf("%s_replaced_%d", name, time.Now().Unix())
+			if err := conn.Exec(ctx, "RENAME TABLE "+db+"."+name+" TO "+db+"."+aside+r.onCluster()); err != nil {
+				return fmt.Errorf("migrate: move table %s aside: %w", name, err)
 			}
-			log.Warn("moved a table out of a view's way", "database", db, "table", v.name, "now", aside, "engine", engine)
+			log.Warn("moved a table out of a view's way", "database", db, "table", name, "now", aside, "engine", engine)
 		}
 		for attempt := 1; ; attempt++ {
-			for _, q := range viewStatements(db, v.name, s.sql, replace) {
+			for _, q := range viewStatements(db, name, s.sql, replace, r.onCluster()) {
 				if err := conn.Exec(ctx, q); err != nil {
-					return fmt.Errorf("migrate: view %s: %w", v.name, err)
+					return fmt.Errorf("migrate: view %s: %w", name, err)
 				}
 			}
-			got, ours, err := settledView(ctx, conn, db, v.name, s.marker)
+			got, ours, err := settledView(ctx, conn, db, name, s.marker)
 			if err != nil {
 				return err
 			}
@@ -148,23 +166,88 @@ func migrate(ctx context.Context, conn driver.Conn, cfg Config, log *slog.Logger
 				return fmt.Errorf("migrate: view %s: replaced by a different definition while migrating; is a usagepipe with other settings or another version migrating %s too?", v.name, db)
 			}
 		}
-		if err := record(ctx, conn, db, v.name, "view", 0, s.marker, def); err != nil {
+		if err := record(ctx, conn, db, name, "view", 0, s.marker, def); err != nil {
 			return err
 		}
-		log.Info("created view", "database", db, "view", v.name, "fiscal_start_month", r.cfg.FiscalStartMonth, "replaced", engine != "")
+		log.Info("created view", "database", db, "view", name, "fiscal_start_month", r.cfg.FiscalStartMonth, "replaced", engine != "")
+	}
+	if t.Clustered() {
+		// The names readers query: Distributed tables over the views.
+		for _, v := range views {
+			engine, _, err := viewDefinition(ctx, conn, db, v.name)
+			if err != nil {
+				return err
+			}
+			if engine == "Distributed" {
+				continue
+			}
+			if engine != "" {
+				return fmt.Errorf("migrate: %s.%s is a %s, not the Distributed table a cluster reads; move it away first", db, v.name, engine)
+			}
+			if err := conn.Exec(ctx, distributedDDL(r.cfg, v.name)); err != nil {
+				return fmt.Errorf("migrate: distributed table %s: %w", v.name, err)
+			}
+			log.Info("created distributed table", "database", db, "table", v.name, "cluster", t.Cluster)
+		}
 	}
 	return nil
+}
+
+// viewName is the name of the view object of reader object name: the name
+// itself, or on a cluster the per-node view under its Distributed table.
+func (r *rendered) viewName(name string) string {
+	if r.cfg.Cluster != "" {
+		return LocalView(name)
+	}
+	return name
+}
+
+// onCluster is the ON CLUSTER clause of r's DDL ("" on one server).
+func (r *rendered) onCluster() string {
+	if r.cfg.Cluster == "" {
+		return ""
+	}
+	return " ON CLUSTER " + lit(r.cfg.Cluster)
+}
+
+// checkLayout compares t's shard layout with the one recorded in
+// schema_migrations; record: record it when none is (migrate).
+func checkLayout(ctx context.Context, t *Topology, db string, applied map[string]string, rec bool) error {
+	got, ok := applied["cluster_layout"]
+	switch {
+	case ok && got != t.Layout():
+		return fmt.Errorf("%w: clickhouse cluster %s has shards %s, but database %s was created on shards %s: accounts would move between shards (see docs/operations.md, \"Clusters\")", ErrConfig, t.Cluster, t.Layout(), db, got)
+	case !ok && rec:
+		return record(ctx, t.Global, db, "cluster_layout", "cluster", 0, t.Layout(), t.Cluster)
+	case !ok:
+		return fmt.Errorf("%w: database %s has no cluster layout recorded: run usagepipe migrate with --clickhouse-cluster %s first", ErrConfig, db, t.Cluster)
+	}
+	return nil
+}
+
+// CheckLayout fails unless t's shard layout is the one migrate recorded
+// for cfg's database (run and verify check before writing or reading).
+func CheckLayout(ctx context.Context, t *Topology, cfg Config) error {
+	if !t.Clustered() {
+		return nil
+	}
+	cfg = cfg.withDefaults()
+	applied, err := readApplied(ctx, t.Global, cfg.Database)
+	if err != nil {
+		return err
+	}
+	return checkLayout(ctx, t, cfg.Database, applied, false)
 }
 
 // viewStatements are the statements that (re)create view name from its
 // rendered CREATE VIEW statement: CREATE OR REPLACE VIEW where the server
 // has it (atomic for readers); else DROP + CREATE VIEW IF NOT EXISTS (18.16),
 // where IF NOT EXISTS makes an overlapping migrate's create harmless.
-func viewStatements(db, name, create string, replace bool) []string {
+func viewStatements(db, name, create string, replace bool, onCluster string) []string {
 	if replace {
 		return []string{strings.Replace(create, "CREATE VIEW ", "CREATE OR REPLACE VIEW ", 1)}
 	}
-	return []string{"DROP TABLE IF EXISTS " + db + "." + name, strings.Replace(create, "CREATE VIEW ", "CREATE VIEW IF NOT EXISTS ", 1)}
+	return []string{"DROP TABLE IF EXISTS " + db + "." + name + onCluster, strings.Replace(create, "CREATE VIEW ", "CREATE VIEW IF NOT EXISTS ", 1)}
 }
 
 // supportsCreateOrReplaceView: CREATE OR REPLACE VIEW came with

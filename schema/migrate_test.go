@@ -300,7 +300,7 @@ func TestMigrateReplacesForeignView(t *testing.T) {
 	for _, q := range ss {
 		if _, rest, ok := strings.Cut(q, "CREATE VIEW "+db+"."); ok {
 			name, _, _ := strings.Cut(rest, " ")
-			for _, q := range schema.ViewStatements(db, name, q, false) {
+			for _, q := range schema.ViewStatements(db, name, q, false, "") {
 				if err := st.Conn().Exec(ctx, q); err != nil {
 					t.Fatal(err)
 				}

@@ -141,7 +141,7 @@ func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer st.Close()
-	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: ch.database, FiscalStartMonth: ch.fiscalStartMonth}, log); err != nil {
+	if err := schema.MigrateOn(ctx, st.Topology(), ch.schemaConfig(), log); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	log.Info("migrated", "database", ch.database, "fiscal_year_start_month", ch.fiscalStartMonth)
@@ -158,9 +158,12 @@ func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer st.Close()
-	sv, err := schema.NewServed(st.Conn(), schema.Config{Database: ch.database, FiscalStartMonth: ch.fiscalStartMonth})
+	sv, err := schema.NewServedOn(st.Topology(), ch.schemaConfig())
 	if err != nil {
 		return usagef("%v", err)
+	}
+	if err := schema.CheckLayout(ctx, st.Topology(), ch.schemaConfig()); err != nil {
+		return err
 	}
 	var list []string
 	if accounts != "" {
@@ -256,7 +259,7 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 		return err
 	}
 	defer st.Close()
-	mcfg := schema.Config{Database: p.ch.database, FiscalStartMonth: p.ch.fiscalStartMonth}
+	mcfg := p.ch.schemaConfig()
 	if pending, err := schema.BackfillPending(ctx, st.Conn(), mcfg); err != nil || pending {
 		if err == nil {
 			err = waitGroupEmpty(ctx, kopts, icfg.Brokers, icfg.Group, log)
@@ -268,7 +271,7 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 			return err
 		}
 	}
-	if err := schema.Migrate(ctx, st.Conn(), mcfg, log); err != nil {
+	if err := schema.MigrateOn(ctx, st.Topology(), mcfg, log); err != nil {
 		if ln != nil {
 			ln.Close()
 		}

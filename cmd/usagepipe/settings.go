@@ -21,6 +21,7 @@ import (
 
 	"github.com/usagepipe/usagepipe/aggregate/quarter"
 	"github.com/usagepipe/usagepipe/ingest"
+	"github.com/usagepipe/usagepipe/schema"
 	"github.com/usagepipe/usagepipe/schema/store"
 )
 
@@ -263,6 +264,12 @@ type chSettings struct {
 	caFile                             string
 	compression                        string
 	fiscalStartMonth                   int
+	cluster                            string
+}
+
+// schemaConfig is the schema.Config of these settings.
+func (c *chSettings) schemaConfig() schema.Config {
+	return schema.Config{Database: c.database, FiscalStartMonth: c.fiscalStartMonth, Cluster: c.cluster}
 }
 
 func (c *chSettings) register(f *flags) {
@@ -274,6 +281,7 @@ func (c *chSettings) register(f *flags) {
 	f.str(&c.caFile, "clickhouse-tls-ca-file", "", "PEM CA bundle for ClickHouse TLS (default: system roots)")
 	f.str(&c.compression, "clickhouse-compression", "none", "compression of INSERT blocks: none, lz4 or zstd (lz4 pays off over slow or metered links)")
 	f.intv(&c.fiscalStartMonth, "fiscal-year-start-month", 1, "first month (1-12) of the fiscal year; quarters are fiscal quarters in UTC")
+	f.str(&c.cluster, "clickhouse-cluster", "", "ClickHouse cluster (remote_servers name): replicated, sharded objects ON CLUSTER; --clickhouse-addr may list several nodes (default: one server)")
 }
 
 func (c *chSettings) storeConfig() (store.Config, error) {
@@ -293,7 +301,12 @@ func (c *chSettings) storeConfig() (store.Config, error) {
 	if err != nil {
 		return store.Config{}, err
 	}
-	cfg := store.Config{Addr: addrs, Database: c.database, User: c.user, Password: pass, Compression: c.compression, DialTimeout: 5 * time.Second, WriteTimeout: 60 * time.Second}
+	if c.cluster != "" {
+		if err := (schema.Config{Cluster: c.cluster}).Validate(); err != nil {
+			return store.Config{}, usagef("clickhouse-cluster: %v", err)
+		}
+	}
+	cfg := store.Config{Addr: addrs, Database: c.database, User: c.user, Password: pass, Compression: c.compression, DialTimeout: 5 * time.Second, WriteTimeout: 60 * time.Second, Cluster: c.cluster}
 	if err := cfg.ValidateCompression(); err != nil {
 		return store.Config{}, usagef("clickhouse-compression: %v", err)
 	}

@@ -33,6 +33,11 @@ type Config struct {
 	// WriteTimeout bounds one Write (all its tables); 0 means only the
 	// caller's context does.
 	WriteTimeout time.Duration
+	// Cluster names a cluster of the servers' remote_servers (contract
+	// §8): Open reads its shards and replicas from system.clusters on the
+	// first of Addr that answers, and Write sends each account's facts to
+	// a replica of its shard. "" means a single server.
+	Cluster string
 }
 
 // ErrInvalidFact is wrapped by the error Write returns for a fact it
@@ -112,7 +117,8 @@ var tables = [nTables]struct{ name, cols string }{
 // Store writes facts to ClickHouse and reads the views back. Its methods
 // are safe for concurrent use.
 type Store struct {
-	conn    driver.Conn
+	conn    driver.Conn // the server (or, on a cluster, any node)
+	topo    *schema.Topology
 	db      string
 	timeout time.Duration
 	log     *slog.Logger
@@ -144,13 +150,16 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Regi
 	if dial == 0 {
 		dial = 10 * time.Second
 	}
-	conn, err := clickhouse.Open(&clickhouse.Options{
-		Addr:        cfg.Addr,
-		Auth:        clickhouse.Auth{Username: user, Password: cfg.Password},
-		TLS:         cfg.TLS,
-		DialTimeout: dial,
-		Compression: compression(cfg.Compression),
-	})
+	open := func(addr []string) (driver.Conn, error) {
+		return clickhouse.Open(&clickhouse.Options{
+			Addr:        addr,
+			Auth:        clickhouse.Auth{Username: user, Password: cfg.Password},
+			TLS:         cfg.TLS,
+			DialTimeout: dial,
+			Compression: compression(cfg.Compression),
+		})
+	}
+	conn, err := open(cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse open: %w", err)
 	}
@@ -158,11 +167,18 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Regi
 		conn.Close()
 		return nil, fmt.Errorf("clickhouse ping %v: %w", cfg.Addr, err)
 	}
+	topo := schema.SingleServer(conn)
+	if cfg.Cluster != "" {
+		if topo, err = openCluster(ctx, cfg.Cluster, conn, open); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
 	rows := promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
 		Name: "usagepipe_clickhouse_rows_written_total",
 		Help: "Fact rows ClickHouse acknowledged, by table.",
 	}, []string{"table"})
-	s := &Store{conn: conn, db: db, timeout: cfg.WriteTimeout, log: log}
+	s := &Store{conn: conn, topo: topo, db: db, timeout: cfg.WriteTimeout, log: log}
 	for i, t := range tables {
 		s.insert[i] = "INSERT INTO " + db + "." + t.name + " (" + t.cols + ")"
 		s.rows[i] = rows.WithLabelValues(t.name)
@@ -172,8 +188,48 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Regi
 	return s, nil
 }
 
-// Conn is the underlying connection (for schema.Migrate and health checks).
+// openCluster reads cluster's shards through conn and opens a connection
+// pool per replica (not pinged: a replica that is down must not keep the
+// pipeline from starting).
+func openCluster(ctx context.Context, cluster string, conn driver.Conn, open func([]string) (driver.Conn, error)) (*schema.Topology, error) {
+	nums, weights, addrs, err := schema.ReadShards(ctx, conn, cluster)
+	if err != nil {
+		return nil, err
+	}
+	var shards []*schema.Shard
+	closeAll := func() {
+		for _, sh := range shards {
+			for _, r := range sh.Replicas {
+				r.Conn.Close()
+			}
+		}
+	}
+	for i, num := range nums {
+		sh := &schema.Shard{Num: num, Weight: weights[i]}
+		shards = append(shards, sh)
+		for _, a := range addrs[i] {
+			c, err := open([]string{a})
+			if err != nil {
+				closeAll()
+				return nil, fmt.Errorf("clickhouse open %s (cluster %s, shard %d): %w", a, cluster, num, err)
+			}
+			sh.Replicas = append(sh.Replicas, &schema.Replica{Addr: a, Conn: c})
+		}
+	}
+	t, err := schema.NewTopology(cluster, conn, shards)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	return t, nil
+}
+
+// Conn is the connection to the server, or on a cluster to any node (for
+// schema.Migrate and health checks).
 func (s *Store) Conn() driver.Conn { return s.conn }
+
+// Topology is where the rows live: the server, or the cluster's shards.
+func (s *Store) Topology() *schema.Topology { return s.topo }
 
 // Database is the database the Store writes to.
 func (s *Store) Database() string { return s.db }
@@ -181,13 +237,26 @@ func (s *Store) Database() string { return s.db }
 // Ping checks that ClickHouse answers.
 func (s *Store) Ping(ctx context.Context) error { return s.conn.Ping(ctx) }
 
-// Close closes the connection.
-func (s *Store) Close() error { return s.conn.Close() }
+// Close closes the connections.
+func (s *Store) Close() error {
+	if s.topo.Clustered() {
+		for _, sh := range s.topo.Shards {
+			for _, r := range sh.Replicas {
+				r.Conn.Close()
+			}
+		}
+	}
+	return s.conn.Close()
+}
 
 // Write stores f: one batch INSERT per non-empty table, account months
 // first. Every fact is idempotent, so a Write may be repeated, or follow a
 // failed one, without changing what the views return. The error names the
 // table that failed; tables before it may have been written.
+//
+// On a cluster each shard's facts and marks go to a replica of that shard
+// (failing over to the next), all shards at once, and the progress rows
+// only after every shard acknowledged its part.
 func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	if err := validate(f); err != nil {
 		return err
@@ -199,8 +268,79 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	}
 	c := s.bufs.Get().(*columns)
 	defer func() { c.reset(); s.bufs.Put(c) }()
+	if !s.topo.Clustered() {
+		if err := s.writeFacts(ctx, s.conn, c, f); err != nil {
+			return err
+		}
+		return s.writeProgress(ctx, s.conn, c, f)
+	}
+	parts := splitFacts(s.topo, f)
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	for i, p := range parts {
+		if p.Rows() == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := s.bufs.Get().(*columns)
+			defer func() { c.reset(); s.bufs.Put(c) }()
+			errs[i] = s.topo.Shards[i].Use(ctx, func(r *schema.Replica) error {
+				return s.writeFacts(ctx, r.Conn, c, p)
+			})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return s.writeProgress(ctx, s.conn, c, f)
+}
 
-	if err := s.send(ctx, c, tAccountMonths, len(f.AccountMonths), func(lo, hi int) []any {
+// splitFacts returns f's facts (not its progress) by shard of t.
+func splitFacts(t *schema.Topology, f *schema.Facts) []*schema.Facts {
+	parts := make([]*schema.Facts, len(t.Shards))
+	for i := range parts {
+		parts[i] = new(schema.Facts)
+	}
+	last, lastShard := "", 0
+	shard := func(a string) *schema.Facts {
+		if a != last || last == "" {
+			last, lastShard = a, t.ShardIndex(a)
+		}
+		return parts[lastShard]
+	}
+	for _, r := range f.AccountMonths {
+		p := shard(r.Account)
+		p.AccountMonths = append(p.AccountMonths, r)
+	}
+	for _, r := range f.UserActivity {
+		p := shard(r.Account)
+		p.UserActivity = append(p.UserActivity, r)
+	}
+	for _, r := range f.FeatureUsers {
+		p := shard(r.Account)
+		p.FeatureUsers = append(p.FeatureUsers, r)
+	}
+	for _, r := range f.EventCounts {
+		p := shard(r.Account)
+		p.EventCounts = append(p.EventCounts, r)
+	}
+	for _, r := range f.SeatEvents {
+		p := shard(r.Account)
+		p.SeatEvents = append(p.SeatEvents, r)
+	}
+	for _, r := range f.SeatPurchases {
+		p := shard(r.Account)
+		p.SeatPurchases = append(p.SeatPurchases, r)
+	}
+	return parts
+}
+
+// writeFacts writes f's facts, then its marks, through conn.
+func (s *Store) writeFacts(ctx context.Context, conn driver.Conn, c *columns, f *schema.Facts) error {
+	if err := s.send(ctx, conn, c, tAccountMonths, len(f.AccountMonths), func(lo, hi int) []any {
 		for i := lo; i < hi; i++ {
 			r := &f.AccountMonths[i]
 			c.add(r.Account, r.Month)
@@ -209,7 +349,7 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	}); err != nil {
 		return err
 	}
-	if err := s.send(ctx, c, tUserActivity, len(f.UserActivity), func(lo, hi int) []any {
+	if err := s.send(ctx, conn, c, tUserActivity, len(f.UserActivity), func(lo, hi int) []any {
 		for i := lo; i < hi; i++ {
 			r := &f.UserActivity[i]
 			c.add(r.Account, r.Month)
@@ -220,7 +360,7 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	}); err != nil {
 		return err
 	}
-	if err := s.send(ctx, c, tFeatureUsers, len(f.FeatureUsers), func(lo, hi int) []any {
+	if err := s.send(ctx, conn, c, tFeatureUsers, len(f.FeatureUsers), func(lo, hi int) []any {
 		for i := lo; i < hi; i++ {
 			r := &f.FeatureUsers[i]
 			c.add(r.Account, r.Month)
@@ -231,7 +371,7 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	}); err != nil {
 		return err
 	}
-	if err := s.send(ctx, c, tEventCounts, len(f.EventCounts), func(lo, hi int) []any {
+	if err := s.send(ctx, conn, c, tEventCounts, len(f.EventCounts), func(lo, hi int) []any {
 		for i := lo; i < hi; i++ {
 			r := &f.EventCounts[i]
 			c.add(r.Account, r.Month)
@@ -247,7 +387,7 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	}); err != nil {
 		return err
 	}
-	if err := s.send(ctx, c, tSeatEvents, len(f.SeatEvents), func(lo, hi int) []any {
+	if err := s.send(ctx, conn, c, tSeatEvents, len(f.SeatEvents), func(lo, hi int) []any {
 		for i := lo; i < hi; i++ {
 			r := &f.SeatEvents[i]
 			c.add(r.Account, r.Month)
@@ -264,7 +404,7 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	}); err != nil {
 		return err
 	}
-	if err := s.send(ctx, c, tSeatPurchases, len(f.SeatPurchases), func(lo, hi int) []any {
+	if err := s.send(ctx, conn, c, tSeatPurchases, len(f.SeatPurchases), func(lo, hi int) []any {
 		for i := lo; i < hi; i++ {
 			r := &f.SeatPurchases[i]
 			c.add(r.Account, r.Month)
@@ -280,7 +420,7 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	// then at or after every fact's acknowledgement) and before progress (a
 	// replay from the progress row writes them again): the serve loop and
 	// its sweep recompute the served rows of these accounts.
-	if err := s.send(ctx, c, tMarks, len(f.AccountMonths), func(lo, hi int) []any {
+	if err := s.send(ctx, conn, c, tMarks, len(f.AccountMonths), func(lo, hi int) []any {
 		for i := lo; i < hi; i++ {
 			r := &f.AccountMonths[i]
 			c.add(r.Account, r.Month)
@@ -289,9 +429,14 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	}); err != nil {
 		return err
 	}
-	// Progress last: a row may land only once every fact it vouches for has.
+	return nil
+}
+
+// writeProgress writes f's progress rows through conn: last, since a row
+// may land only once every fact it vouches for has.
+func (s *Store) writeProgress(ctx context.Context, conn driver.Conn, c *columns, f *schema.Facts) error {
 	now := time.Now().UTC().Truncate(time.Second)
-	return s.send(ctx, c, tProgress, len(f.Progress), func(lo, hi int) []any {
+	return s.send(ctx, conn, c, tProgress, len(f.Progress), func(lo, hi int) []any {
 		d := make([]int64, 0, hi-lo)
 		for i := lo; i < hi; i++ {
 			r := &f.Progress[i]
@@ -320,12 +465,12 @@ const BlockRows = 1 << 12
 
 // send INSERTs n rows into table t, in blocks of at most BlockRows: fill
 // puts rows [lo, hi) into c and returns the columns in the INSERT's order.
-func (s *Store) send(ctx context.Context, c *columns, t, n int, fill func(lo, hi int) []any) (err error) {
+func (s *Store) send(ctx context.Context, conn driver.Conn, c *columns, t, n int, fill func(lo, hi int) []any) (err error) {
 	if n == 0 {
 		return nil
 	}
 	name := tables[t].name
-	b, err := s.conn.PrepareBatch(ctx, s.insert[t])
+	b, err := conn.PrepareBatch(ctx, s.insert[t])
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
