@@ -24,6 +24,7 @@ var globalTables = map[string]bool{
 func LocalView(name string) string { return name + "_local" }
 
 var (
+	createDBRE    = regexp.MustCompile(`CREATE DATABASE IF NOT EXISTS \w+`)
 	createTableRE = regexp.MustCompile(`CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)`)
 	engineRE      = regexp.MustCompile(`ENGINE = (\w*MergeTree)(?:\(([^)]*)\))?`)
 	createViewRE  = regexp.MustCompile(`CREATE VIEW (\w+)\.(\w+) AS`)
@@ -33,8 +34,8 @@ var (
 func onCluster(cfg Config, sql string) string {
 	on := " ON CLUSTER " + lit(cfg.Cluster)
 	switch {
-	case strings.HasPrefix(sql, "CREATE DATABASE IF NOT EXISTS "):
-		return sql + on
+	case createDBRE.MatchString(sql):
+		return createDBRE.ReplaceAllString(sql, "$0"+on)
 	case createViewRE.MatchString(sql):
 		return createViewRE.ReplaceAllString(sql, "CREATE VIEW $1.${2}_local"+on+" AS")
 	case createTableRE.MatchString(sql):

@@ -43,6 +43,7 @@ func TestDDLGolden(t *testing.T) {
 	}
 	f(schema.Config{}, "ddl_usage_fs1.golden.sql")
 	f(schema.Config{Database: "analytics", FiscalStartMonth: 4}, "ddl_analytics_fs4.golden.sql")
+	f(schema.Config{Cluster: "usagepipe_test"}, "ddl_usage_fs1_cluster.golden.sql")
 }
 
 func TestDDLOrderByIsJustified(t *testing.T) {
