@@ -89,6 +89,7 @@ func (s *server) touch(am []schema.AccountMonth, delays map[int64]int) {
 		s.delays[sec] += n
 	}
 	for _, r := range am {
+		s.sv.NoteMonth(r.Month)
 		q := s.sv.QuarterOf(r.Month)
 		if old, ok := s.pending[r.Account]; !ok || q < old {
 			s.pending[strings.Clone(r.Account)] = q

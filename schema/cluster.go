@@ -50,6 +50,10 @@ type Topology struct {
 	// schema_migrations) and runs ON CLUSTER DDL.
 	Global driver.Conn
 	Shards []*Shard
+	// All has every node as a replica (shard by shard): reads and writes
+	// of the tables replicated on every node go through it, each read on
+	// a node that has caught up on that table.
+	All *Shard
 
 	slots []int // slots[i]: cumulative weight through shard i
 	// LagWait is how long a read waits for a lagging replica to catch
@@ -60,6 +64,7 @@ type Topology struct {
 // SingleServer is the topology of one server reached through conn.
 func SingleServer(conn driver.Conn) *Topology {
 	t := &Topology{Global: conn, Shards: []*Shard{{Num: 1, Weight: 1, Replicas: []*Replica{{Conn: conn}}}}}
+	t.All = t.Shards[0]
 	t.slots = []int{1}
 	return t
 }
@@ -70,7 +75,7 @@ func NewTopology(cluster string, global driver.Conn, shards []*Shard) (*Topology
 	if len(shards) == 0 {
 		return nil, fmt.Errorf("cluster %s: no shards", cluster)
 	}
-	t := &Topology{Cluster: cluster, Global: global, Shards: shards}
+	t := &Topology{Cluster: cluster, Global: global, Shards: shards, All: &Shard{}}
 	total := 0
 	for _, s := range shards {
 		if len(s.Replicas) == 0 || s.Weight < 1 {
@@ -78,6 +83,7 @@ func NewTopology(cluster string, global driver.Conn, shards []*Shard) (*Topology
 		}
 		total += s.Weight
 		t.slots = append(t.slots, total)
+		t.All.Replicas = append(t.All.Replicas, s.Replicas...)
 	}
 	return t, nil
 }
@@ -154,11 +160,13 @@ var ErrLagging = errors.New("replica has not caught up")
 
 // CaughtUp returns once replica r holds every part of db's tables that any
 // replica acknowledged before the call (docs/design.md, "ClickHouse
-// clusters"): for each table, the greatest entry of its replication log,
-// then r's log_pointer past it, then no `get` entry left in r's queue, all
-// read from ZooKeeper through r. A read that runs on r afterwards sees
-// those parts. It waits up to LagWait, then fails with ErrLagging. On a
-// single server it returns at once.
+// clusters"). Through r, in order: a barrier write (r's ZooKeeper session
+// then sees every earlier commit), r is writable and not being re-cloned
+// (is_lost), the greatest entry L of each table's replication log, r's
+// log_pointer past L, no `get` entry in r's queue created up to the
+// barrier's time (+ the clock allowance), and is_lost unchanged. A read
+// that runs on r afterwards sees those parts. It waits up to LagWait, then
+// fails with ErrLagging. On a single server it returns at once.
 func (t *Topology) CaughtUp(ctx context.Context, r *Replica, db string, tables ...string) error {
 	if !t.Clustered() {
 		return nil
@@ -173,7 +181,7 @@ func (t *Topology) CaughtUp(ctx context.Context, r *Replica, db string, tables .
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		lag, err := lagging(ctx, r.Conn, tables, paths)
+		lag, err := lagging(ctx, r.Conn, db, tables, paths)
 		if err != nil {
 			return fmt.Errorf("replica %s: replication state: %w", r.Addr, err)
 		}
@@ -239,9 +247,9 @@ func (r *Replica) pick(db string, tables []string) map[string][2]string {
 	return out
 }
 
-// lagging reads, in three steps, whether conn's server misses a part of
-// tables; it returns "" when it misses none, else what it waits for.
-func lagging(ctx context.Context, conn driver.Conn, tables []string, paths map[string][2]string) (string, error) {
+// lagging reads whether conn's server misses a part of tables (see
+// CaughtUp); it returns "" when it misses none, else what it waits for.
+func lagging(ctx context.Context, conn driver.Conn, db string, tables []string, paths map[string][2]string) (string, error) {
 	union := func(one func(tb string, p [2]string) string) string {
 		parts := make([]string, len(tables))
 		for i, tb := range tables {
@@ -249,9 +257,44 @@ func lagging(ctx context.Context, conn driver.Conn, tables []string, paths map[s
 		}
 		return strings.Join(parts, " UNION ALL ")
 	}
-	// 1. The greatest entry of each table's replication log.
+	// 0. A write through this server's ZooKeeper session: a follower
+	// answers reads from what it has applied, and a session's own write
+	// is applied after everything committed before it.
+	if err := conn.Exec(ctx, "INSERT INTO "+db+".replica_barrier (k, nonce) SELECT 0, rand64()"); err != nil {
+		return "", fmt.Errorf("barrier: %w", err)
+	}
+	var barrier uint32
+	if err := conn.QueryRow(ctx, "SELECT toUInt32(now())").Scan(&barrier); err != nil {
+		return "", err
+	}
+	// 1. Writable, and not a lost replica being cloned (is_lost "1", or
+	// its version changing while we look).
+	lost := func() (map[string]string, error) {
+		out := map[string]string{}
+		err := scanPairs(ctx, conn, union(func(tb string, p [2]string) string {
+			return "SELECT " + lit(tb) + " AS t, concat(any(value), '/', toString(any(version))) AS v FROM system.zookeeper WHERE path = " + lit(p[1]) + " AND name = 'is_lost'"
+		}), func(tb, v string) { out[tb] = v })
+		return out, err
+	}
+	lost0, err := lost()
+	if err != nil {
+		return "", err
+	}
+	for tb, v := range lost0 {
+		if strings.HasPrefix(v, "1/") {
+			return tb + ": replica is lost and being cloned", nil
+		}
+	}
+	var readonly uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.replicas WHERE database = ? AND is_readonly", db).Scan(&readonly); err != nil {
+		return "", err
+	}
+	if readonly > 0 {
+		return "read-only (no ZooKeeper session)", nil
+	}
+	// 2. The greatest entry of each table's replication log.
 	maxLog := map[string]int64{}
-	err := scanPairs(ctx, conn, union(func(tb string, p [2]string) string {
+	err = scanPairs(ctx, conn, union(func(tb string, p [2]string) string {
 		return "SELECT " + lit(tb) + " AS t, max(name) AS v FROM system.zookeeper WHERE path = " + lit(p[0]+"/log")
 	}), func(tb, v string) {
 		maxLog[tb] = logIndex(v)
@@ -259,7 +302,8 @@ func lagging(ctx context.Context, conn driver.Conn, tables []string, paths map[s
 	if err != nil {
 		return "", err
 	}
-	// 2. This replica's log pointer: the next entry it copies into its queue.
+	// 3. This replica's log pointer: the next entry it copies into its
+	// queue (copying and moving the pointer are one transaction).
 	var behind []string
 	err = scanPairs(ctx, conn, union(func(tb string, p [2]string) string {
 		return "SELECT " + lit(tb) + " AS t, any(value) AS v FROM system.zookeeper WHERE path = " + lit(p[1]) + " AND name = 'log_pointer'"
@@ -272,17 +316,38 @@ func lagging(ctx context.Context, conn driver.Conn, tables []string, paths map[s
 	if err != nil || len(behind) > 0 {
 		return strings.Join(behind, "; "), err
 	}
-	// 3. No part left to fetch in its queue.
+	// 4. No part left to fetch that was logged up to the barrier (an entry
+	// leaves the queue only once its part is committed here). Entries of
+	// later inserts are not waited for: under steady writes some always
+	// are in the queue.
 	var fetching []string
 	err = scanPairs(ctx, conn, union(func(tb string, p [2]string) string {
-		return "SELECT " + lit(tb) + " AS t, toString(countIf(position(value, '\\nget\\n') > 0)) AS v FROM system.zookeeper WHERE path = " + lit(p[1]+"/queue")
+		return "SELECT " + lit(tb) + " AS t, toString(countIf(position(value, '\nget\n') > 0 AND toUInt32(toDateTime(if(extract(value, 'create_time: ([0-9: -]+)') = '', '1970-01-01 00:00:00', extract(value, 'create_time: ([0-9: -]+)')))) <= " +
+			strconv.FormatUint(uint64(barrier+clusterSkew), 10) + ")) AS v FROM system.zookeeper WHERE path = " + lit(p[1]+"/queue")
 	}), func(tb, v string) {
 		if v != "0" {
 			fetching = append(fetching, fmt.Sprintf("%s: %s parts to fetch", tb, v))
 		}
 	})
-	return strings.Join(fetching, "; "), err
+	if err != nil || len(fetching) > 0 {
+		return strings.Join(fetching, "; "), err
+	}
+	// 5. Not re-cloned meanwhile.
+	lost1, err := lost()
+	if err != nil {
+		return "", err
+	}
+	for tb, v := range lost1 {
+		if v != lost0[tb] {
+			return tb + ": is_lost changed", nil
+		}
+	}
+	return "", nil
 }
+
+// clusterSkew is K of docs/design.md: how far apart (seconds) the clocks
+// of two nodes may be.
+const clusterSkew = 1
 
 // logIndex is the number of a replication log entry name ("log-0000000012"),
 // -1 for none.

@@ -13,10 +13,9 @@ import (
 // globalTables are replicated on every node of the cluster; every other
 // table is sharded by account_id.
 var globalTables = map[string]bool{
-	"schema_migrations":   true,
-	"ingest_progress":     true,
-	"topic_incarnations":  true,
-	"fact_account_months": true, // the global last quarter needs every shard's months
+	"schema_migrations":  true,
+	"ingest_progress":    true,
+	"topic_incarnations": true,
 }
 
 // LocalView is the name of the per-node view under reader object name on
@@ -43,8 +42,11 @@ func onCluster(cfg Config, sql string) string {
 		db, table := m[1], m[2]
 		sql = createTableRE.ReplaceAllString(sql, "CREATE TABLE IF NOT EXISTS $1.$2"+on)
 		path, replica := fmt.Sprintf("/clickhouse/usagepipe/%s/{shard}/%s", db, table), "{replica}"
-		if globalTables[table] {
+		switch {
+		case globalTables[table]:
 			path, replica = fmt.Sprintf("/clickhouse/usagepipe/%s/all/%s", db, table), "{shard}-{replica}"
+		case table == "replica_barrier": // one replica per node
+			path, replica = fmt.Sprintf("/clickhouse/usagepipe/%s/barrier/{shard}-{replica}", db), "node"
 		}
 		return engineRE.ReplaceAllStringFunc(sql, func(e string) string {
 			g := engineRE.FindStringSubmatch(e)

@@ -38,9 +38,9 @@ func TestClusterDDLParsesOnCurrentClickHouse(t *testing.T) {
 			replicated++
 		}
 	}
-	// The database, 12 replicated tables, 2 views and 2 Distributed
+	// The database, 13 replicated tables, 2 views and 2 Distributed
 	// tables.
-	if onCluster != len(ss) || onCluster != 17 || replicated != 12 {
+	if onCluster != len(ss) || onCluster != 18 || replicated != 13 {
 		t.Fatalf("chDB %s formatted %d statements with ON CLUSTER and %d with a Replicated engine, of %d", res.Version, onCluster, replicated, len(ss))
 	}
 }

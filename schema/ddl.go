@@ -13,7 +13,8 @@ import (
 var sqlFiles embed.FS
 
 // bootstrap statements run on every migrate; each is IF NOT EXISTS.
-var bootstrap = []string{"000_database.sql", "001_schema_migrations.sql"}
+// The last, replica_barrier, only on a cluster (schema.Topology.CaughtUp).
+var bootstrap = []string{"000_database.sql", "001_schema_migrations.sql", "002_replica_barrier.sql"}
 
 // A migration is a versioned, append-only step. Its statements must be
 // idempotent (IF NOT EXISTS, ADD COLUMN IF NOT EXISTS, …): a migrate that
@@ -117,6 +118,9 @@ func render(cfg Config) (*rendered, error) {
 		return statement{file: file, sql: strings.ReplaceAll(s, markerPlaceholder, marker), marker: marker}, nil
 	}
 	for _, f := range bootstrap {
+		if f == "002_replica_barrier.sql" && cfg.Cluster == "" {
+			continue
+		}
 		s, err := one(f)
 		if err != nil {
 			return nil, err
@@ -159,6 +163,10 @@ type tmplData struct {
 	Accounts         string // a boolean SQL expression on account_id
 	FromQ            int32  // the first quarter index computed
 	FromDate         string // a Date SQL expression: that quarter's first day
+	// LastQ, when set, is the global last quarter index as a literal
+	// (cluster: no shard holds every account's months); else lastq reads
+	// fact_account_months.
+	LastQ string
 }
 
 func renderFile(cfg Config, file, marker string) (string, error) {
@@ -170,7 +178,11 @@ func renderData(cfg Config, file string, data tmplData) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("schema: %w", err)
 	}
-	t, err := template.New(file).Option("missingkey=error").Funcs(quarterFuncs(cfg)).Parse(string(src))
+	funcs := quarterFuncs(cfg)
+	if data.LastQ != "" {
+		funcs["lastq"] = func() string { return data.LastQ }
+	}
+	t, err := template.New(file).Option("missingkey=error").Funcs(funcs).Parse(string(src))
 	if err != nil {
 		return "", fmt.Errorf("schema: parse %s: %w", file, err)
 	}

@@ -56,7 +56,7 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 			return fmt.Errorf("migrate: %s: %w", s.file, err)
 		}
 	}
-	applied, err := readApplied(ctx, conn, db)
+	applied, err := readAppliedOn(ctx, t, db)
 	if err != nil {
 		return err
 	}
@@ -232,7 +232,7 @@ func CheckLayout(ctx context.Context, t *Topology, cfg Config) error {
 		return nil
 	}
 	cfg = cfg.withDefaults()
-	applied, err := readApplied(ctx, t.Global, cfg.Database)
+	applied, err := readAppliedOn(ctx, t, cfg.Database)
 	if err != nil {
 		return err
 	}
@@ -254,6 +254,21 @@ func viewStatements(db, name, create string, replace bool, onCluster string) []s
 // ClickHouse 19.4 (PR 4654); 19.6 leaves a margin.
 func supportsCreateOrReplaceView(major, minor uint64) bool {
 	return major > 19 || major == 19 && minor >= 6
+}
+
+// readAppliedOn is readApplied on a node of t that has caught up on
+// schema_migrations (on a cluster it lives on every node).
+func readAppliedOn(ctx context.Context, t *Topology, db string) (map[string]string, error) {
+	var out map[string]string
+	err := t.All.Use(ctx, func(r *Replica) error {
+		if err := t.CaughtUp(ctx, r, db, "schema_migrations"); err != nil {
+			return err
+		}
+		var err error
+		out, err = readApplied(ctx, r.Conn, db)
+		return err
+	})
+	return out, err
 }
 
 // readApplied returns the checksum of every migration and view recorded

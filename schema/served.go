@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -25,6 +25,10 @@ type Served struct {
 	// INSERT (its account list is a literal, and max_query_size is 256 KiB).
 	ChunkAccounts int
 	ChunkBytes    int
+
+	// lastMonth is the greatest month index known to hold an accepted
+	// event (cluster only: each shard holds its own accounts' months).
+	lastMonth atomic.Int32
 }
 
 // NewServed returns a Served for the database and fiscal calendar of cfg
@@ -57,9 +61,46 @@ var (
 // nodes' clocks may be, in seconds; 0 on one server.
 func (s *Served) skew() uint32 {
 	if s.topo.Clustered() {
-		return 1
+		return clusterSkew
 	}
 	return 0
+}
+
+// NoteMonth tells s that month index m holds an accepted event (the serve
+// loop passes every flush's months): on a cluster the global last quarter
+// is the greatest month s knows of or reads on a shard. It only grows.
+func (s *Served) NoteMonth(m int32) {
+	for {
+		old := s.lastMonth.Load()
+		if m <= old || s.lastMonth.CompareAndSwap(old, m) {
+			return
+		}
+	}
+}
+
+// lastQLiteral is the last quarter index as SQL for a recompute on conn's
+// server: "" on one server (the query reads it), else the greatest of the
+// months known and the ones this shard holds. A value too low only leaves
+// the newest quarter's rows missing, which the sweep (reading every
+// shard) finds; it never makes a row wrong.
+func (s *Served) lastQLiteral(ctx context.Context, conn driver.Conn) (string, error) {
+	if !s.topo.Clustered() {
+		return "", nil
+	}
+	var (
+		m int32
+		n uint64
+	)
+	if err := conn.QueryRow(ctx, "SELECT toInt32(toYear(max(month)) * 12 + toMonth(max(month)) - 1), count() FROM "+s.cfg.Database+".fact_account_months").Scan(&m, &n); err != nil {
+		return "", fmt.Errorf("last quarter: %w", err)
+	}
+	if n > 0 {
+		s.NoteMonth(m)
+	}
+	if s.lastMonth.Load() == 0 {
+		return "toInt32(0)", nil
+	}
+	return fmt.Sprintf("toInt32(%d)", s.QuarterOf(s.lastMonth.Load())), nil
 }
 
 // byShard splits accounts by the shard that holds them.
@@ -178,7 +219,9 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 	if err != nil {
 		return err
 	}
-	sec, err := waitPast(ctx, conn, t0+s.skew())
+	// On a cluster the mark may carry another node's clock: 2K more
+	// (docs/design.md, "Clocks").
+	sec, err := waitPast(ctx, conn, t0+2*s.skew())
 	if err != nil {
 		return err
 	}
@@ -207,12 +250,29 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 				}
 				taken = time.Now()
 			}
-			// After S, before the read: every fact acknowledged before S
-			// is on this replica (a no-op on one server).
-			if err := s.topo.CaughtUp(ctx, r, s.cfg.Database, computeTables...); err != nil {
-				return err
+			var lastQ string
+			if s.topo.Clustered() {
+				// After S, before the read: every fact acknowledged
+				// before S is on this replica. A slow check takes a new
+				// S (and checks again), so that the rows' snapshot is
+				// not much newer than their version.
+				for {
+					if err := s.topo.CaughtUp(ctx, r, s.cfg.Database, computeTables...); err != nil {
+						return err
+					}
+					if time.Since(taken) < 2*time.Second {
+						break
+					}
+					if sec, err = serverSecond(ctx, conn); err != nil {
+						return err
+					}
+					taken = time.Now()
+				}
+				if lastQ, err = s.lastQLiteral(ctx, conn); err != nil {
+					return err
+				}
 			}
-			landed, err := s.recomputeChunk(ctx, conn, expr, q, sec)
+			landed, err := s.recomputeChunk(ctx, conn, expr, q, sec, lastQ)
 			if err != nil {
 				if ctx.Err() != nil || n == 1 {
 					return err
@@ -280,8 +340,8 @@ func quote(b *strings.Builder, v string) {
 
 // recomputeChunk runs one chunk's INSERTs with version second sec and
 // returns the server clock after they landed.
-func (s *Served) recomputeChunk(ctx context.Context, conn driver.Conn, accounts string, fromQ int32, sec uint32) (uint32, error) {
-	qs, err := s.recomputeStatements(accounts, fromQ, sec, uint64(sec)<<32|uint64(rand.Uint32()))
+func (s *Served) recomputeChunk(ctx context.Context, conn driver.Conn, accounts string, fromQ int32, sec uint32, lastQ string) (uint32, error) {
+	qs, err := s.recomputeStatements(accounts, fromQ, lastQ, sec, uint64(sec)<<32|uint64(rand.Uint32()))
 	if err != nil {
 		return 0, err
 	}
@@ -297,8 +357,8 @@ func (s *Served) recomputeChunk(ctx context.Context, conn driver.Conn, accounts 
 // recomputeStatements are the INSERT … SELECTs of one recompute: feature
 // rows first, then rollup rows (a rollup row of version S vouches for the
 // feature rows of S).
-func (s *Served) recomputeStatements(accounts string, fromQ int32, sec uint32, version uint64) ([]string, error) {
-	feat, roll, err := s.computeSQL(accounts, fromQ)
+func (s *Served) recomputeStatements(accounts string, fromQ int32, lastQ string, sec uint32, version uint64) ([]string, error) {
+	feat, roll, err := s.computeSQL(accounts, fromQ, lastQ)
 	if err != nil {
 		return nil, err
 	}
@@ -321,21 +381,21 @@ func (s *Served) recomputeStatements(accounts string, fromQ int32, sec uint32, v
 // (on account_id; "1" for all) from quarter index fromQ would store
 // (benchmarks and verify compare with them).
 func (s *Served) ComputeSQL(accounts string, fromQ int32) (features, rollups string, err error) {
-	return s.computeSQL(accounts, fromQ)
+	return s.computeSQL(accounts, fromQ, "")
 }
 
 // RecomputeSQL is the INSERT … SELECT statements one recompute chunk runs,
 // stamped with server second sec (for tools that run them elsewhere, such
 // as the chDB benchmark).
 func (s *Served) RecomputeSQL(accounts string, fromQ int32, sec uint32) ([]string, error) {
-	return s.recomputeStatements(accounts, fromQ, sec, uint64(sec)<<32)
+	return s.recomputeStatements(accounts, fromQ, "", sec, uint64(sec)<<32)
 }
 
 // computeSQL renders the SELECTs of the feature and rollup rows of the
 // accounts that the SQL expression accounts selects, from quarter fromQ.
-func (s *Served) computeSQL(accounts string, fromQ int32) (features, rollups string, err error) {
+func (s *Served) computeSQL(accounts string, fromQ int32, lastQ string) (features, rollups string, err error) {
 	d := tmplData{DB: s.cfg.Database, FiscalStartMonth: s.cfg.FiscalStartMonth, Accounts: accounts, FromQ: fromQ,
-		FromDate: fmt.Sprintf("toDate('%04d-%02d-01')", fromQ/12, fromQ%12+1)}
+		FromDate: fmt.Sprintf("toDate('%04d-%02d-01')", fromQ/12, fromQ%12+1), LastQ: lastQ}
 	if features, err = renderData(s.cfg, "compute_features.sql", d); err != nil {
 		return "", "", err
 	}
@@ -356,84 +416,109 @@ func (s *Served) computeSQL(accounts string, fromQ int32) (features, rollups str
 // On a cluster each shard is read on a caught-up replica, and a row
 // satisfies a mark only if it is more than the skew allowance newer.
 func (s *Served) Stale(ctx context.Context) (map[string]int32, error) {
-	stale := map[string]int32{}
+	var (
+		reads []servedMarks
+		last  int32
+		any   bool
+	)
 	for _, sh := range s.topo.Shards {
-		var part map[string]int32
+		var rd servedMarks
 		err := sh.Use(ctx, func(r *Replica) error {
 			if err := s.topo.CaughtUp(ctx, r, s.cfg.Database, staleTables...); err != nil {
 				return err
 			}
 			var err error
-			part, err = s.staleOn(ctx, r.Conn)
+			rd, err = s.readServedMarks(ctx, r.Conn)
 			return err
 		})
 		if err != nil {
 			return nil, err
 		}
-		maps.Copy(stale, part)
+		reads = append(reads, rd)
+		if rd.ok {
+			last, any = max(last, rd.last), true
+		}
+	}
+	if !any {
+		return nil, nil
+	}
+	if s.topo.Clustered() {
+		// The global last quarter: every shard's, read after its marks.
+		if m := s.lastMonth.Load(); m > 0 {
+			last = max(last, s.QuarterOf(m))
+		}
+	}
+	stale := map[string]int32{}
+	skew := s.skew()
+	for _, rd := range reads {
+		for a, mm := range rd.marks {
+			first := last + 3
+			for q := range mm {
+				first = min(first, q)
+			}
+			rows := rd.served[a]
+			// Walk up from the first marked quarter: a row must exist and
+			// be newer than every mark at or before its quarter (those
+			// marks need every later row too). The first row that is not
+			// is where the recompute starts; after a rollover that is just
+			// the new quarter.
+			var newest uint32
+			for q := first; q <= last; q += 3 {
+				if mt, ok := mm[q]; ok {
+					newest = max(newest, mt)
+				}
+				if t, ok := rows[q]; !ok || t <= newest+skew {
+					stale[a] = q
+					break
+				}
+			}
+		}
 	}
 	return stale, nil
 }
 
-// staleOn is Stale over the rows of conn's server.
-func (s *Served) staleOn(ctx context.Context, conn driver.Conn) (map[string]int32, error) {
+// servedMarks is what Stale reads on one server: the served rows' quarters
+// and updated_at, the marks' latest marked_at per quarter, and that
+// server's last quarter (ok: it has any month).
+type servedMarks struct {
+	served, marks map[string]map[int32]uint32
+	last          int32
+	ok            bool
+}
+
+// readServedMarks reads, on conn's server, the served rows first, then the
+// marks, then the last quarter: whatever lands in between only makes an
+// account look staler, never fresher.
+func (s *Served) readServedMarks(ctx context.Context, conn driver.Conn) (servedMarks, error) {
 	db := s.cfg.Database
-	served := map[string]map[int32]uint32{}
+	rd := servedMarks{served: map[string]map[int32]uint32{}, marks: map[string]map[int32]uint32{}}
 	err := scan(ctx, conn, fmt.Sprintf("SELECT account_id, toInt32(toYear(quarter_start) * 12 + toMonth(quarter_start) - 1), toUInt32(updated_at) FROM %s.rollups_served FINAL WHERE fy = %d", db, s.cfg.FiscalStartMonth),
 		func(a string, q int32, t uint32) {
-			m := served[a]
+			m := rd.served[a]
 			if m == nil {
 				m = map[int32]uint32{}
-				served[a] = m
+				rd.served[a] = m
 			}
 			m[q] = t
 		})
 	if err != nil {
-		return nil, fmt.Errorf("read rollups_served: %w", err)
+		return rd, fmt.Errorf("read rollups_served: %w", err)
 	}
-	marks := map[string]map[int32]uint32{} // account → quarter → latest marked_at
 	err = scan(ctx, conn, "SELECT account_id, toInt32(toYear(month) * 12 + toMonth(month) - 1), toUInt32(max(marked_at)) FROM "+db+".rollup_marks GROUP BY account_id, month",
 		func(a string, m int32, t uint32) {
 			q := s.QuarterOf(m)
-			mm := marks[a]
+			mm := rd.marks[a]
 			if mm == nil {
 				mm = map[int32]uint32{}
-				marks[a] = mm
+				rd.marks[a] = mm
 			}
 			mm[q] = max(mm[q], t)
 		})
 	if err != nil {
-		return nil, fmt.Errorf("read rollup_marks: %w", err)
+		return rd, fmt.Errorf("read rollup_marks: %w", err)
 	}
-	last, ok, err := s.lastQuarter(ctx, conn)
-	if err != nil || !ok {
-		return nil, err
-	}
-	stale := map[string]int32{}
-	skew := s.skew()
-	for a, mm := range marks {
-		first := last + 3
-		for q := range mm {
-			first = min(first, q)
-		}
-		rows := served[a]
-		// Walk up from the first marked quarter: a row must exist and be
-		// newer than every mark at or before its quarter (those marks
-		// need every later row too). The first row that is not is where
-		// the recompute starts; after a rollover that is just the new
-		// quarter.
-		var newest uint32
-		for q := first; q <= last; q += 3 {
-			if mt, ok := mm[q]; ok {
-				newest = max(newest, mt)
-			}
-			if t, ok := rows[q]; !ok || t <= newest+skew {
-				stale[a] = q
-				break
-			}
-		}
-	}
-	return stale, nil
+	rd.last, rd.ok, err = s.lastQuarter(ctx, conn)
+	return rd, err
 }
 
 // scan runs a query whose rows are (String, Int32, UInt32).
@@ -612,7 +697,11 @@ func (s *Served) verifyOn(ctx context.Context, conn driver.Conn, accounts []stri
 	for list := accounts; len(list) > 0; {
 		n, expr := s.chunk(list)
 		list = list[n:]
-		feat, roll, err := s.computeSQL(expr, from)
+		lastQ, err := s.lastQLiteral(ctx, conn)
+		if err != nil {
+			return err
+		}
+		feat, roll, err := s.computeSQL(expr, from, lastQ)
 		if err != nil {
 			return err
 		}

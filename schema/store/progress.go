@@ -26,8 +26,24 @@ func (s *Store) ReadProgress(ctx context.Context, topic string, topicIDs ...stri
 		ids[i] = "topic_id = ?"
 		args = append(args, id)
 	}
-	rows, err := s.conn.Query(ctx, "SELECT partition, max(next_offset), argMax(dedup_from_ms, next_offset) FROM "+s.db+
-		".ingest_progress WHERE topic = ? AND ("+strings.Join(ids, " OR ")+") GROUP BY partition", args...)
+	q := "SELECT partition, max(next_offset), argMax(dedup_from_ms, next_offset) FROM " + s.db +
+		".ingest_progress WHERE topic = ? AND (" + strings.Join(ids, " OR ") + ") GROUP BY partition"
+	var out map[int32]schema.Progress
+	// On a cluster, on a node that has every progress row acknowledged
+	// before the read (a far older position would replay past retention).
+	err := s.topo.All.Use(ctx, func(r *schema.Replica) error {
+		if err := s.topo.CaughtUp(ctx, r, s.db, "ingest_progress"); err != nil {
+			return err
+		}
+		var err error
+		out, err = readProgress(ctx, r.Conn, q, args, topic, topicIDs[0])
+		return err
+	})
+	return out, err
+}
+
+func readProgress(ctx context.Context, conn driver.Conn, q string, args []any, topic, topicID string) (map[int32]schema.Progress, error) {
+	rows, err := conn.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read ingest_progress: %w", err)
 	}
@@ -40,7 +56,7 @@ func (s *Store) ReadProgress(ctx context.Context, topic string, topicIDs ...stri
 		if err := rows.Scan(&p, &next, &from); err != nil {
 			return nil, fmt.Errorf("read ingest_progress: %w", err)
 		}
-		out[p] = schema.Progress{Topic: topic, TopicID: topicIDs[0], Partition: p, NextOffset: int64(next), DedupFromMs: from}
+		out[p] = schema.Progress{Topic: topic, TopicID: topicID, Partition: p, NextOffset: int64(next), DedupFromMs: from}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read ingest_progress: %w", err)
@@ -118,8 +134,24 @@ func readCounts(ctx context.Context, conn driver.Conn, q, srcTopic string) ([]sc
 // and the first real ID seen are the same, first, incarnation, so a broker
 // upgrade that gives an existing topic its ID changes nothing.
 func (s *Store) Incarnation(ctx context.Context, topic, topicID string) (string, error) {
+	var key string
+	// On a cluster, on a node that has every row acknowledged before the
+	// read: a node missing the first incarnation's row would name a later
+	// one first.
+	err := s.topo.All.Use(ctx, func(r *schema.Replica) error {
+		if err := s.topo.CaughtUp(ctx, r, s.db, "topic_incarnations"); err != nil {
+			return err
+		}
+		var err error
+		key, err = s.incarnation(ctx, r.Conn, topic, topicID)
+		return err
+	})
+	return key, err
+}
+
+func (s *Store) incarnation(ctx context.Context, conn driver.Conn, topic, topicID string) (string, error) {
 	for attempt := 0; ; attempt++ {
-		rows, err := s.conn.Query(ctx, "SELECT topic_id, min(first_seen_ms) AS seen FROM "+s.db+
+		rows, err := conn.Query(ctx, "SELECT topic_id, min(first_seen_ms) AS seen FROM "+s.db+
 			".topic_incarnations WHERE topic = ? GROUP BY topic_id ORDER BY seen, topic_id", topic)
 		if err != nil {
 			return "", fmt.Errorf("read topic_incarnations: %w", err)
@@ -148,7 +180,7 @@ func (s *Store) Incarnation(ctx context.Context, topic, topicID string) (string,
 		if attempt > 0 {
 			return "", fmt.Errorf("topic_incarnations: the row for %s %s did not appear", topic, topicID)
 		}
-		b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".topic_incarnations (topic, topic_id, first_seen_ms)")
+		b, err := conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".topic_incarnations (topic, topic_id, first_seen_ms)")
 		if err != nil {
 			return "", fmt.Errorf("write topic_incarnations: %w", err)
 		}

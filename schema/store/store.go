@@ -274,6 +274,10 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 		}
 		return s.writeProgress(ctx, s.conn, c, f)
 	}
+	// Replicated tables drop a block identical to one inserted before; a
+	// replay must write again what a lost replica took with it (every
+	// fact is idempotent anyway).
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"insert_deduplicate": 0}))
 	parts := splitFacts(s.topo, f)
 	errs := make([]error, len(parts))
 	var wg sync.WaitGroup
@@ -295,7 +299,7 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return s.writeProgress(ctx, s.conn, c, f)
+	return s.topo.All.Use(ctx, func(r *schema.Replica) error { return s.writeProgress(ctx, r.Conn, c, f) })
 }
 
 // splitFacts returns f's facts (not its progress) by shard of t.

@@ -22,6 +22,21 @@ CREATE TABLE IF NOT EXISTS usage.schema_migrations ON CLUSTER 'usagepipe_test'
 ENGINE = ReplicatedMergeTree('/clickhouse/usagepipe/usage/all/schema_migrations', '{shard}-{replica}')
 ORDER BY (name, seq);
 
+-- A write a cluster node makes through its own ZooKeeper session before it
+-- reads replication state (schema.Topology.CaughtUp): a session's write is
+-- applied after every commit before it, so what the node reads next is not
+-- older than that. One tiny table per node (its own ZooKeeper path on a
+-- cluster, nothing to fetch for anyone); on one server it is never
+-- written.
+-- ORDER BY (k), k always 0: merges keep one row.
+CREATE TABLE IF NOT EXISTS usage.replica_barrier ON CLUSTER 'usagepipe_test'
+(
+    k UInt8,
+    nonce UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/usagepipe/usage/barrier/{shard}-{replica}', 'node')
+ORDER BY (k);
+
 -- Which accounts had an accepted event in which UTC month. Drives the rows
 -- of account_quarter_rollups (first quarter of each account, and the global
 -- last quarter).
@@ -33,7 +48,7 @@ CREATE TABLE IF NOT EXISTS usage.fact_account_months ON CLUSTER 'usagepipe_test'
     account_id String,
     month Date
 )
-ENGINE = ReplicatedReplacingMergeTree('/clickhouse/usagepipe/usage/all/fact_account_months', '{shard}-{replica}')
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/usagepipe/usage/{shard}/fact_account_months', '{replica}')
 ORDER BY (account_id, month);
 
 -- A user's latest login/feature_used in a UTC month.
