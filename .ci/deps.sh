@@ -7,6 +7,8 @@ command -v clickhouse-server >/dev/null 2>&1 || need_apt+=(clickhouse-server)
 command -v clickhouse-client >/dev/null 2>&1 || need_apt+=(clickhouse-client)
 command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
+# ZooKeeper for the test cluster (schema/chcluster); the package starts no service.
+test -f /usr/share/java/zookeeper.jar || need_apt+=(zookeeper)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
