@@ -2,8 +2,10 @@ package ingest_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,7 +21,7 @@ import (
 	"github.com/usagepipe/usagepipe/schema/store"
 )
 
-func TestMain(m *testing.M) { chtest.Main(kafkatest.Runner(m)) }
+func TestMain(m *testing.M) { chtest.Main(clusterRunner{kafkatest.Runner(m)}) }
 
 // pipeline is one database + topic under test.
 type pipeline struct {
@@ -32,6 +34,16 @@ type pipeline struct {
 	produced []reference.Record
 	tweak    func(*ingest.Config)              // applied to the consumer's settings by runReg, if set
 	writer   func(ingest.Writer) ingest.Writer // wraps the store runReg writes through, if set
+	chAddrs  []string                          // ClickHouse nodes; nil: chtest's server
+	cluster  string                            // ClickHouse cluster of chAddrs, if any
+}
+
+// storeConfig is how the test's store reaches ClickHouse.
+func (p *pipeline) storeConfig() store.Config {
+	if p.chAddrs != nil {
+		return store.Config{Addr: p.chAddrs, Database: p.db, Cluster: p.cluster}
+	}
+	return store.Config{Addr: []string{chtest.Addr()}, Database: p.db}
 }
 
 func newPipeline(t *testing.T, b *kafkatest.Broker, fiscal int) *pipeline {
@@ -77,42 +89,56 @@ func (p *pipeline) run(group string) {
 // over everything produced, in every column.
 func (p *pipeline) check() reference.Result {
 	p.t.Helper()
-	want := reference.Compute(p.produced, reference.Options{FiscalStartMonth: p.fiscal})
 	st := p.openStore()
 	defer st.Close()
-	got, err := st.ReadRollups(context.Background())
+	want, err := p.compare(st)
 	if err != nil {
 		p.t.Fatal(err)
 	}
+	return want
+}
+
+// compare reads the rollups and feature rows through st and returns the
+// first differences from the reference, if any.
+func (p *pipeline) compare(st *store.Store) (reference.Result, error) {
+	want := reference.Compute(p.produced, reference.Options{FiscalStartMonth: p.fiscal})
+	got, err := st.ReadRollups(context.Background())
+	if err != nil {
+		return want, err
+	}
+	var errs []string
 	if len(got) != len(want.Rollups) {
-		p.t.Errorf("rollup rows: got %d, want %d", len(got), len(want.Rollups))
+		errs = append(errs, fmt.Sprintf("rollup rows: got %d, want %d", len(got), len(want.Rollups)))
 	}
 	diffs := 0
 	for i := range min(len(got), len(want.Rollups)) {
 		if g, w := fmt.Sprintf("%+v", norm(got[i])), fmt.Sprintf("%+v", norm(want.Rollups[i])); g != w {
 			if diffs < 5 {
-				p.t.Errorf("rollup row %d:\n got  %s\n want %s", i, g, w)
+				errs = append(errs, fmt.Sprintf("rollup row %d:\n got  %s\n want %s", i, g, w))
 			}
 			diffs++
 		}
 	}
 	if diffs > 0 {
-		p.t.Fatalf("%d rollup rows differ", diffs)
+		errs = append(errs, fmt.Sprintf("%d rollup rows differ", diffs))
 	}
 	gotF, err := st.ReadFeatures(context.Background())
 	if err != nil {
-		p.t.Fatal(err)
+		return want, err
 	}
 	if g, w := fmt.Sprintf("%+v", gotF), fmt.Sprintf("%+v", want.Features); g != w {
-		p.t.Fatalf("feature rows differ: got %d rows, want %d", len(gotF), len(want.Features))
+		errs = append(errs, fmt.Sprintf("feature rows differ: got %d rows, want %d", len(gotF), len(want.Features)))
 	}
-	return want
+	if len(errs) > 0 {
+		return want, errors.New(strings.Join(errs, "\n"))
+	}
+	return want, nil
 }
 
 // openStore opens the test's ClickHouse database.
 func (p *pipeline) openStore() *store.Store {
 	p.t.Helper()
-	st, err := store.Open(context.Background(), store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
+	st, err := store.Open(context.Background(), p.storeConfig(), nil, nil)
 	if err != nil {
 		p.t.Fatal(err)
 	}

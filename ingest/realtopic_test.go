@@ -99,12 +99,12 @@ func (p *pipeline) runReg(group string, reg prometheus.Registerer) {
 	p.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
+	st, err := store.Open(ctx, p.storeConfig(), nil, nil)
 	if err != nil {
 		p.t.Fatal(err)
 	}
 	defer st.Close()
-	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal}, nil); err != nil {
+	if err := schema.MigrateOn(ctx, st.Topology(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal, Cluster: p.cluster}, nil); err != nil {
 		p.t.Fatal(err)
 	}
 	cfg := ingest.Defaults()

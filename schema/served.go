@@ -580,22 +580,29 @@ func (s *Served) Sweep(ctx context.Context) (int, error) {
 // chunks, logging progress.
 func (s *Served) backfill(ctx context.Context, log *slog.Logger) error {
 	db := s.cfg.Database
-	for i, sh := range s.topo.Shards {
+	for _, sh := range s.topo.Shards {
 		err := sh.Use(ctx, func(r *Replica) error {
 			if err := s.topo.CaughtUp(ctx, r, db, "fact_account_months"); err != nil {
 				return err
 			}
-			return r.Conn.Exec(ctx, "INSERT INTO "+db+".rollup_marks (account_id, month, marked_at) SELECT account_id, month, toDateTime(0, 'UTC') FROM "+db+".fact_account_months WHERE "+s.topo.ShardFilter(i))
+			return r.Conn.Exec(ctx, "INSERT INTO "+db+".rollup_marks (account_id, month, marked_at) SELECT account_id, month, toDateTime(0, 'UTC') FROM "+db+".fact_account_months")
 		})
 		if err != nil {
 			return fmt.Errorf("backfill rollup_marks: %w", err)
 		}
 	}
 	accounts := map[string]int32{}
-	err := scan(ctx, s.topo.Global, "SELECT account_id, toInt32(toYear(min(month)) * 12 + toMonth(min(month)) - 1), toUInt32(0) FROM "+db+".fact_account_months GROUP BY account_id",
-		func(a string, m int32, _ uint32) { accounts[a] = s.QuarterOf(m) })
-	if err != nil {
-		return fmt.Errorf("backfill: list accounts: %w", err)
+	for _, sh := range s.topo.Shards {
+		err := sh.Use(ctx, func(r *Replica) error {
+			if err := s.topo.CaughtUp(ctx, r, db, "fact_account_months"); err != nil {
+				return err
+			}
+			return scan(ctx, r.Conn, "SELECT account_id, toInt32(toYear(min(month)) * 12 + toMonth(min(month)) - 1), toUInt32(0) FROM "+db+".fact_account_months GROUP BY account_id",
+				func(a string, m int32, _ uint32) { accounts[a] = s.QuarterOf(m) })
+		})
+		if err != nil {
+			return fmt.Errorf("backfill: list accounts: %w", err)
+		}
 	}
 	// One group: every account from the earliest quarter of any (the
 	// HAVING keeps each account's own grid).
@@ -609,7 +616,7 @@ func (s *Served) backfill(ctx context.Context, log *slog.Logger) error {
 	start := time.Now()
 	last := start
 	log.Info("building served rollups from the facts", "database", db, "fiscal_year_start_month", s.cfg.FiscalStartMonth, "accounts", len(accounts))
-	err = s.Recompute(ctx, accounts, func(done, total int) {
+	err := s.Recompute(ctx, accounts, func(done, total int) {
 		if time.Since(last) < 5*time.Second && done < total {
 			return
 		}
@@ -648,13 +655,6 @@ const (
 func (s *Served) Verify(ctx context.Context, accounts []string, each func(Difference)) (checked int, err error) {
 	db := s.cfg.Database
 	all := accounts == nil
-	if all {
-		err := scan(ctx, s.topo.Global, "SELECT account_id, toInt32(0), toUInt32(0) FROM "+db+".fact_account_months GROUP BY account_id ORDER BY account_id",
-			func(a string, _ int32, _ uint32) { accounts = append(accounts, a) })
-		if err != nil {
-			return 0, fmt.Errorf("verify: list accounts: %w", err)
-		}
-	}
 	accounts = slices.Compact(slices.Sorted(slices.Values(accounts)))
 	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_query_size": maxQuerySize}))
 	lists := make([][]string, len(s.topo.Shards))
@@ -668,6 +668,15 @@ func (s *Served) Verify(ctx context.Context, accounts []string, each func(Differ
 			diffs = diffs[:0]
 			if err := s.topo.CaughtUp(ctx, r, db, verifyTables...); err != nil {
 				return err
+			}
+			if all {
+				// Every account with facts on this shard.
+				lists[i] = lists[i][:0]
+				err := scan(ctx, r.Conn, "SELECT account_id, toInt32(0), toUInt32(0) FROM "+db+".fact_account_months GROUP BY account_id ORDER BY account_id",
+					func(a string, _ int32, _ uint32) { lists[i] = append(lists[i], a) })
+				if err != nil {
+					return fmt.Errorf("verify: list accounts: %w", err)
+				}
 			}
 			return s.verifyOn(ctx, r.Conn, lists[i], all, func(d Difference) { diffs = append(diffs, d) })
 		})
