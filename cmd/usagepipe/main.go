@@ -53,6 +53,11 @@ func exitCode(err error, stderr io.Writer) int {
 	case errors.As(err, &ue):
 		fmt.Fprintln(stderr, "usagepipe:", ue.msg)
 		return 2
+	case errors.Is(err, schema.ErrConfig):
+		// A setting that does not fit the database or the servers (a
+		// cluster that is not in remote_servers, another shard layout).
+		fmt.Fprintln(stderr, "usagepipe:", err)
+		return 2
 	default:
 		fmt.Fprintln(stderr, "usagepipe:", err)
 		return 1

@@ -80,6 +80,7 @@ func TestBadSettingIsOneLineNamingItAndExit2(t *testing.T) {
 	f(nil, "dlq-topic", "run", "--dlq-topic", "usage-events")
 	f(nil, "clickhouse-addr", "migrate", "--clickhouse-addr", "")
 	f(nil, "clickhouse-compression", "run", "--clickhouse-compression", "gzip")
+	f(nil, "clickhouse-cluster", "migrate", "--clickhouse-cluster", "two words")
 	f(nil, "clickhouse-password-file", "migrate", "--clickhouse-password-file", "/nonexistent/pw")
 	f(nil, "kafka-tls-ca-file", "run", "--kafka-tls-ca-file", "/nonexistent/ca.pem")
 	f(nil, "flush-interval", "run", "--flush-interval", "0s")
