@@ -8,7 +8,11 @@
 // schema/store writes the facts.
 //
 // Design, each table's engine and ORDER BY, and why writing a fact twice
-// changes nothing: README.md in this folder.
+// changes nothing: README.md in this folder. On a ClickHouse cluster
+// (Config.Cluster) the same statements are rewritten ON CLUSTER with
+// Replicated engines (cluster_ddl.go), and Topology (cluster.go) says which
+// shard holds an account and reads a shard only on a replica that caught up
+// (docs/design.md, "ClickHouse clusters").
 //
 // Everything here is safe for concurrent use. Migrate may run in several
 // processes at once. No metrics.
