@@ -1,0 +1,131 @@
+package schema_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/usagepipe/usagepipe/schema"
+	"github.com/usagepipe/usagepipe/schema/chcluster"
+	"github.com/usagepipe/usagepipe/schema/event"
+	"github.com/usagepipe/usagepipe/schema/store"
+)
+
+// TestClusterReadsOnlyCaughtUpReplicas proves the rule of docs/design.md
+// ("The one new hazard") on a real cluster: a replica that has not fetched
+// acknowledged facts is reported lagging, and while it is the only
+// replica of its shard left, a recompute fails instead of writing a served
+// row without those facts (which would carry a newer version: served rows
+// going backwards). Once the replica with the facts is back, the recompute
+// succeeds and verify finds the rows exact.
+func TestClusterReadsOnlyCaughtUpReplicas(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	c, err := chcluster.Start(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	db := "t_caught_up"
+	st, err := store.Open(ctx, store.Config{Addr: c.Addrs(), Database: db, Cluster: c.Name}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	topo := st.Topology()
+	topo.LagWait = time.Second
+	cfg := schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name}
+	if err := schema.MigrateOn(ctx, topo, cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	sv, err := schema.NewServedOn(topo, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(topo.Shards) != 2 || len(topo.Shards[0].Replicas) != 2 {
+		t.Fatalf("topology: %d shards, want shard 1 with two replicas and shard 2", len(topo.Shards))
+	}
+	acct := ""
+	for i := 0; acct == ""; i++ {
+		if a := fmt.Sprintf("acct-%d", i); topo.ShardIndex(a) == 0 {
+			acct = a
+		}
+	}
+	r0, r1 := topo.Shards[0].Replicas[0], topo.Shards[0].Replicas[1]
+	q := sv.QuarterOf(2026*12 + 1)
+	evs := []ev{{id: "l1", typ: event.Login, account: acct, user: "u1", ms: ms("2026-02-10T00:00:00Z"), offset: 1}}
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
+		t.Fatal(err)
+	}
+	tables := []string{"fact_account_months", "fact_user_activity", "fact_feature_users", "fact_event_counts", "fact_seat_events", "fact_seat_purchases", "rollup_marks", "rollups_served", "features_served"}
+	if err := topo.CaughtUp(ctx, r1, db, tables...); err != nil {
+		t.Fatalf("replica %s after the first write: %v", r1.Addr, err)
+	}
+
+	// The second replica stops fetching: the next facts reach only the
+	// first.
+	for _, tb := range tables {
+		if err := r1.Conn.Exec(ctx, "SYSTEM STOP FETCHES "+db+"."+tb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs = append(evs, ev{id: "l2", typ: event.Login, account: acct, user: "u2", ms: ms("2026-02-11T00:00:00Z"), offset: 2})
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := topo.CaughtUp(ctx, r1, db, tables...); !errors.Is(err, schema.ErrLagging) {
+		t.Fatalf("replica %s without the second write's parts: CaughtUp = %v, want ErrLagging", r1.Addr, err)
+	}
+	if err := topo.CaughtUp(ctx, r0, db, tables...); err != nil {
+		t.Fatalf("replica %s, which took the write: %v", r0.Addr, err)
+	}
+
+	// The replica with the facts dies: no replica of shard 1 may serve a
+	// recompute, and none happens.
+	version := func() uint64 {
+		t.Helper()
+		var v uint64
+		if err := r1.Conn.QueryRow(ctx, "SELECT max(version) FROM "+db+".rollups_served WHERE account_id = ?", acct).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	before := version()
+	c.Node(0).Kill()
+	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); !errors.Is(err, schema.ErrLagging) {
+		t.Fatalf("recompute with only a lagging replica up: %v, want ErrLagging", err)
+	}
+	if after := version(); after != before {
+		t.Fatalf("a served row was written on the lagging replica (version %d → %d)", before, after)
+	}
+
+	// Back (after its ZooKeeper session expired, so that it is active at
+	// once), and the second replica fetches again: the recompute goes
+	// through and the rows are exact.
+	time.Sleep(5 * time.Second)
+	if err := c.Node(0).Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		if err := r1.Conn.Exec(ctx, "SYSTEM START FETCHES "+db+"."+tb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	topo.LagWait = 30 * time.Second
+	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var diffs []string
+	if n, err := sv.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil || n != 1 || len(diffs) > 0 {
+		t.Fatalf("verify: %d accounts, %v, differences %v", n, err, diffs)
+	}
+	rows, err := st.ReadRollups(ctx)
+	if err != nil || len(rows) != 1 || rows[0].ActiveUsers != 2 {
+		t.Fatalf("rollups: %+v, %v; want one row with both users active", rows, err)
+	}
+}
