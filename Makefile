@@ -10,7 +10,7 @@ PKGS  := $(shell $(GO) list ./... | grep -v -e /benchmarks/e2e -e /benchmarks/ch
 # executions take 15–35 s per target on 2 cores.
 FUZZTIME ?= 800000x
 
-.PHONY: help deps build demo test test-go fuzz lint bench chaos chaos-ci deploy-check clean
+.PHONY: help deps build demo test test-go fuzz lint bench chaos chaos-ci chaos-ci-cluster deploy-check clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ chaos: deps build ## chaos suite: SIGKILLs, rebalances, ClickHouse restarts, zom
 
 chaos-ci: deps build
 	$(GO) test -count=1 -timeout 30m -run 'TestChaos' -v ./benchmarks/chaos -chaos.size=ci
+
+# The chaos suite on a 3-node ClickHouse cluster (replica and shard outages), kfake only.
+chaos-ci-cluster: deps build
+	$(GO) test -count=1 -timeout 30m -run 'TestChaos' -v ./benchmarks/chaos -chaos.size=ci -chaos.clickhouse=cluster -chaos.brokers=kfake
 
 deploy-check: ## validate deploy/ with promtool, helm, kubernetes-validate, docker-compose
 	bash deploy/validate.sh

@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/usagepipe/usagepipe/ingest/kafkatest"
+	"github.com/usagepipe/usagepipe/schema/chcluster"
 )
 
 var (
@@ -21,6 +22,7 @@ var (
 	brokersFlag = flag.String("chaos.brokers", "kfake,apache", "comma-separated brokers to run against: kfake, apache")
 	seedFlag    = flag.Int64("chaos.seed", 0, "random seed of timings, targets and data (0: from the clock; the log prints it)")
 	binFlag     = flag.String("chaos.bin", "", "usagepipe binary (default: bin/usagepipe at the module root, else built into a temp dir)")
+	chFlag      = flag.String("chaos.clickhouse", "server", "ClickHouse to run against: server (one private clickhouse-server) or cluster (schema/chcluster: ZooKeeper and 3 nodes, shard 1 with replicas s1r1 and s1r2, shard 2 with s2r1)")
 )
 
 func TestMain(m *testing.M) { kafkatest.Main(m) }
@@ -35,8 +37,8 @@ type size struct {
 	users        int
 	features     int
 	kills        int           // SIGKILLs in the plan (a fault window adds one)
-	outages      int           // ClickHouse outages (SIGKILL, then SIGTERM)
-	outageFor    time.Duration // how long ClickHouse stays down
+	outages      int           // ClickHouse outages (SIGKILL, then SIGTERM; on a cluster: a replica, then a shard, at least one of each)
+	outageFor    time.Duration // how long ClickHouse (the node) stays down
 	faultWindows int           // kfake fault windows
 	faultFor     time.Duration
 	zombies      int
@@ -66,11 +68,12 @@ type suite struct {
 	sz            size
 	seed          int64
 	bin           string
-	binDesc       string // where the binary came from, for RESULTS.md
-	sessionFlag   bool   // the binary has --kafka-session-timeout
-	rebalanceFlag bool   // the binary has --kafka-rebalance-timeout
-	ch            *chServer
-	dir           string // logs of every process
+	binDesc       string             // where the binary came from, for RESULTS.md
+	sessionFlag   bool               // the binary has --kafka-session-timeout
+	rebalanceFlag bool               // the binary has --kafka-rebalance-timeout
+	ch            *chServer          // the server (-chaos.clickhouse=server)
+	cl            *chcluster.Cluster // the cluster (-chaos.clickhouse=cluster)
+	dir           string             // logs of every process
 }
 
 func TestChaos(t *testing.T) {
@@ -112,11 +115,31 @@ func TestChaos(t *testing.T) {
 
 	ctx := context.Background()
 	chDir := filepath.Join(s.dir, "clickhouse")
-	if s.ch, err = startCH(ctx, chDir); err != nil {
-		t.Fatal(err)
+	switch *chFlag {
+	case "server":
+		if s.ch, err = startCH(ctx, chDir); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.ch.down(false) })
+		t.Logf("ClickHouse 18.16 at %s (data %s)", s.ch.addr(), chDir)
+	case "cluster":
+		t0 := time.Now()
+		sctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+		s.cl, err = chcluster.Start(sctx, chDir)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.cl.Stop)
+		var nodes []string
+		for _, n := range s.cl.Nodes() {
+			nodes = append(nodes, fmt.Sprintf("%s (shard %d) at %s", n.Replica, n.Shard, n.Addr))
+		}
+		t.Logf("ClickHouse 18.16 cluster %s started in %s: ZooKeeper at %s, %s (data %s)", s.cl.Name, time.Since(t0).Round(100*time.Millisecond), s.cl.ZooKeeper, strings.Join(nodes, ", "), chDir)
+		t.Logf("cluster mode: outages alternate a replica outage (SIGKILL s1r1, restarted after outageFor) and a shard outage (stop s2r1, restarted after outageFor); in-flush kills and the zombie look for INSERTs on every node; the final comparison reads on every node")
+	default:
+		t.Fatalf("-chaos.clickhouse=%q: want server or cluster", *chFlag)
 	}
-	t.Cleanup(func() { s.ch.down(false) })
-	t.Logf("ClickHouse 18.16 at %s (data %s)", s.ch.addr(), chDir)
 
 	var all []*figures
 	for _, kind := range strings.Split(*brokersFlag, ",") {
@@ -137,13 +160,17 @@ func TestChaos(t *testing.T) {
 			all = append(all, f)
 		})
 	}
-	t.Logf("chaos suite (%s) took %s", sz.name, time.Since(began).Round(time.Second))
+	t.Logf("chaos suite (%s, ClickHouse %s) took %s", sz.name, s.chMode(), time.Since(began).Round(time.Second))
 	for _, f := range all {
-		t.Logf("figures (%s):\n%s", f.broker, f.table([]*figures{f}))
+		t.Logf("figures (%s, ClickHouse %s):\n%s", f.broker, s.chMode(), f.table([]*figures{f}))
 	}
 	if sz.name == "full" && len(all) > 0 {
-		if err := writeResults("RESULTS.md", s, all, t.Failed(), time.Since(began)); err != nil {
-			t.Errorf("write RESULTS.md: %v", err)
+		results := "RESULTS.md"
+		if s.cl != nil {
+			results = "RESULTS-cluster.md"
+		}
+		if err := writeResults(results, s, all, t.Failed(), time.Since(began)); err != nil {
+			t.Errorf("write %s: %v", results, err)
 		}
 	}
 }

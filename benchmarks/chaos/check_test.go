@@ -19,34 +19,58 @@ func (sc *scenario) check(ctx context.Context) {
 	recs := sc.prod.records
 	want := reference.Compute(recs, reference.Options{})
 	f := sc.fig
+	f.clickhouse = sc.s.chMode()
 	f.records, f.chunks, f.resends = len(recs), sc.prod.chunks, sc.prod.resends
 	f.accepted, f.duplicates, f.rejected = want.Accepted, want.Duplicates, len(want.Rejected)
 	if want.Duplicates == 0 || len(want.Rejected) == 0 {
 		t.Errorf("test data has %d duplicates and %d rejects; want both", want.Duplicates, len(want.Rejected))
 	}
 
-	st, err := store.Open(ctx, store.Config{Addr: []string{sc.s.ch.addr()}, Database: sc.db}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	// The readers' tables, read on every node (one on a single server).
+	// On a cluster they are Distributed tables; with 18.16's default
+	// prefer_localhost_replica = 1 a read on s1r2 reads shard 1 on s1r2
+	// itself, so reading on every node reads every replica. Replication is
+	// asynchronous: each node gets up to 90 s (in all) to agree.
 	compare := func(when string) int {
-		got, err := st.ReadRollups(ctx)
-		if err != nil {
-			t.Fatal(err)
+		deadline := time.Now().Add(90 * time.Second)
+		total := 0
+		for _, n := range sc.s.nodes() {
+			st, err := store.Open(ctx, store.Config{Addr: []string{n.addr}, Database: sc.db}, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Now()
+			for {
+				got, err := st.ReadRollups(ctx)
+				if err != nil {
+					t.Fatalf("%s: read on %s: %v", when, n.name, err)
+				}
+				gotF, err := st.ReadFeatures(ctx)
+				if err != nil {
+					t.Fatalf("%s: read on %s: %v", when, n.name, err)
+				}
+				d := diffRollups(got, want.Rollups)
+				df := diffFeatures(gotF, want.Features)
+				if d.total()+df.total() > 0 && sc.s.cl != nil && time.Now().Before(deadline) {
+					time.Sleep(500 * time.Millisecond)
+					continue
+				}
+				switch {
+				case d.total()+df.total() > 0 && sc.s.cl == nil:
+					t.Errorf("%s: rollups differ from the reference: %s; features: %s", when, d, df)
+				case d.total()+df.total() > 0:
+					t.Errorf("%s: read on %s, rollups differ from the reference (after waiting %s): %s; features: %s", when, n.name, time.Since(t0).Round(100*time.Millisecond), d, df)
+				case sc.s.cl == nil:
+					sc.logf("%s: %d rollup rows and %d feature rows equal the reference in every column", when, len(got), len(gotF))
+				default:
+					sc.logf("%s: read on %s, %d rollup rows and %d feature rows equal the reference in every column (after %s)", when, n.name, len(got), len(gotF), time.Since(t0).Round(100*time.Millisecond))
+				}
+				total += d.total() + df.total()
+				break
+			}
+			st.Close()
 		}
-		gotF, err := st.ReadFeatures(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		d := diffRollups(got, want.Rollups)
-		df := diffFeatures(gotF, want.Features)
-		if d.total()+df.total() > 0 {
-			t.Errorf("%s: rollups differ from the reference: %s; features: %s", when, d, df)
-		} else {
-			sc.logf("%s: %d rollup rows and %d feature rows equal the reference in every column", when, len(got), len(gotF))
-		}
-		return d.total() + df.total()
+		return total
 	}
 	f.rollupDiffs = compare("rollups")
 
@@ -95,7 +119,7 @@ func (sc *scenario) check(ctx context.Context) {
 	sc.logf("dead letters: %d for %d rejected records (%d crash-time duplicates)", dl.total, len(want.Rejected), f.dlqDuplicates)
 
 	// Physical rows, replays, and the negative controls.
-	ps, err := physicalRows(ctx, sc.conn, sc.db, sc.adb)
+	ps, err := sc.physicalRows(ctx, sc.conn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,15 +136,15 @@ func (sc *scenario) check(ctx context.Context) {
 			wantCounts[qkey(r.AccountID, r.QuarterStart)] = [2]uint64{r.Logins, r.FeatureEvents}
 		}
 	}
-	naive, err := readCounts(ctx, sc.conn, naiveCountsSQL(sc.adb+".fact_event_counts"))
+	naive, err := readCounts(ctx, sc.conn, naiveCountsSQL(sc.auditFrom("fact_event_counts")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	idem, err := readCounts(ctx, sc.conn, idempotentCountsSQL(sc.adb+".fact_event_counts"))
+	idem, err := readCounts(ctx, sc.conn, idempotentCountsSQL(sc.auditFrom("fact_event_counts")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	naiveNow, err := readCounts(ctx, sc.conn, naiveCountsSQL(sc.db+".fact_event_counts"))
+	naiveNow, err := readCounts(ctx, sc.conn, naiveCountsSQL(sc.factsFrom("fact_event_counts")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +155,7 @@ func (sc *scenario) check(ctx context.Context) {
 	if f.idemDiff != 0 {
 		t.Errorf("the views' reading rule over every row ever written differs from the reference in %d account-quarters", f.idemDiff)
 	}
-	f.ncSumDiff, f.ncRepDiff, f.ncReplayed, err = negativeControl2(ctx, sc.conn, sc.adb, wantCounts)
+	f.ncSumDiff, f.ncRepDiff, f.ncReplayed, err = negativeControl2(ctx, sc.conn, sc.adb, sc.auditFrom("fact_event_counts"), wantCounts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,22 +172,32 @@ func (sc *scenario) check(ctx context.Context) {
 	sc.logf("negative control 2: re-inserting one partition's %d final count rows: SummingMergeTree differs in %d account-quarters, ReplacingMergeTree(covered_end) in %d",
 		f.ncReplayed, f.ncSumDiff, f.ncRepDiff)
 
-	// Merging everything changes nothing.
-	if err := optimizeAll(ctx, sc.conn, sc.db); err != nil {
-		t.Fatal(err)
+	// Merging everything changes nothing. On a cluster: on one replica of
+	// each shard (s1r1, s2r1); the others merge through replication.
+	for i, n := range sc.s.nodes() {
+		if sc.s.cl != nil && n.shard == 1 && i != 0 {
+			continue
+		}
+		if err := optimizeAll(ctx, sc.conns[i], sc.db); err != nil {
+			t.Fatalf("%s: %v", n.name, err)
+		}
 	}
 	f.rollupDiffs += compare("after OPTIMIZE FINAL")
 
 	// Kills, recoveries, replays.
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	errLog := sc.s.ch.errLog()
+	nodes := sc.s.nodes()
+	errLogs := make([]string, len(nodes))
+	for i, n := range nodes {
+		errLogs[i] = n.errLog()
+	}
 	for _, k := range sc.kills {
 		f.kills++
 		switch k.mode {
 		case killInFlush.String():
 			f.killsInFlush++
-			if brokenQuery(errLog, k.queryID, k.port) {
+			if brokenQuery(errLogs[k.node], k.queryID, k.port) {
 				f.killsInFlushConfirmed++
 			}
 		case killAfterFlush.String():

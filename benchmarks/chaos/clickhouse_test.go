@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -74,12 +75,6 @@ func (c *chServer) up(ctx context.Context) error {
 	return fmt.Errorf("start clickhouse on port %d: %w", c.port, err)
 }
 
-// errLog is the server's error log (it survives restarts: appended).
-func (c *chServer) errLog() string {
-	b, _ := os.ReadFile(filepath.Join(c.dir, "server.err.log"))
-	return string(b)
-}
-
 // brokenQuery reports whether the error log says that a query of the
 // connection from port (or the query queryID) broke because the client
 // went away.
@@ -97,9 +92,82 @@ func brokenQuery(errLog string, queryID string, port int) bool {
 }
 
 // open connects to the server with a fresh connection.
-func (c *chServer) open(ctx context.Context) (driver.Conn, error) {
+func (c *chServer) open(ctx context.Context) (driver.Conn, error) { return openAddr(ctx, c.addr()) }
+
+// chNode is one clickhouse-server the suite talks to: the server, or a
+// node of the cluster.
+type chNode struct {
+	name  string // "server", or the node's replica macro: s1r1, s1r2, s2r1
+	addr  string // host:port of the native protocol
+	port  int
+	dir   string // data directory (server.err.log)
+	shard int    // 1-based; 1 for the server
+}
+
+// nodes are the servers: the one server, or the cluster's nodes in the
+// order of chcluster.Node (0 = s1r1, 1 = s1r2, 2 = s2r1).
+func (s *suite) nodes() []chNode {
+	if s.cl == nil {
+		return []chNode{{name: "server", addr: s.ch.addr(), port: s.ch.port, dir: s.ch.dir, shard: 1}}
+	}
+	var out []chNode
+	for _, n := range s.cl.Nodes() {
+		_, p, _ := net.SplitHostPort(n.Addr)
+		port, _ := strconv.Atoi(p)
+		out = append(out, chNode{name: n.Replica, addr: n.Addr, port: port, dir: n.Dir, shard: n.Shard})
+	}
+	return out
+}
+
+// chMode names the ClickHouse of the run, for the log and the figures.
+func (s *suite) chMode() string {
+	if s.cl == nil {
+		return "server"
+	}
+	return "3-node cluster"
+}
+
+// chModeLong describes it in full.
+func (s *suite) chModeLong() string {
+	if s.cl == nil {
+		return "private server, restarted in place"
+	}
+	return "3-node cluster " + s.cl.Name + " (ZooKeeper; shard 1: replicas s1r1, s1r2; shard 2: s2r1), nodes restarted in place"
+}
+
+// errLog is a node's error log (it survives restarts: appended).
+func (n chNode) errLog() string {
+	b, _ := os.ReadFile(filepath.Join(n.dir, "server.err.log"))
+	return string(b)
+}
+
+// auditFrom is the table expression that reads every row of the audit
+// table: on a cluster every node's audit copy (each node audits the
+// INSERTs it received; a shard's INSERTs may go to either replica).
+func (sc *scenario) auditFrom(table string) string {
+	if sc.s.cl == nil {
+		return sc.adb + "." + table
+	}
+	var addrs []string
+	for _, n := range sc.s.nodes() {
+		addrs = append(addrs, n.addr)
+	}
+	return "remote('" + strings.Join(addrs, ",") + "', " + sc.adb + ", " + table + ")"
+}
+
+// factsFrom is the table expression that reads a sharded fact table
+// whole: on a cluster one replica per shard (s1r1 and s2r1).
+func (sc *scenario) factsFrom(table string) string {
+	if sc.s.cl == nil {
+		return sc.db + "." + table
+	}
+	return "remote('" + sc.s.cl.Node(0).Addr + "," + sc.s.cl.Node(2).Addr + "', " + sc.db + ", " + table + ")"
+}
+
+// openAddr connects to one server with a fresh connection.
+func openAddr(ctx context.Context, addr string) (driver.Conn, error) {
 	conn, err := clickhouse.Open(&clickhouse.Options{
-		Addr:        []string{c.addr()},
+		Addr:        []string{addr},
 		Auth:        clickhouse.Auth{Username: "default"},
 		DialTimeout: 2 * time.Second,
 		ReadTimeout: 120 * time.Second,
@@ -117,6 +185,7 @@ func (c *chServer) open(ctx context.Context) (driver.Conn, error) {
 // inflight is an INSERT a pipeline instance has running in ClickHouse.
 type inflight struct {
 	in      *instance
+	node    int // index in suite.nodes() of the server running it
 	queryID string
 	table   string
 	port    int // the client's port: ClickHouse logs it when the connection breaks
@@ -124,38 +193,56 @@ type inflight struct {
 	seen    time.Time
 }
 
-// findInsert polls system.processes for an INSERT into db by one of cands
-// and returns the first it finds, or nil after timeout. The instance is
-// found from the client port ClickHouse reports: /proc/net/tcp gives the
-// socket's inode and /proc/<pid>/fd the process holding it.
-func findInsert(ctx context.Context, conn driver.Conn, db string, serverPort int, cands []*instance, timeout time.Duration) *inflight {
+// insertWatch is a server findInsert polls: its index in suite.nodes(),
+// its port and a connection to it.
+type insertWatch struct {
+	node int
+	port int
+	conn driver.Conn
+}
+
+// findInsert polls system.processes of every watched server for an INSERT
+// into db by one of cands and returns the first it finds, or nil after
+// timeout. The instance is found from the client port ClickHouse reports:
+// /proc/net/tcp gives the socket's inode and /proc/<pid>/fd the process
+// holding it. The writes of the cluster mode's caught-up check (into
+// replica_barrier) are not flushes and are left out.
+func findInsert(ctx context.Context, watch []insertWatch, db string, cands []*instance, timeout time.Duration) *inflight {
 	deadline := time.Now().Add(timeout)
-	q := "SELECT query_id, port, elapsed, query FROM system.processes WHERE query LIKE 'INSERT INTO " + db + ".%'"
+	q := "SELECT query_id, port, elapsed, query FROM system.processes WHERE query LIKE 'INSERT INTO " + db + ".%' AND query NOT LIKE 'INSERT INTO " + db + ".replica_barrier%'"
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		rows, err := conn.Query(ctx, q)
-		if err == nil {
-			var found *inflight
-			for rows.Next() && found == nil {
-				var id, query string
-				var port uint16
-				var elapsed float64
-				if rows.Scan(&id, &port, &elapsed, &query) != nil {
-					break
-				}
-				if in := socketOwner(int(port), serverPort, cands); in != nil {
-					table := strings.TrimPrefix(query, "INSERT INTO "+db+".")
-					if i := strings.IndexAny(table, " ("); i > 0 {
-						table = table[:i]
-					}
-					found = &inflight{in: in, queryID: id, table: table, port: int(port), elapsed: elapsed, seen: time.Now()}
-				}
-			}
-			rows.Close()
-			if found != nil {
-				return found
+		for _, w := range watch {
+			if f := findInsertOn(ctx, w, q, db, cands); f != nil {
+				return f
 			}
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+	return nil
+}
+
+func findInsertOn(ctx context.Context, w insertWatch, q, db string, cands []*instance) *inflight {
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	rows, err := w.conn.Query(qctx, q)
+	if err != nil {
+		return nil
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, query string
+		var port uint16
+		var elapsed float64
+		if rows.Scan(&id, &port, &elapsed, &query) != nil {
+			return nil
+		}
+		if in := socketOwner(int(port), w.port, cands); in != nil {
+			table := strings.TrimPrefix(query, "INSERT INTO "+db+".")
+			if i := strings.IndexAny(table, " ("); i > 0 {
+				table = table[:i]
+			}
+			return &inflight{in: in, node: w.node, queryID: id, table: table, port: int(port), elapsed: elapsed, seen: time.Now()}
+		}
 	}
 	return nil
 }
@@ -282,21 +369,23 @@ func anySlice(dst []*uint64) []any {
 	return out
 }
 
-func physicalRows(ctx context.Context, conn driver.Conn, db, adb string) (rowStats, error) {
+// physicalRows reads the audit copy (through sc.auditFrom) and the fact
+// tables (sc.factsFrom) over conn.
+func (sc *scenario) physicalRows(ctx context.Context, conn driver.Conn) (rowStats, error) {
 	st := rowStats{perTable: map[string]uint64{}}
 	var n, keys, keyEvents uint64
-	if err := queryUints(ctx, conn, "SELECT count(), uniqExact("+countKey+"), uniqExact("+countKey+", events) FROM "+adb+".fact_event_counts", &n, &keys, &keyEvents); err != nil {
+	if err := queryUints(ctx, conn, "SELECT count(), uniqExact("+countKey+"), uniqExact("+countKey+", events) FROM "+sc.auditFrom("fact_event_counts"), &n, &keys, &keyEvents); err != nil {
 		return st, err
 	}
 	st.written, st.countRows = n, n
 	st.beyondKey = n - keys
 	st.perTable["fact_event_counts"] = n - keys
 	st.replayRows = n - keyEvents
-	if err := queryUints(ctx, conn, "SELECT count() FROM (SELECT "+countKey+", covered_end, uniqExact(events) AS u FROM "+adb+".fact_event_counts GROUP BY "+countKey+", covered_end HAVING u > 1)", &st.impure); err != nil {
+	if err := queryUints(ctx, conn, "SELECT count() FROM (SELECT "+countKey+", covered_end, uniqExact(events) AS u FROM "+sc.auditFrom("fact_event_counts")+" GROUP BY "+countKey+", covered_end HAVING u > 1)", &st.impure); err != nil {
 		return st, err
 	}
 	for _, a := range auditKeys {
-		if err := queryUints(ctx, conn, "SELECT count(), uniqExact(k) FROM "+adb+"."+a.table, &n, &keys); err != nil {
+		if err := queryUints(ctx, conn, "SELECT count(), uniqExact(k) FROM "+sc.auditFrom(a.table), &n, &keys); err != nil {
 			return st, err
 		}
 		st.written += n
@@ -305,12 +394,12 @@ func physicalRows(ctx context.Context, conn driver.Conn, db, adb string) (rowSta
 	}
 	// What is physically left before merges finish: rows beyond one per key.
 	for _, a := range append(auditKeys, struct{ table, key string }{"fact_event_counts", countKey}) {
-		if err := queryUints(ctx, conn, "SELECT toUInt64(count() - uniqExact("+a.key+")) FROM "+db+"."+a.table, &n); err != nil {
+		if err := queryUints(ctx, conn, "SELECT toUInt64(count() - uniqExact("+a.key+")) FROM "+sc.factsFrom(a.table), &n); err != nil {
 			return st, err
 		}
 		st.unmerged += n
 	}
-	if err := queryUints(ctx, conn, "SELECT count() FROM (SELECT "+countKey+", count() AS c FROM "+db+".fact_event_counts GROUP BY "+countKey+" HAVING c > 1)", &st.dupKeys); err != nil {
+	if err := queryUints(ctx, conn, "SELECT count() FROM (SELECT "+countKey+", count() AS c FROM "+sc.factsFrom("fact_event_counts")+" GROUP BY "+countKey+" HAVING c > 1)", &st.dupKeys); err != nil {
 		return st, err
 	}
 	return st, nil
@@ -373,8 +462,10 @@ func idempotentCountsSQL(table string) string {
 // and into a ReplacingMergeTree(covered_end) copy of the count facts: the
 // final rows of every partition once, then those of the busiest partition
 // again. It returns the (account, quarter)s that differ from want for each.
-func negativeControl2(ctx context.Context, conn driver.Conn, adb string, want quarterCounts) (summingDiff, replacingDiff int, replayed uint64, err error) {
-	final := "SELECT " + countKey + ", max(covered_end) AS ce, argMax(events, covered_end) AS ev FROM " + adb + ".fact_event_counts GROUP BY " + countKey
+// audit is the table expression of the audit copy of fact_event_counts;
+// the copies are created in adb on conn's server.
+func negativeControl2(ctx context.Context, conn driver.Conn, adb, audit string, want quarterCounts) (summingDiff, replacingDiff int, replayed uint64, err error) {
+	final := "SELECT " + countKey + ", max(covered_end) AS ce, argMax(events, covered_end) AS ev FROM " + audit + " GROUP BY " + countKey
 	var busiest uint64
 	if err = queryUints(ctx, conn, "SELECT toUInt64(src_partition) FROM ("+final+") GROUP BY src_partition ORDER BY count() DESC LIMIT 1", &busiest); err != nil {
 		return
@@ -409,7 +500,9 @@ func negativeControl2(ctx context.Context, conn driver.Conn, adb string, want qu
 	return countsDiffer(sum, want), countsDiffer(rep, want), replayed, nil
 }
 
-// optimizeAll merges every fact table completely.
+// optimizeAll merges every fact table completely (on a cluster it is run
+// on one replica of each shard: the other replicas merge through the
+// replication log).
 func optimizeAll(ctx context.Context, conn driver.Conn, db string) error {
 	var errs []error
 	for _, a := range append(auditKeys, struct{ table, key string }{"fact_event_counts", countKey}) {

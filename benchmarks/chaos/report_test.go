@@ -13,7 +13,8 @@ import (
 
 // figures are one broker run's results.
 type figures struct {
-	broker string
+	broker     string
+	clickhouse string // "server" or "3-node cluster"
 
 	records, chunks, resends       int
 	accepted, duplicates, rejected int
@@ -21,7 +22,10 @@ type figures struct {
 	kills, killsInFlush, killsInFlushConfirmed, killsAfterFlush int
 	starts, terms, zombies, incarnations                        int
 	outages                                                     int
+	outageKinds                                                 []string // "server", "replica", "shard"
 	outageDown, outageReady                                     []time.Duration
+	outageFlushes                                               [][2]float64 // flushes succeeded, failed while down
+	outage503                                                   [][2]int     // instances that answered 503 while down, of those alive
 	faultWindows                                                int
 	faultFetch, faultCommit, faultProduce, joinRewrites         int64
 	zombieFlushes, zombieRows                                   float64
@@ -157,6 +161,20 @@ func diffFeatures(got, want []schema.FeatureRow) diff {
 	return d
 }
 
+// nodeOutages sums up the cluster outages of kind.
+func (f *figures) nodeOutages(kind string) string {
+	var down, ready []time.Duration
+	var each []string
+	for i, k := range f.outageKinds {
+		if k != kind {
+			continue
+		}
+		down, ready = append(down, f.outageDown[i]), append(ready, f.outageReady[i])
+		each = append(each, fmt.Sprintf("%.0f / %.0f; %d / %d", f.outageFlushes[i][0], f.outageFlushes[i][1], f.outage503[i][0], f.outage503[i][1]))
+	}
+	return fmt.Sprintf("%d (%s; %s; %s)", len(down), durs(down), durs(ready), strings.Join(each, ", "))
+}
+
 func durs(ds []time.Duration) string {
 	var s []string
 	for _, d := range ds {
@@ -172,6 +190,12 @@ func (f *figures) table(all []*figures) string {
 		val  func(f *figures) string
 	}
 	rows := []row{
+		{"ClickHouse", func(f *figures) string {
+			if f.clickhouse == "3-node cluster" {
+				return "3-node cluster (2 shards: s1r1 + s1r2, s2r1)"
+			}
+			return "one server"
+		}},
 		{"records produced (chunks, re-sent chunks)", func(f *figures) string {
 			return fmt.Sprintf("%d (%d, %d)", f.records, f.chunks, f.resends)
 		}},
@@ -186,6 +210,12 @@ func (f *figures) table(all []*figures) string {
 		}},
 		{"ClickHouse outages (down for; all ready again after)", func(f *figures) string {
 			return fmt.Sprintf("%d (%s; %s)", f.outages, durs(f.outageDown), durs(f.outageReady))
+		}},
+		{"replica outages, SIGKILL s1r1 (down for; all ready again after; flushes ok / failed while down; instances that answered 503 / alive)", func(f *figures) string {
+			return f.nodeOutages("replica")
+		}},
+		{"shard outages, SIGTERM s2r1 (down for; all ready again after; flushes ok / failed while down; instances that answered 503 / alive)", func(f *figures) string {
+			return f.nodeOutages("shard")
 		}},
 		{"kfake faults: windows / fetches delayed or dropped / commits failed / produces failed", func(f *figures) string {
 			if f.broker != "kfake" {
@@ -237,7 +267,14 @@ func (f *figures) table(all []*figures) string {
 		b.WriteString("---|")
 	}
 	b.WriteString("\n")
+	// The outage rows of the ClickHouse that ran (one server, or the cluster).
+	onCluster := len(all) > 0 && all[0].clickhouse == "3-node cluster"
 	for _, r := range rows {
+		serverRow := strings.HasPrefix(r.name, "ClickHouse outages")
+		clusterRow := strings.HasPrefix(r.name, "replica outages") || strings.HasPrefix(r.name, "shard outages")
+		if (onCluster && serverRow) || (!onCluster && clusterRow) {
+			continue
+		}
 		b.WriteString("| " + r.name + " |")
 		for _, f := range all {
 			b.WriteString(" " + r.val(f) + " |")
@@ -261,7 +298,7 @@ func writeResults(path string, s *suite, all []*figures, failed bool, took time.
 	fmt.Fprintf(&b, "Written by `make chaos` (`go test ./benchmarks/chaos -run TestChaos -chaos.size=full`). See README.md for what each figure proves.\n\n")
 	fmt.Fprintf(&b, "- result: **%s**, %s in all, seed %d, %s/%s, %d CPUs, %s\n", status, took.Round(time.Second), s.seed, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, "- binary: %s\n", s.binDesc)
-	fmt.Fprintf(&b, "- ClickHouse 18.16.1 (private server, restarted in place), consumer session timeout %s, flush interval 200ms\n\n", session)
+	fmt.Fprintf(&b, "- ClickHouse 18.16.1 (%s), consumer session timeout %s, flush interval 200ms\n\n", s.chModeLong(), session)
 	b.WriteString(all[0].table(all))
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }

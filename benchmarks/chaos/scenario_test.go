@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/usagepipe/usagepipe/ingest/kafkatest"
+	"github.com/usagepipe/usagepipe/schema/chcluster"
 )
 
 // scenario is one broker's run.
@@ -43,7 +44,8 @@ type scenario struct {
 	faults  *faultInjector
 	adm     *kadm.Client
 	admCl   *kgo.Client
-	conn    driver.Conn // the test's own ClickHouse connection
+	conn    driver.Conn   // the test's own ClickHouse connection (on a cluster: to s1r1, conns[0])
+	conns   []driver.Conn // one per suite.nodes(); nil while that node is down
 	prod    *producer
 	running map[int]*instance // slot → instance; only the plan's goroutine uses it
 
@@ -61,6 +63,7 @@ type killRec struct {
 	mode       string
 	queryID    string        // in-flush: the INSERT that was running
 	port       int           // in-flush: its client port
+	node       int           // in-flush: the server that ran it (index in suite.nodes())
 	flushAfter time.Duration // to the replacement's first successful flush
 	lagAfter   time.Duration // to committed offsets covering what existed at the kill
 }
@@ -126,14 +129,24 @@ func runBroker(t *testing.T, s *suite, kind string, brokers []string, cluster *k
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	sc.l = newLauncher(s.bin, logDir, map[string]string{
+	var addrs []string
+	for _, n := range s.nodes() {
+		addrs = append(addrs, n.addr)
+	}
+	settings := map[string]string{
 		"USAGEPIPE_KAFKA_BROKERS":       strings.Join(brokers, ","),
 		"USAGEPIPE_KAFKA_TOPIC":         sc.topic,
 		"USAGEPIPE_KAFKA_GROUP":         sc.group,
 		"USAGEPIPE_DLQ_TOPIC":           sc.dlq,
-		"USAGEPIPE_CLICKHOUSE_ADDR":     s.ch.addr(),
+		"USAGEPIPE_CLICKHOUSE_ADDR":     strings.Join(addrs, ","),
 		"USAGEPIPE_CLICKHOUSE_DATABASE": sc.db,
-	}, args)
+	}
+	if s.cl != nil {
+		// Every process (run, migrate, the catch-up run, verify) gets
+		// every node and the cluster.
+		settings["USAGEPIPE_CLICKHOUSE_CLUSTER"] = s.cl.Name
+	}
+	sc.l = newLauncher(s.bin, logDir, settings, args)
 	t.Cleanup(sc.l.cleanup)
 
 	// The database (through the binary, as users do), then the audit views.
@@ -143,21 +156,36 @@ func runBroker(t *testing.T, s *suite, kind string, brokers []string, cluster *k
 	if err != nil {
 		t.Fatalf("usagepipe migrate: %v\n%s", err, out)
 	}
-	if sc.conn, err = s.ch.open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sc.conn.Close() })
-	if err := setupAudit(ctx, sc.conn, sc.db, sc.adb); err != nil {
-		t.Fatal(err)
+	sc.conns = make([]driver.Conn, len(s.nodes()))
+	for i := range sc.conns {
+		if err := sc.reopen(ctx, i); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() {
-		c, err := s.ch.open(context.Background())
-		if err != nil {
-			return
+		for i := range sc.conns {
+			sc.closeConn(i)
 		}
-		defer c.Close()
-		_ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+sc.adb)
-		_ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+sc.db)
+	})
+	// On a cluster every node audits the INSERTs it receives.
+	for i, c := range sc.conns {
+		if err := setupAudit(ctx, c, sc.db, sc.adb); err != nil {
+			t.Fatalf("%s: %v", s.nodes()[i].name, err)
+		}
+	}
+	t.Cleanup(func() {
+		// On each node by itself (not ON CLUSTER, which waits for a node
+		// that is down): dropping a replicated table also removes its
+		// replica from ZooKeeper.
+		for _, n := range s.nodes() {
+			c, err := openAddr(context.Background(), n.addr)
+			if err != nil {
+				continue
+			}
+			_ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+sc.adb)
+			_ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+sc.db)
+			c.Close()
+		}
 	})
 	t.Cleanup(sc.l.cleanup) // (again) so that no instance writes while the databases go
 
@@ -186,6 +214,11 @@ func runBroker(t *testing.T, s *suite, kind string, brokers []string, cluster *k
 		// a shorter plan keeps the run inside its budget.
 		psz.kills, psz.outages, psz.zombies = 3, 1, 1
 		sc.logf("NOTE: session timeout %s: the plan is cut to %d kills, %d outage, %d zombie", sc.session, psz.kills, psz.outages, psz.zombies)
+	}
+	if s.cl != nil && psz.outages < 2 {
+		// On a cluster the outages alternate a replica and a shard:
+		// at least one of each.
+		psz.outages = 2
 	}
 	sc.planKills = psz.kills
 	steps := plan(psz, sc.faults != nil)
@@ -335,10 +368,10 @@ func (sc *scenario) kill(ctx context.Context, mode killMode, settle bool) {
 	detail := ""
 	switch mode {
 	case killInFlush:
-		if f := findInsert(ctx, sc.conn, sc.db, sc.s.ch.port, sc.list(), 8*time.Second); f != nil {
+		if f := findInsert(ctx, sc.watch(), sc.db, sc.list(), 8*time.Second); f != nil {
 			sigkill(f.in)
-			victim, rec.queryID, rec.port = f.in, f.queryID, f.port
-			detail = fmt.Sprintf("INSERT INTO %s running %.0f ms, killed %s after seeing it", f.table, f.elapsed*1000, time.Since(f.seen).Round(time.Microsecond))
+			victim, rec.queryID, rec.port, rec.node = f.in, f.queryID, f.port, f.node
+			detail = fmt.Sprintf("INSERT INTO %s running %.0f ms%s, killed %s after seeing it", f.table, f.elapsed*1000, sc.onNode(f.node), time.Since(f.seen).Round(time.Microsecond))
 		} else {
 			rec.mode = killRandom.String()
 			detail = "no INSERT seen in 8 s: killed after a chunk instead"
@@ -502,21 +535,104 @@ func (sc *scenario) measureRecovery(rec *killRec, ends map[int32]int64, repl *in
 	}
 }
 
-// outage stops ClickHouse (SIGKILL first, then SIGTERM) for outageFor while
-// the instances run and data flows, then starts it again on the same port
-// and data directory. Every instance must stay up, report 503 on /readyz
-// during the outage and 200 after it. In the second outage one instance is
-// also killed and restarted while ClickHouse is down.
+// outageSpec is one outage: what goes down and how it comes back.
+type outageSpec struct {
+	kind string // "server", "replica" or "shard"
+	what string // for the log: "ClickHouse", "replica s1r1 (shard 1 keeps s1r2)", …
+	how  string // SIGKILL, SIGTERM
+	node int    // the node that goes down (index in suite.nodes())
+	down func()
+	up   func(ctx context.Context) error
+}
+
+// outageOf is the n-th outage (0-based). On one server: ClickHouse,
+// SIGKILL in even outages and SIGTERM in odd ones. On a cluster: even
+// outages are a replica outage (SIGKILL of s1r1, node 0: shard 1 still
+// has s1r2), odd ones a shard outage (a clean stop of s2r1, node 2, the
+// only replica of shard 2).
+func (sc *scenario) outageOf(n int) outageSpec {
+	if sc.s.cl == nil {
+		kill := n%2 == 0
+		return outageSpec{
+			kind: "server", what: "ClickHouse", how: map[bool]string{true: "SIGKILL", false: "SIGTERM"}[kill],
+			down: func() { sc.s.ch.down(kill) },
+			up:   sc.s.ch.up,
+		}
+	}
+	if n%2 == 0 {
+		node := sc.s.cl.Node(0)
+		var killed time.Time
+		return outageSpec{
+			kind: "replica", what: "replica s1r1 (shard 1 keeps s1r2)", how: "SIGKILL", node: 0,
+			down: func() { node.Kill(); killed = time.Now() },
+			up: func(ctx context.Context) error {
+				// Its ZooKeeper session (and its replicas' is_active) must
+				// have expired, or its tables stay read-only ~10 s more
+				// (chcluster.Node.Restart).
+				time.Sleep(time.Until(killed.Add(chcluster.SessionTimeoutMS*time.Millisecond + time.Second)))
+				return restartNode(ctx, node)
+			},
+		}
+	}
+	node := sc.s.cl.Node(2)
+	return outageSpec{
+		kind: "shard", what: "shard 2 (s2r1, its only replica)", how: "SIGTERM", node: 2,
+		down: func() { _ = node.Stop() },
+		up:   func(ctx context.Context) error { return restartNode(ctx, node) },
+	}
+}
+
+// restartNode starts a node again on its ports and data (a few tries: a
+// port may linger a moment after a kill).
+func restartNode(ctx context.Context, n *chcluster.Node) error {
+	var err error
+	for try := 0; try < 3; try++ {
+		rctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		err = n.Restart(rctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		time.Sleep(time.Second)
+	}
+	return fmt.Errorf("restart %s: %w", n.Replica, err)
+}
+
+// outage takes ClickHouse — on a cluster one node (outageOf) — down for
+// outageFor while the instances run and data flows, then starts it again
+// on the same ports and data directory. Every instance must stay up and
+// be ready (/readyz 200) again at most 60 s after. On one server every
+// instance must answer 503 while ClickHouse is down. On a cluster, during
+// a replica outage the instances must go on flushing (the other replica
+// takes the writes); during a shard outage their flushes must fail and be
+// retried, and an instance whose flush failed must answer 503 at least
+// once. In the second outage one instance is also killed and restarted
+// while ClickHouse (the node) is down.
 func (sc *scenario) outage(ctx context.Context, n int) {
-	kill := n%2 == 0
-	how := map[bool]string{true: "SIGKILL", false: "SIGTERM"}[kill]
+	o := sc.outageOf(n)
 	live := sc.list()
-	sc.l.excused.Add(1)
-	defer sc.l.excused.Add(-1)
+	if o.kind != "replica" {
+		// Stalls are expected; during a replica outage they are not.
+		sc.l.excused.Add(1)
+		defer sc.l.excused.Add(-1)
+	}
+	if sc.s.cl != nil {
+		// The test's own connection to the node, closed first: a clean
+		// stop waits for open connections.
+		sc.closeConn(o.node)
+	}
 	t0 := time.Now()
-	sc.s.ch.down(kill)
+	o.down()
 	down := time.Now() // a SIGTERM takes ClickHouse a few seconds
-	sc.logf("outage #%d: ClickHouse stopped with %s in %s; %d instances running", n+1, how, down.Sub(t0).Round(100*time.Millisecond), len(live))
+	before := map[string]snap{}
+	for _, in := range live {
+		before[in.name], _ = in.snapshot()
+	}
+	if o.kind == "server" {
+		sc.logf("outage #%d: ClickHouse stopped with %s in %s; %d instances running", n+1, o.how, down.Sub(t0).Round(100*time.Millisecond), len(live))
+	} else {
+		sc.logf("outage #%d (%s): %s stopped with %s in %s at %s; %d instances running", n+1, o.kind, o.what, o.how, down.Sub(t0).Round(100*time.Millisecond), down.Format("15:04:05.0"), len(live))
+	}
 	saw503 := map[string]bool{}
 	var restarted *instance
 	deadline := down.Add(sc.s.sz.outageFor)
@@ -538,14 +654,25 @@ func (sc *scenario) outage(ctx context.Context, n int) {
 			sc.mu.Unlock()
 			sc.recWG.Add(1)
 			go sc.measureRecovery(rec, ends, restarted)
-			sc.logf("kill #%d (during-outage): SIGKILL %s, restarted as %s while ClickHouse is down", len(sc.kills), victim.name, restarted.name)
+			sc.logf("kill #%d (during-outage): SIGKILL %s, restarted as %s while %s is down", len(sc.kills), victim.name, restarted.name, o.what)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if err := sc.s.ch.up(ctx); err != nil {
+	// Flushes of the instances that lived through the outage, while down.
+	var flushes, flushErrs float64
+	failed := map[string]bool{}
+	for _, in := range live {
+		if in.alive() && in.ended.Load() == endNone {
+			s, _ := in.snapshot()
+			flushes += s.flushOK - before[in.name].flushOK
+			flushErrs += s.flushErr - before[in.name].flushErr
+			failed[in.name] = s.flushErr > before[in.name].flushErr
+		}
+	}
+	if err := o.up(ctx); err != nil {
 		sc.t.Fatalf("outage #%d: %v", n+1, err)
 	}
-	downFor := time.Since(down)
+	downFor, upAt := time.Since(down), time.Now()
 	if restarted != nil {
 		if err := restarted.waitUp(ctx, 90*time.Second); err != nil {
 			sc.t.Fatalf("outage #%d: instance started during the outage: %v", n+1, err)
@@ -564,33 +691,110 @@ func (sc *scenario) outage(ctx context.Context, n int) {
 			break
 		}
 		if time.Now().After(readyBy) {
-			sc.t.Errorf("outage #%d: %d instances not ready 60 s after ClickHouse came back", n+1, notReady)
+			sc.t.Errorf("outage #%d: %d instances not ready 60 s after %s came back", n+1, notReady, o.what)
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	n503, nLive := 0, 0
 	for _, in := range live {
 		if !in.alive() && in.ended.Load() == endNone {
-			sc.t.Errorf("outage #%d: %s exited while ClickHouse was down: %v\n%s", n+1, in.name, in.exitErr, in.logTail(2000))
+			sc.t.Errorf("outage #%d: %s exited while %s was down: %v\n%s", n+1, in.name, o.what, in.exitErr, in.logTail(2000))
 		}
-		if in.ended.Load() == endNone && !saw503[in.name] {
+		if in.ended.Load() != endNone {
+			continue
+		}
+		nLive++
+		if saw503[in.name] {
+			n503++
+		}
+		switch {
+		case o.kind == "server" && !saw503[in.name]:
 			sc.t.Errorf("outage #%d: %s never answered 503 on /readyz while ClickHouse was down", n+1, in.name)
+		case o.kind == "shard" && failed[in.name] && !saw503[in.name]:
+			sc.t.Errorf("outage #%d: %s failed to flush while %s was down but never answered 503 on /readyz", n+1, in.name, o.what)
 		}
 	}
-	if sc.conn != nil {
-		sc.conn.Close()
+	switch {
+	case o.kind == "replica" && flushes == 0:
+		sc.t.Errorf("outage #%d: no flush succeeded while %s was down: the writes did not fail over to the other replica", n+1, o.what)
+	case o.kind == "shard" && flushErrs == 0:
+		sc.t.Errorf("outage #%d: no flush failed while %s was down: the run did not meet the shard outage", n+1, o.what)
 	}
-	var err error
-	if sc.conn, err = sc.s.ch.open(ctx); err != nil {
-		sc.t.Fatal(err)
+	if sc.s.cl == nil {
+		if sc.conn != nil {
+			sc.conn.Close()
+		}
+		var err error
+		if sc.conn, err = sc.s.ch.open(ctx); err != nil {
+			sc.t.Fatal(err)
+		}
+		sc.conns[0] = sc.conn
+	} else {
+		sc.closeConn(o.node)
+		if err := sc.reopen(ctx, o.node); err != nil {
+			sc.t.Fatal(err)
+		}
 	}
 	sc.mu.Lock()
 	sc.fig.outages++
+	sc.fig.outageKinds = append(sc.fig.outageKinds, o.kind)
 	sc.fig.outageDown = append(sc.fig.outageDown, downFor)
 	sc.fig.outageReady = append(sc.fig.outageReady, time.Since(down))
+	sc.fig.outageFlushes = append(sc.fig.outageFlushes, [2]float64{flushes, flushErrs})
+	sc.fig.outage503 = append(sc.fig.outage503, [2]int{n503, nLive})
 	sc.mu.Unlock()
-	sc.logf("outage #%d: ClickHouse back after %s (%s); all %d instances alive, /readyz 503 during, 200 again %s after the stop",
-		n+1, downFor.Round(100*time.Millisecond), how, len(sc.running), time.Since(down).Round(100*time.Millisecond))
+	if o.kind == "server" {
+		sc.logf("outage #%d: ClickHouse back after %s (%s); all %d instances alive, /readyz 503 during, 200 again %s after the stop",
+			n+1, downFor.Round(100*time.Millisecond), o.how, len(sc.running), time.Since(down).Round(100*time.Millisecond))
+		return
+	}
+	sc.logf("outage #%d (%s): %s back at %s after %s (%s); all %d instances alive; while it was down %.0f flushes succeeded and %.0f failed, /readyz answered 503 on %d of %d instances; 200 everywhere %s after the stop",
+		n+1, o.kind, o.what, upAt.Format("15:04:05.0"), downFor.Round(100*time.Millisecond), o.how, len(sc.running), flushes, flushErrs, n503, nLive, time.Since(down).Round(100*time.Millisecond))
+}
+
+// reopen connects the test to node i (sc.conn is node 0's connection).
+func (sc *scenario) reopen(ctx context.Context, i int) error {
+	n := sc.s.nodes()[i]
+	c, err := openAddr(ctx, n.addr)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", n.name, err)
+	}
+	sc.conns[i] = c
+	if i == 0 {
+		sc.conn = c
+	}
+	return nil
+}
+
+// closeConn closes the test's connection to node i, if open.
+func (sc *scenario) closeConn(i int) {
+	if sc.conns[i] != nil {
+		sc.conns[i].Close()
+		sc.conns[i] = nil
+	}
+	if i == 0 {
+		sc.conn = nil
+	}
+}
+
+// watch is what findInsert polls: every node the test is connected to.
+func (sc *scenario) watch() []insertWatch {
+	var w []insertWatch
+	for i, n := range sc.s.nodes() {
+		if sc.conns[i] != nil {
+			w = append(w, insertWatch{node: i, port: n.port, conn: sc.conns[i]})
+		}
+	}
+	return w
+}
+
+// onNode names the node an INSERT ran on, on a cluster.
+func (sc *scenario) onNode(i int) string {
+	if sc.s.cl == nil {
+		return ""
+	}
+	return " on " + sc.s.nodes()[i].name
 }
 
 // faultWindow turns on the kfake faults for faultFor, with a kill inside.
@@ -624,11 +828,11 @@ func (sc *scenario) zombie(ctx context.Context) {
 	defer sc.l.excused.Add(-1)
 	var z *instance
 	how := ""
-	if f := findInsert(ctx, sc.conn, sc.db, sc.s.ch.port, sc.list(), 8*time.Second); f != nil {
+	if f := findInsert(ctx, sc.watch(), sc.db, sc.list(), 8*time.Second); f != nil {
 		z = f.in
 		z.paused.Store(true)
 		z.signal(syscall.SIGSTOP)
-		how = fmt.Sprintf("inside an INSERT INTO %s", f.table)
+		how = fmt.Sprintf("inside an INSERT INTO %s%s", f.table, sc.onNode(f.node))
 	} else {
 		z = sc.pickOwner(ctx)
 		z.paused.Store(true)
