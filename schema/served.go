@@ -70,6 +70,9 @@ func (s *Served) skew() uint32 {
 // loop passes every flush's months): on a cluster the global last quarter
 // is the greatest month s knows of or reads on a shard. It only grows.
 func (s *Served) NoteMonth(m int32) {
+	if !s.topo.Clustered() {
+		return
+	}
 	for {
 		old := s.lastMonth.Load()
 		if m <= old || s.lastMonth.CompareAndSwap(old, m) {
@@ -105,6 +108,9 @@ func (s *Served) lastQLiteral(ctx context.Context, conn driver.Conn) (string, er
 
 // byShard splits accounts by the shard that holds them.
 func (s *Served) byShard(accounts map[string]int32) []map[string]int32 {
+	if len(s.topo.Shards) == 1 {
+		return []map[string]int32{accounts}
+	}
 	out := make([]map[string]int32, len(s.topo.Shards))
 	for a, q := range accounts {
 		i := s.topo.ShardIndex(a)
