@@ -206,10 +206,18 @@ type insertWatch struct {
 // timeout. The instance is found from the client port ClickHouse reports:
 // /proc/net/tcp gives the socket's inode and /proc/<pid>/fd the process
 // holding it. The writes of the cluster mode's caught-up check (into
-// replica_barrier) are not flushes and are left out.
-func findInsert(ctx context.Context, watch []insertWatch, db string, cands []*instance, timeout time.Duration) *inflight {
+// replica_barrier) are not flushes and are left out. With tables given,
+// only an INSERT into one of them counts.
+func findInsert(ctx context.Context, watch []insertWatch, db string, cands []*instance, timeout time.Duration, tables ...string) *inflight {
 	deadline := time.Now().Add(timeout)
 	q := "SELECT query_id, port, elapsed, query FROM system.processes WHERE query LIKE 'INSERT INTO " + db + ".%' AND query NOT LIKE 'INSERT INTO " + db + ".replica_barrier%'"
+	if len(tables) > 0 {
+		var or []string
+		for _, t := range tables {
+			or = append(or, "query LIKE 'INSERT INTO "+db+"."+t+" %'", "query LIKE 'INSERT INTO "+db+"."+t+"(%'")
+		}
+		q += " AND (" + strings.Join(or, " OR ") + ")"
+	}
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		for _, w := range watch {
 			if f := findInsertOn(ctx, w, q, db, cands); f != nil {

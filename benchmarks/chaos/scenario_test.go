@@ -536,6 +536,10 @@ func (sc *scenario) measureRecovery(rec *killRec, ends map[int32]int64, repl *in
 }
 
 // outageSpec is one outage: what goes down and how it comes back.
+// afterCounts are the tables a flush writes after fact_event_counts
+// (schema/store: one table after another, progress last).
+var afterCounts = []string{"fact_seat_events", "fact_seat_purchases", "rollup_marks"}
+
 type outageSpec struct {
 	kind string // "server", "replica" or "shard"
 	what string // for the log: "ClickHouse", "replica s1r1 (shard 1 keeps s1r2)", …
@@ -616,6 +620,31 @@ func (sc *scenario) outage(ctx context.Context, n int) {
 		sc.l.excused.Add(1)
 		defer sc.l.excused.Add(-1)
 	}
+	// A SIGKILL lands inside a flush, after its fact_event_counts INSERT:
+	// the instance writing is paused (SIGSTOP) inside a later INSERT of
+	// the flush, so that the flush cannot finish before the node is down,
+	// and resumed right after. The flush fails and its retry writes those
+	// count rows again: the (key, events) repeats the final check requires
+	// (replays after a pipeline kill resume past what was written and
+	// repeat nothing).
+	inFlush := ""
+	var frozen *instance
+	if o.how == "SIGKILL" {
+		var w []insertWatch
+		for _, x := range sc.watch() {
+			if x.node == o.node {
+				w = append(w, x)
+			}
+		}
+		if f := findInsert(ctx, w, sc.db, live, 8*time.Second, afterCounts...); f != nil {
+			frozen = f.in
+			frozen.paused.Store(true)
+			frozen.signal(syscall.SIGSTOP)
+			inFlush = fmt.Sprintf(" inside %s's INSERT INTO %s (seen running %.0f ms; %s paused over the kill)", f.in.name, f.table, f.elapsed*1000, f.in.name)
+		} else {
+			inFlush = " (no INSERT after fact_event_counts seen in 8 s)"
+		}
+	}
 	if sc.s.cl != nil {
 		// The test's own connection to the node, closed first: a clean
 		// stop waits for open connections.
@@ -624,14 +653,18 @@ func (sc *scenario) outage(ctx context.Context, n int) {
 	t0 := time.Now()
 	o.down()
 	down := time.Now() // a SIGTERM takes ClickHouse a few seconds
+	if frozen != nil {
+		frozen.signal(syscall.SIGCONT)
+		frozen.paused.Store(false)
+	}
 	before := map[string]snap{}
 	for _, in := range live {
 		before[in.name], _ = in.snapshot()
 	}
 	if o.kind == "server" {
-		sc.logf("outage #%d: ClickHouse stopped with %s in %s; %d instances running", n+1, o.how, down.Sub(t0).Round(100*time.Millisecond), len(live))
+		sc.logf("outage #%d: ClickHouse stopped with %s%s in %s; %d instances running", n+1, o.how, inFlush, down.Sub(t0).Round(100*time.Millisecond), len(live))
 	} else {
-		sc.logf("outage #%d (%s): %s stopped with %s in %s at %s; %d instances running", n+1, o.kind, o.what, o.how, down.Sub(t0).Round(100*time.Millisecond), down.Format("15:04:05.0"), len(live))
+		sc.logf("outage #%d (%s): %s stopped with %s%s in %s at %s; %d instances running", n+1, o.kind, o.what, o.how, inFlush, down.Sub(t0).Round(100*time.Millisecond), down.Format("15:04:05.0"), len(live))
 	}
 	saw503 := map[string]bool{}
 	var restarted *instance
