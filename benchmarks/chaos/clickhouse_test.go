@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -206,22 +207,13 @@ type insertWatch struct {
 // timeout. The instance is found from the client port ClickHouse reports:
 // /proc/net/tcp gives the socket's inode and /proc/<pid>/fd the process
 // holding it. The writes of the cluster mode's caught-up check (into
-// replica_barrier) are not flushes and are left out. With tables given,
-// only an INSERT into one of them counts.
-func findInsert(ctx context.Context, watch []insertWatch, db string, cands []*instance, timeout time.Duration, tables ...string) *inflight {
+// replica_barrier) are not flushes and are left out.
+func findInsert(ctx context.Context, watch []insertWatch, db string, cands []*instance, timeout time.Duration) *inflight {
 	deadline := time.Now().Add(timeout)
-	q := "SELECT query_id, port, elapsed, query FROM system.processes WHERE query LIKE 'INSERT INTO " + db + ".%' AND query NOT LIKE 'INSERT INTO " + db + ".replica_barrier%'"
-	if len(tables) > 0 {
-		var or []string
-		for _, t := range tables {
-			or = append(or, "query LIKE 'INSERT INTO "+db+"."+t+" %'", "query LIKE 'INSERT INTO "+db+"."+t+"(%'")
-		}
-		q += " AND (" + strings.Join(or, " OR ") + ")"
-	}
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		for _, w := range watch {
-			if f := findInsertOn(ctx, w, q, db, cands); f != nil {
-				return f
+			if fs := insertsOn(ctx, w, db, cands); len(fs) > 0 {
+				return fs[0]
 			}
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -229,7 +221,45 @@ func findInsert(ctx context.Context, watch []insertWatch, db string, cands []*in
 	return nil
 }
 
-func findInsertOn(ctx context.Context, w insertWatch, q, db string, cands []*instance) *inflight {
+// findInsertAfterCounts is findInsert for an INSERT into one of the tables
+// a flush writes after fact_event_counts (afterCounts) by an instance whose
+// INSERT into fact_event_counts was seen before it in the same flush (no
+// INSERT of an earlier table of the flush seen since): a flush whose count
+// rows have landed and which has not finished.
+func findInsertAfterCounts(ctx context.Context, watch []insertWatch, db string, cands []*instance, timeout time.Duration) *inflight {
+	deadline := time.Now().Add(timeout)
+	counted := map[*instance]time.Time{} // when its count INSERT was last seen
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		for _, w := range watch {
+			for _, f := range insertsOn(ctx, w, db, cands) {
+				switch {
+				case f.table == "fact_event_counts":
+					counted[f.in] = f.seen
+				case slices.Contains(afterCounts, f.table):
+					if t, ok := counted[f.in]; ok && f.seen.Sub(t) < time.Second {
+						return f
+					}
+				case slices.Contains(beforeCounts, f.table):
+					delete(counted, f.in) // its next flush
+				}
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
+
+// The tables a flush writes before and after fact_event_counts
+// (schema/store: one table after another, progress last).
+var (
+	beforeCounts = []string{"fact_account_months", "fact_user_activity", "fact_feature_users"}
+	afterCounts  = []string{"fact_seat_events", "fact_seat_purchases", "rollup_marks"}
+)
+
+// insertsOn lists the INSERTs into db (but replica_barrier) running on w's
+// server by one of cands.
+func insertsOn(ctx context.Context, w insertWatch, db string, cands []*instance) []*inflight {
+	q := "SELECT query_id, port, elapsed, query FROM system.processes WHERE query LIKE 'INSERT INTO " + db + ".%' AND query NOT LIKE 'INSERT INTO " + db + ".replica_barrier%'"
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	rows, err := w.conn.Query(qctx, q)
@@ -237,22 +267,23 @@ func findInsertOn(ctx context.Context, w insertWatch, q, db string, cands []*ins
 		return nil
 	}
 	defer rows.Close()
+	var out []*inflight
 	for rows.Next() {
 		var id, query string
 		var port uint16
 		var elapsed float64
 		if rows.Scan(&id, &port, &elapsed, &query) != nil {
-			return nil
+			return out
 		}
 		if in := socketOwner(int(port), w.port, cands); in != nil {
 			table := strings.TrimPrefix(query, "INSERT INTO "+db+".")
 			if i := strings.IndexAny(table, " ("); i > 0 {
 				table = table[:i]
 			}
-			return &inflight{in: in, node: w.node, queryID: id, table: table, port: int(port), elapsed: elapsed, seen: time.Now()}
+			out = append(out, &inflight{in: in, node: w.node, queryID: id, table: table, port: int(port), elapsed: elapsed, seen: time.Now()})
 		}
 	}
-	return nil
+	return out
 }
 
 // socketOwner returns the instance among cands holding the TCP connection

@@ -536,10 +536,6 @@ func (sc *scenario) measureRecovery(rec *killRec, ends map[int32]int64, repl *in
 }
 
 // outageSpec is one outage: what goes down and how it comes back.
-// afterCounts are the tables a flush writes after fact_event_counts
-// (schema/store: one table after another, progress last).
-var afterCounts = []string{"fact_seat_events", "fact_seat_purchases", "rollup_marks"}
-
 type outageSpec struct {
 	kind string // "server", "replica" or "shard"
 	what string // for the log: "ClickHouse", "replica s1r1 (shard 1 keeps s1r2)", …
@@ -620,15 +616,17 @@ func (sc *scenario) outage(ctx context.Context, n int) {
 		sc.l.excused.Add(1)
 		defer sc.l.excused.Add(-1)
 	}
-	// A SIGKILL lands inside a flush, after its fact_event_counts INSERT:
-	// the instance writing is paused (SIGSTOP) inside a later INSERT of
-	// the flush, so that the flush cannot finish before the node is down,
-	// and resumed right after. The flush fails and its retry writes those
+	// A SIGKILL lands inside a flush, after its fact_event_counts INSERT
+	// (seen running, so the flush has count rows): the instance writing is
+	// paused (SIGSTOP) inside a later INSERT of the flush, so that the
+	// flush cannot finish before the node is down, and resumed right
+	// after. The flush fails and its retry writes those
 	// count rows again: the (key, events) repeats the final check requires
 	// (replays after a pipeline kill resume past what was written and
 	// repeat nothing).
 	inFlush := ""
 	var frozen *instance
+	var frozenBefore snap
 	if o.how == "SIGKILL" {
 		var w []insertWatch
 		for _, x := range sc.watch() {
@@ -636,13 +634,14 @@ func (sc *scenario) outage(ctx context.Context, n int) {
 				w = append(w, x)
 			}
 		}
-		if f := findInsert(ctx, w, sc.db, live, 8*time.Second, afterCounts...); f != nil {
+		if f := findInsertAfterCounts(ctx, w, sc.db, live, 15*time.Second); f != nil {
 			frozen = f.in
+			frozenBefore, _ = frozen.scrape(time.Second)
 			frozen.paused.Store(true)
 			frozen.signal(syscall.SIGSTOP)
 			inFlush = fmt.Sprintf(" inside %s's INSERT INTO %s (seen running %.0f ms; %s paused over the kill)", f.in.name, f.table, f.elapsed*1000, f.in.name)
 		} else {
-			inFlush = " (no INSERT after fact_event_counts seen in 8 s)"
+			inFlush = " (no flush seen between its fact_event_counts INSERT and its end in 15 s)"
 		}
 	}
 	if sc.s.cl != nil {
@@ -700,6 +699,11 @@ func (sc *scenario) outage(ctx context.Context, n int) {
 			flushes += s.flushOK - before[in.name].flushOK
 			flushErrs += s.flushErr - before[in.name].flushErr
 			failed[in.name] = s.flushErr > before[in.name].flushErr
+		}
+	}
+	if frozen != nil && frozen.alive() {
+		if s, err := frozen.scrape(time.Second); err == nil {
+			sc.logf("outage #%d: %s, paused inside a flush over the kill: %.0f failed flush attempts while down", n+1, frozen.name, s.flushErr-frozenBefore.flushErr)
 		}
 	}
 	if err := o.up(ctx); err != nil {
