@@ -392,11 +392,17 @@ func freePorts(n int) ([]int, error) {
 
 // newClusterID returns a random Kafka cluster ID: 16 bytes, URL-safe base64.
 func newClusterID() (string, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
+	for {
+		var b [16]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return "", err
+		}
+		// As Kafka's Uuid.randomUuid: never one that starts with '-' (the
+		// storage tool would take it for an option; 1 in 64 did).
+		if id := base64.RawURLEncoding.EncodeToString(b[:]); id[0] != '-' {
+			return id, nil
+		}
 	}
-	return base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
 
 func copyEmbedded(name, to string) error {
