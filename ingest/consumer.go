@@ -338,6 +338,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				c.log.Warn("served rollups: not recomputed at shutdown; the next sweep will", "err", derr)
 			}
 		}
+		c.srv.close(flushCtx)
 	}
 	return err
 }

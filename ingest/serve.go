@@ -2,12 +2,15 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
@@ -29,10 +32,15 @@ type connProvider interface {
 // recomputes every account whose marks its served rows do not satisfy,
 // whoever wrote them. Its loop is owned by Consumer.Run.
 type server struct {
-	sv    *schema.Served
-	log   *slog.Logger
-	every time.Duration
-	warn  rateLimiter
+	sv     *schema.Served
+	conn   driver.Conn   // the server of the reader tables (one server)
+	scfg   schema.Config // database and calendar
+	copy   *schema.Copy  // reader tables (servers before 20.1); nil: views or not known yet
+	copyAt time.Time     // the last keepCopy (serve loop only)
+	holder bool          // this process took the copy lease and did not see it taken
+	log    *slog.Logger
+	every  time.Duration
+	warn   rateLimiter
 
 	mu      sync.Mutex
 	pending map[string]int32 // account → earliest quarter to recompute
@@ -45,6 +53,8 @@ type server struct {
 	sweeps     prometheus.Counter
 	staleFound prometheus.Counter
 	errs       prometheus.Counter
+	installs   prometheus.Counter
+	holds      prometheus.Gauge
 	delay      *batchHistogram
 }
 
@@ -54,16 +64,19 @@ func newServer(w Writer, cfg Config, log *slog.Logger, reg prometheus.Registerer
 		return nil, nil
 	}
 	t := cp.Topology()
-	sv, err := schema.NewServedOn(t, schema.Config{Database: cp.Database(), FiscalStartMonth: cfg.FiscalStartMonth, Cluster: t.Cluster})
+	scfg := schema.Config{Database: cp.Database(), FiscalStartMonth: cfg.FiscalStartMonth, Cluster: t.Cluster}
+	sv, err := schema.NewServedOn(t, scfg)
 	if err != nil {
 		return nil, fmt.Errorf("served rollups: %w", err)
 	}
-	s := &server{sv: sv, log: log, every: cfg.SweepInterval, pending: map[string]int32{}, delays: map[int64]int{}, sweep: true, kick: make(chan struct{}, 1)}
+	s := &server{sv: sv, conn: t.Global, scfg: scfg, log: log, every: cfg.SweepInterval, pending: map[string]int32{}, delays: map[int64]int{}, sweep: true, kick: make(chan struct{}, 1)}
 	f := promauto.With(reg)
 	s.recomputed = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_accounts_recomputed_total", Help: "Accounts whose served rollup rows were recomputed (one per account and recompute)."})
 	s.sweeps = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_sweeps_total", Help: "Sweeps: checks of every mark against the served rows."})
 	s.staleFound = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_stale_accounts_total", Help: "Accounts a sweep found with marks their served rows did not satisfy (left by a crash, another instance, or a quarter rollover)."})
 	s.errs = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_errors_total", Help: "Recomputes or sweeps that failed (retried)."})
+	s.installs = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_copy_installs_total", Help: "Quarters of the reader tables replaced with a new snapshot of the served rows (servers before 20.1, where readers are tables)."})
+	s.holds = f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_serve_copy_lease", Help: "1 while this process holds the lease that keeps the reader tables (servers before 20.1), else 0."})
 	s.delay = newBatchHistogram(prometheus.HistogramOpts{Name: "usagepipe_served_delay_seconds",
 		Help:    "Kafka record timestamp to the moment the served rollup rows of its account were rewritten with it (freshness of account_quarter_rollups).",
 		Buckets: []float64{.25, .5, 1, 2, 3, 4, 5, 7.5, 10, 20, 30, 60, 120, 300, 900, 3600}})
@@ -186,20 +199,128 @@ func (s *server) round(ctx context.Context, sweepDue bool) error {
 			}
 		}
 	}
-	if len(batch) == 0 {
-		return nil
+	if len(batch) > 0 {
+		if err := s.sv.Recompute(ctx, batch, nil); err != nil {
+			s.requeue(batch, delays, false)
+			return err
+		}
+		s.recomputed.Add(float64(len(batch)))
 	}
-	if err := s.sv.Recompute(ctx, batch, nil); err != nil {
-		s.requeue(batch, delays, false)
-		return err
+	// Readers see the rows once the reader tables have them, where they
+	// are tables and this process keeps them; else now.
+	var err error
+	if len(batch) > 0 || sweep || time.Since(s.copyAt) > 5*time.Second {
+		// (Also every 5 s without news: other processes' changes, and
+		// the lease of a holder that went away.)
+		err = s.keepCopy(ctx, sweep)
+		s.copyAt = time.Now()
 	}
-	s.recomputed.Add(float64(len(batch)))
 	now := time.Now()
 	for sec, n := range delays {
 		// As usagepipe_event_delay_seconds: from the middle of the second.
 		s.delay.ObserveN(now.Sub(time.Unix(sec, 0)).Seconds()-0.5, uint64(n))
 	}
+	return err
+}
+
+// keepCopy brings the reader tables up to date where they are tables
+// (docs/design.md, "Reader tables where views cannot filter"): if this
+// process holds the copy lease, or takes it because nobody keeps them, it
+// replaces every quarter whose served rows changed since its last
+// install; full also compares every quarter (what a crash between a
+// recompute and its copy_dirty row leaves).
+func (s *server) keepCopy(ctx context.Context, full bool) error {
+	if s.copy == nil {
+		tables, err := s.sv.ReaderTablesOn()
+		if err != nil || !tables {
+			return err
+		}
+		s.copy = schema.NewCopy(s.conn, s.scfg)
+	}
+	c := s.copy
+	if !c.Holds() {
+		// A holder whose refresh failed (ClickHouse restarting) takes it
+		// again at once; others when nobody keeps the copy.
+		take := s.holder
+		if !take {
+			var err error
+			if take, err = c.ShouldTake(ctx); err != nil || !take {
+				return err
+			}
+		}
+		if err := c.Acquire(ctx); err != nil {
+			return err
+		}
+		s.holds.Set(1)
+		if !s.holder {
+			s.log.Info("reader tables: took the copy lease")
+		}
+		s.holder = true
+		full = true
+	}
+	if err := c.Beat(ctx); err != nil {
+		return err
+	}
+	due, _, err := c.Due(ctx)
+	if err != nil {
+		return err
+	}
+	if full {
+		differ, err := c.Differing(ctx)
+		if err != nil {
+			return err
+		}
+		due = slices.Compact(slices.Sorted(slices.Values(append(due, differ...))))
+	}
+	for i, q := range due {
+		if i > 0 {
+			if err := c.Beat(ctx); err != nil {
+				return err
+			}
+		}
+		if err := c.Refresh(ctx, q); errors.Is(err, schema.ErrLeaseLost) {
+			s.holds.Set(0)
+			s.holder = false
+			s.log.Info("reader tables: another process took the copy lease")
+			return nil
+		} else if err != nil {
+			return err
+		}
+		s.installs.Inc()
+	}
 	return nil
+}
+
+// syncCopy makes the reader tables equal the served rows (taking the
+// lease), for an --until-caught-up exit.
+func (s *server) syncCopy(ctx context.Context) error {
+	if s.copy == nil {
+		tables, err := s.sv.ReaderTablesOn()
+		if err != nil || !tables {
+			return err
+		}
+		s.copy = schema.NewCopy(s.conn, s.scfg)
+	}
+	if err := s.copy.Sync(ctx); err != nil {
+		if errors.Is(err, schema.ErrLeaseLost) {
+			s.holds.Set(0)
+		}
+		return err
+	}
+	s.holds.Set(1)
+	return nil
+}
+
+// close gives up the copy lease (a clean stop), so that the next process
+// takes it at once instead of after copyTakeover.
+func (s *server) close(ctx context.Context) {
+	if s.copy == nil || !s.copy.Holds() {
+		return
+	}
+	if err := s.copy.Release(ctx); err != nil {
+		s.log.Warn("reader tables: could not drop this process's stage tables; the next holder will", "err", err)
+	}
+	s.holds.Set(0)
 }
 
 func (s *server) requeue(batch map[string]int32, delays map[int64]int, sweep bool) {
@@ -231,12 +352,14 @@ func (s *server) complete(ctx context.Context) error {
 		if err == nil {
 			stale, err2 := s.sv.Stale(ctx)
 			if err2 == nil && len(stale) == 0 {
-				return nil
+				if err2 = s.syncCopy(ctx); err2 == nil {
+					return nil
+				}
 			}
 			err = err2
-			if err == nil && round >= maxRounds {
+			if err == nil && len(stale) > 0 && round >= maxRounds {
 				s.log.Warn("served rollups: accounts still stale after the final sweeps (other instances writing?)", "accounts", len(stale))
-				return nil
+				return s.syncCopy(ctx)
 			}
 		}
 		if err != nil {

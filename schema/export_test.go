@@ -3,6 +3,7 @@ package schema
 import (
 	"context"
 	"log/slog"
+	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
@@ -33,4 +34,17 @@ func RecomputeAllSQL(cfg Config, sec uint32) ([]string, error) {
 		return nil, err
 	}
 	return sv.RecomputeSQL("1", sv.QuarterOf(MinMonth), sec)
+}
+
+// CopyRefreshSteps returns the statements of a refresh of quarter q with
+// snapshot second sec by c: those before the installs, and the installs.
+func CopyRefreshSteps(c *Copy, q string, sec uint32) (before, installs []string) {
+	for _, st := range c.statements(q, sec) {
+		if strings.HasPrefix(st.what, "install") {
+			installs = append(installs, st.sql)
+		} else {
+			before = append(before, st.sql)
+		}
+	}
+	return before, installs
 }

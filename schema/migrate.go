@@ -96,7 +96,24 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 	if err != nil {
 		return err
 	}
-	if _, ok := applied[backfill]; ok {
+	readerTables := ReaderTables(sv.Version.Major, t.Clustered())
+	if readerTables {
+		if err := ensureCopyBook(ctx, conn, r.cfg); err != nil {
+			return err
+		}
+	}
+	if _, ok := applied[backfill]; ok && readerTables {
+		// As below, for reader tables: their record names the calendar.
+		if _, _, _, marker, err := readerDDL(r.cfg); err != nil {
+			return err
+		} else if applied[readerTablesRecord] != marker {
+			n, err := served.Sweep(ctx)
+			if err != nil {
+				return fmt.Errorf("migrate: sweep served rollups: %w", err)
+			}
+			log.Info("brought served rollups up to date before switching the reader tables", "database", db, "fiscal_year_start_month", r.cfg.FiscalStartMonth, "accounts", n)
+		}
+	} else if ok {
 		// Built before, but maybe for another calendar than the views
 		// show now (a fiscal start month changed and changed back):
 		// nothing kept those rows current meanwhile, so sweep them before
@@ -126,6 +143,9 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 		log.Info("built served rollups", "database", db, "fiscal_year_start_month", r.cfg.FiscalStartMonth)
 	}
 
+	if readerTables {
+		return migrateReaderTables(ctx, conn, r, applied, log)
+	}
 	replace := supportsCreateOrReplaceView(sv.Version.Major, sv.Version.Minor)
 	for i, v := range views {
 		s := r.views[i]

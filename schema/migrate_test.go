@@ -83,7 +83,9 @@ func tableNames(t *testing.T, conn driver.Conn, db string) []string {
 	return out
 }
 
-var allObjects = "account_quarter_features account_quarter_rollups fact_account_months fact_event_counts fact_feature_users fact_seat_events fact_seat_purchases fact_user_activity features_served ingest_progress rollup_marks rollups_served schema_migrations topic_incarnations"
+// allObjects on 18.16, whose readers are tables kept with copy_beats,
+// copy_dirty and copy_installs.
+var allObjects = "account_quarter_features account_quarter_rollups copy_beats copy_dirty copy_installs fact_account_months fact_event_counts fact_feature_users fact_seat_events fact_seat_purchases fact_user_activity features_served ingest_progress rollup_marks rollups_served schema_migrations topic_incarnations"
 
 func TestMigrateCreatesDatabaseAndObjects(t *testing.T) {
 	st, _ := open(t)

@@ -29,7 +29,38 @@ type Served struct {
 	// lastMonth is the greatest month index known to hold an accepted
 	// event (cluster only: each shard holds its own accounts' months).
 	lastMonth atomic.Int32
+	// readers: 0 not known yet, 1 views, 2 tables kept by Copy (every
+	// recompute then writes a copy_dirty row after its rows landed).
+	readers atomic.Int32
 }
+
+// ReaderTablesOn reports whether the reader objects are tables kept by
+// Copy on this database's server (ReaderTables), asking it once.
+func (s *Served) ReaderTablesOn() (bool, error) {
+	switch s.readers.Load() {
+	case 1:
+		return false, nil
+	case 2:
+		return true, nil
+	}
+	if s.topo.Clustered() {
+		s.readers.Store(1)
+		return false, nil
+	}
+	sv, err := s.topo.Global.ServerVersion()
+	if err != nil {
+		return false, fmt.Errorf("served rollups: server version: %w", err)
+	}
+	if ReaderTables(sv.Version.Major, false) {
+		s.readers.Store(2)
+		return true, nil
+	}
+	s.readers.Store(1)
+	return false, nil
+}
+
+// quarterDate is the first day of quarter (month index) q, YYYY-MM-DD.
+func quarterDate(q int32) string { return fmt.Sprintf("%04d-%02d-01", q/12, q%12+1) }
 
 // NewServed returns a Served for the database and fiscal calendar of cfg
 // on the single server conn reaches.
@@ -188,9 +219,26 @@ func waitPast(ctx context.Context, conn driver.Conn, t uint32) (uint32, error) {
 // and the clock must pass one more second (the skew allowance). A shard
 // that fails does not keep the others from being recomputed; the error
 // names every shard that failed.
-func (s *Served) Recompute(ctx context.Context, accounts map[string]int32, progress func(done, total int)) error {
+func (s *Served) Recompute(ctx context.Context, accounts map[string]int32, progress func(done, total int)) (err error) {
 	if len(accounts) == 0 {
 		return nil
+	}
+	copyTables, err := s.ReaderTablesOn()
+	if err != nil {
+		return err
+	}
+	if copyTables {
+		// After the rows landed (or some chunks did, before an error):
+		// the copy holder refreshes the quarters from the earliest one.
+		from := int32(1 << 30)
+		for _, q := range accounts {
+			from = min(from, q)
+		}
+		defer func() {
+			if e := MarkDirty(context.WithoutCancel(ctx), s.topo.Global, s.cfg.Database, quarterDate(from)); e != nil && err == nil {
+				err = e
+			}
+		}()
 	}
 	var errs []error
 	done := 0
@@ -708,7 +756,24 @@ func (s *Served) verifyOn(ctx context.Context, conn driver.Conn, accounts []stri
 		return name
 	}
 	from := s.QuarterOf(MinMonth)
-	var servedRollups, servedFeatures int
+	// What readers read; where they read tables (a copy), the served rows
+	// the copy is made from as well.
+	type source struct{ label, table, from string }
+	sources := []source{
+		{"account_quarter_rollups", "account_quarter_rollups", db + "." + view("account_quarter_rollups")},
+		{"account_quarter_features", "account_quarter_features", db + "." + view("account_quarter_features")},
+	}
+	copyTables, err := s.ReaderTablesOn()
+	if err != nil {
+		return err
+	}
+	if copyTables {
+		for _, t := range []string{"rollups", "features"} {
+			sources = append(sources, source{t + "_served", "account_quarter_" + t,
+				fmt.Sprintf("(SELECT * FROM %s.%s_served FINAL WHERE fy = %d)", db, t, s.cfg.FiscalStartMonth)})
+		}
+	}
+	seen := map[string]int{}
 	for list := accounts; len(list) > 0; {
 		n, expr := s.chunk(list)
 		list = list[n:]
@@ -720,38 +785,37 @@ func (s *Served) verifyOn(ctx context.Context, conn driver.Conn, accounts []stri
 		if err != nil {
 			return err
 		}
-		for _, t := range []struct{ table, cols, key, computed string }{
-			{"account_quarter_rollups", rollupCols, "account_id, quarter_start", roll},
-			{"account_quarter_features", featureCols, "account_id, quarter_start, feature", feat},
-		} {
-			got, err := rowsOf(ctx, conn, "SELECT "+t.cols+" FROM "+db+"."+view(t.table)+" WHERE "+expr, t.key)
+		computed := map[string]struct{ cols, key, sql string }{
+			"account_quarter_rollups":  {rollupCols, "account_id, quarter_start", roll},
+			"account_quarter_features": {featureCols, "account_id, quarter_start, feature", feat},
+		}
+		wants := map[string]map[string]string{}
+		for _, src := range sources {
+			t := computed[src.table]
+			got, err := rowsOf(ctx, conn, "SELECT "+t.cols+" FROM "+src.from+" WHERE "+expr, t.key)
 			if err != nil {
-				return fmt.Errorf("verify: read %s: %w", t.table, err)
+				return fmt.Errorf("verify: read %s: %w", src.label, err)
 			}
-			want, err := rowsOf(ctx, conn, "SELECT "+t.cols+" FROM ("+t.computed+")", t.key)
-			if err != nil {
-				return fmt.Errorf("verify: recompute %s: %w", t.table, err)
+			want, ok := wants[src.table]
+			if !ok {
+				if want, err = rowsOf(ctx, conn, "SELECT "+t.cols+" FROM ("+t.sql+")", t.key); err != nil {
+					return fmt.Errorf("verify: recompute %s: %w", src.table, err)
+				}
+				wants[src.table] = want
 			}
-			if t.table == "account_quarter_rollups" {
-				servedRollups += len(got)
-			} else {
-				servedFeatures += len(got)
-			}
-			compare(t.table, got, want, each)
+			seen[src.label] += len(got)
+			compare(src.label, got, want, each)
 		}
 	}
 	if all {
 		// Rows of accounts without any fact would be wrong too.
-		for _, t := range []struct {
-			table string
-			n     int
-		}{{"account_quarter_rollups", servedRollups}, {"account_quarter_features", servedFeatures}} {
+		for _, src := range sources {
 			var total uint64
-			if err := conn.QueryRow(ctx, "SELECT count() FROM "+db+"."+view(t.table)).Scan(&total); err != nil {
-				return fmt.Errorf("verify: count %s: %w", t.table, err)
+			if err := conn.QueryRow(ctx, "SELECT count() FROM "+src.from).Scan(&total); err != nil {
+				return fmt.Errorf("verify: count %s: %w", src.label, err)
 			}
-			if int(total) != t.n {
-				each(Difference{Table: t.table, Key: "(rows of accounts without facts)", Served: fmt.Sprintf("%d rows in all", total), Computed: fmt.Sprintf("%d rows", t.n)})
+			if int(total) != seen[src.label] {
+				each(Difference{Table: src.label, Key: "(rows of accounts without facts)", Served: fmt.Sprintf("%d rows in all", total), Computed: fmt.Sprintf("%d rows", seen[src.label])})
 			}
 		}
 	}

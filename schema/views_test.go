@@ -89,6 +89,29 @@ func serve(t *testing.T, st *store.Store) {
 			t.Fatalf("fiscal start %d: %d accounts still stale after a sweep: %v", fy, len(stale), stale)
 		}
 	}
+	syncReaders(t, st)
+}
+
+// syncReaders brings the reader tables (servers before 20.1) up to date
+// with the served rows, as the serve loop does, for the calendar they
+// were installed for.
+func syncReaders(t *testing.T, st *store.Store) {
+	t.Helper()
+	ctx := context.Background()
+	var def string
+	if err := st.Conn().QueryRow(ctx, "SELECT argMax(definition, seq) FROM "+st.Database()+".schema_migrations WHERE name = 'reader_tables'").Scan(&def); err != nil {
+		t.Fatal(err)
+	}
+	if def == "" {
+		return // views
+	}
+	var fy int
+	if _, err := fmt.Sscan(def, &fy); err != nil {
+		t.Fatalf("reader_tables record %q: %v", def, err)
+	}
+	if err := schema.SyncReaders(ctx, st.Conn(), schema.Config{Database: st.Database(), FiscalStartMonth: fy}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // seatsAndActivity is a small hand-made history across quarter edges.

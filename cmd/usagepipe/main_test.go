@@ -409,7 +409,9 @@ func TestVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out, _ = exec(ctx, append([]string{"verify"}, ch...)...)
-	if code != 1 || !strings.Contains(out, "DIFF account_quarter_rollups account_id=\""+victim+"\"") || !strings.Contains(out, "1 differences") {
+	// (Where readers are tables, 18.16, the served row differs; the copy
+	// has not taken the tampered row.)
+	if code != 1 || !strings.Contains(out, "account_id=\""+victim+"\"") || !strings.Contains(out, "1 differences") {
 		t.Fatalf("verify of a changed row: exit %d, want 1 and the row's key:\n%s", code, out)
 	}
 	if code, out, _ = exec(ctx, append([]string{"verify", "--accounts", victim}, ch...)...); code != 1 || !strings.Contains(out, "1 accounts checked, 1 differences") {

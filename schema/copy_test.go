@@ -1,0 +1,287 @@
+package schema_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/usagepipe/usagepipe/schema"
+	"github.com/usagepipe/usagepipe/schema/store"
+)
+
+// copyDB returns a migrated database whose readers are tables (the test
+// server is 18.16), with its Store.
+func copyDB(t *testing.T) (*store.Store, string) {
+	t.Helper()
+	st := migrated(t, 1)
+	sv, err := st.Conn().ServerVersion()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !schema.ReaderTables(sv.Version.Major, false) {
+		t.Fatalf("server %s: the copy tests need a server before 20.1 (readers are tables there)", sv.Version)
+	}
+	return st, st.Database()
+}
+
+// putServed inserts served rows of quarter q for accounts a-0 … a-(n-1),
+// features features each, with logins and feature events = value and
+// version ver (updated_at = ver).
+func putServed(t *testing.T, conn driver.Conn, db, q string, n, features int, value, ver uint32) {
+	t.Helper()
+	ctx := context.Background()
+	for _, s := range []string{
+		fmt.Sprintf("INSERT INTO %s.rollups_served SELECT 1, concat('a-', toString(number)), toDate('%s'), addMonths(toDate('%s'), 3), 'Q', 5, 4, 0.8, 3, 2, 0.5, %d, %d, %d, toDateTime(0, 'UTC'), toDateTime(%d, 'UTC'), %d FROM numbers(%d)",
+			db, q, q, value, value, features, ver, uint64(ver)<<32, n),
+		fmt.Sprintf("INSERT INTO %s.features_served SELECT 1, concat('a-', toString(intDiv(number, %d))), toDate('%s'), addMonths(toDate('%s'), 3), 'Q', concat('f-', toString(number %% %d)), 1, %d, toDateTime(%d, 'UTC'), %d FROM numbers(%d)",
+			db, features, q, q, features, value, ver, uint64(ver)<<32, n*features),
+	} {
+		if err := conn.Exec(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// readerRow reads logins and updated_at of one reader row (0, 0: none),
+// and how many rows the key has.
+func readerRow(t *testing.T, conn driver.Conn, db, account, q string) (logins uint64, updated uint32, n uint64) {
+	t.Helper()
+	err := conn.QueryRow(context.Background(), fmt.Sprintf("SELECT max(logins), toUInt32(max(updated_at)), count() FROM %s.account_quarter_rollups WHERE account_id = '%s' AND quarter_start = '%s'", db, account, q)).Scan(&logins, &updated, &n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return logins, updated, n
+}
+
+func one(t *testing.T, conn driver.Conn, q string) uint64 {
+	t.Helper()
+	var n uint64
+	if err := conn.QueryRow(context.Background(), q).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return n
+}
+
+// TestCopyReadsUseTheIndex: a reader table holds exactly the served rows
+// of the greatest version, one part per quarter, and a read of one
+// account reads only that account's granules (max_rows_to_read).
+func TestCopyReadsUseTheIndex(t *testing.T) {
+	st, db := copyDB(t)
+	conn := st.Conn()
+	ctx := context.Background()
+	putServed(t, conn, db, "2026-01-01", 3000, 60, 1, 100)
+	putServed(t, conn, db, "2026-01-01", 3000, 60, 2, 200) // a newer version of every row
+	putServed(t, conn, db, "2026-04-01", 3000, 60, 7, 300)
+	if err := schema.SyncReaders(ctx, conn, schema.Config{Database: db, FiscalStartMonth: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if n := one(t, conn, "SELECT count() FROM "+db+".account_quarter_features"); n != 2*3000*60 {
+		t.Errorf("feature rows = %d, want %d", n, 2*3000*60)
+	}
+	if n := one(t, conn, "SELECT count() FROM "+db+".account_quarter_features WHERE quarter_start = '2026-01-01' AND events != 2"); n != 0 {
+		t.Errorf("%d feature rows of an older version", n)
+	}
+	for _, table := range []string{"account_quarter_rollups", "account_quarter_features"} {
+		if n := one(t, conn, "SELECT count() FROM system.parts WHERE database = '"+db+"' AND table = '"+table+"' AND active"); n != 2 {
+			t.Errorf("%s: %d parts, want one per quarter (2)", table, n)
+		}
+	}
+	limited := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_rows_to_read": 4 * 8192}))
+	var n uint64
+	if err := conn.QueryRow(limited, "SELECT count() FROM "+db+".account_quarter_features WHERE account_id = 'a-1234'").Scan(&n); err != nil {
+		t.Fatalf("one account's features within 4 granules per quarter: %v", err)
+	}
+	if n != 120 {
+		t.Errorf("one account's features = %d, want 120", n)
+	}
+	// The limit means something: a filter off the key reads everything.
+	err := conn.QueryRow(limited, "SELECT count() FROM "+db+".account_quarter_features WHERE feature = 'f-7'").Scan(&n)
+	if err == nil {
+		t.Error("a filter off the primary key stayed within max_rows_to_read; the check above proves nothing")
+	}
+	if got, want := one(t, conn, "SELECT count() FROM "+db+".account_quarter_rollups"), uint64(6000); got != want {
+		t.Errorf("rollup rows = %d, want %d", got, want)
+	}
+}
+
+// TestCopyFencing: a holder whose lease was taken cannot install the
+// snapshot it had in hand (its stage tables are gone), so the reader rows
+// never go back; the new holder's installs go on.
+func TestCopyFencing(t *testing.T) {
+	st, db := copyDB(t)
+	conn := st.Conn()
+	ctx := context.Background()
+	cfg := schema.Config{Database: db, FiscalStartMonth: 1}
+	q := "2026-01-01"
+	putServed(t, conn, db, q, 10, 2, 1, 100)
+	a := schema.NewCopy(conn, cfg)
+	if err := a.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A takes a snapshot of version 1 … (value 1)
+	before, installs := schema.CopyRefreshSteps(a, q, 150)
+	for _, s := range before {
+		if err := conn.Exec(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// … B takes the lease and installs version 2 …
+	putServed(t, conn, db, q, 10, 2, 2, 200)
+	b := schema.NewCopy(conn, cfg)
+	if err := b.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Refresh(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	if logins, _, _ := readerRow(t, conn, db, "a-3", q); logins != 2 {
+		t.Fatalf("after B's install logins = %d, want 2", logins)
+	}
+	// … and A's late install fails: the reader rows do not go back.
+	for _, s := range installs {
+		if err := conn.Exec(ctx, s); err == nil {
+			t.Errorf("a fenced holder's install succeeded: %s", s)
+		}
+	}
+	if logins, _, n := readerRow(t, conn, db, "a-3", q); logins != 2 || n != 1 {
+		t.Errorf("after A's late install: logins = %d in %d rows, want 2 in 1", logins, n)
+	}
+	if err := a.Refresh(ctx, q); !errors.Is(err, schema.ErrLeaseLost) {
+		t.Errorf("A's next refresh: %v, want ErrLeaseLost", err)
+	}
+	if a.Holds() {
+		t.Error("A still believes it holds the lease")
+	}
+	putServed(t, conn, db, q, 10, 2, 3, 300)
+	if err := b.Refresh(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	if logins, _, _ := readerRow(t, conn, db, "a-3", q); logins != 3 {
+		t.Errorf("B's next install: logins = %d, want 3", logins)
+	}
+	// ShouldTake: B beats, so nobody else takes over.
+	if err := b.Beat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if take, err := schema.NewCopy(conn, cfg).ShouldTake(ctx); err != nil || take {
+		t.Errorf("ShouldTake with a live holder = %v, %v; want false", take, err)
+	}
+	if err := b.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if take, err := schema.NewCopy(conn, cfg).ShouldTake(ctx); err != nil || !take {
+		t.Errorf("ShouldTake with no holder = %v, %v; want true", take, err)
+	}
+}
+
+// TestCopyUpdatedAt: a copied row keeps the served updated_at while its
+// values stay; a row whose values the readers did not hold yet gets at
+// least the snapshot second - 20 s, so the contract's poll (≥ U − 60 s)
+// finds it whenever it lands.
+func TestCopyUpdatedAt(t *testing.T) {
+	st, db := copyDB(t)
+	conn := st.Conn()
+	ctx := context.Background()
+	cfg := schema.Config{Database: db, FiscalStartMonth: 1}
+	q := "2026-01-01"
+	putServed(t, conn, db, q, 5, 1, 1, 1000)
+	c := schema.NewCopy(conn, cfg)
+	if err := c.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release(ctx)
+	now := uint32(one(t, conn, "SELECT toUInt64(now())"))
+	if err := c.Refresh(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	_, u1, _ := readerRow(t, conn, db, "a-1", q)
+	if u1 < now-20 {
+		t.Errorf("a new row's updated_at %d < snapshot second %d - 20", u1, now)
+	}
+	// The same values recomputed later: the served updated_at, no bump.
+	putServed(t, conn, db, q, 5, 1, 1, 2000)
+	if err := c.Refresh(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	if _, u2, _ := readerRow(t, conn, db, "a-1", q); u2 != 2000 {
+		t.Errorf("an unchanged row's updated_at = %d, want the served 2000", u2)
+	}
+	// New values with an old served updated_at (a recompute whose rows
+	// landed long after its S): bumped to the snapshot.
+	putServed(t, conn, db, q, 5, 1, 9, 3000)
+	now = uint32(one(t, conn, "SELECT toUInt64(now())"))
+	if err := c.Refresh(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	if logins, u3, _ := readerRow(t, conn, db, "a-1", q); logins != 9 || u3 < now-20 {
+		t.Errorf("a changed row: logins %d updated_at %d, want 9 and ≥ %d", logins, u3, now-20)
+	}
+}
+
+// TestCopyFindsWhatNoMarkNamed: served rows whose copy_dirty row was lost
+// (a crash between the recompute and it) are not due, but the comparison
+// finds them; a reader partition of no served quarter is dropped.
+func TestCopyFindsWhatNoMarkNamed(t *testing.T) {
+	st, db := copyDB(t)
+	conn := st.Conn()
+	ctx := context.Background()
+	cfg := schema.Config{Database: db, FiscalStartMonth: 1}
+	putServed(t, conn, db, "2026-01-01", 10, 2, 1, 100)
+	c := schema.NewCopy(conn, cfg)
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release(ctx)
+	putServed(t, conn, db, "2026-01-01", 10, 2, 5, 200) // no copy_dirty row
+	if err := conn.Exec(ctx, "INSERT INTO "+db+".account_quarter_rollups (account_id, quarter_start) SELECT 'stray', toDate('2025-01-01')"); err != nil {
+		t.Fatal(err)
+	}
+	due, _, err := c.Due(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(due) != 0 {
+		t.Errorf("due = %v, want none (no mark names the change)", due)
+	}
+	differ, err := c.Differing(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(differ, " ") != "2025-01-01 2026-01-01" {
+		t.Errorf("differing = %v, want [2025-01-01 2026-01-01]", differ)
+	}
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if logins, _, _ := readerRow(t, conn, db, "a-3", "2026-01-01"); logins != 5 {
+		t.Errorf("logins = %d, want 5", logins)
+	}
+	if n := one(t, conn, "SELECT count() FROM "+db+".account_quarter_rollups WHERE account_id = 'stray'"); n != 0 {
+		t.Errorf("the stray row is still there")
+	}
+	if differ, err := c.Differing(ctx); err != nil || len(differ) != 0 {
+		t.Errorf("after Sync: differing %v, %v", differ, err)
+	}
+}
+
+// TestCopyCalendar: a process configured for another fiscal calendar than
+// the reader tables' does not install.
+func TestCopyCalendar(t *testing.T) {
+	st, db := copyDB(t)
+	conn := st.Conn()
+	ctx := context.Background()
+	putServed(t, conn, db, "2026-01-01", 3, 1, 1, 100)
+	c := schema.NewCopy(conn, schema.Config{Database: db, FiscalStartMonth: 4})
+	if err := c.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release(ctx)
+	if err := c.Refresh(ctx, "2026-01-01"); !errors.Is(err, schema.ErrCalendar) {
+		t.Errorf("refresh with fiscal start 4 on tables of 1: %v, want ErrCalendar", err)
+	}
+}

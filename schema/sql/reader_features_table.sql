@@ -1,0 +1,17 @@
+-- account_quarter_features as a table (servers before 20.1, one server):
+-- a copy of the served feature rows of fiscal calendar
+-- {{.FiscalStartMonth}}, one partition per quarter, replaced whole (see
+-- reader_rollups_table.sql).
+CREATE TABLE IF NOT EXISTS {{.DB}}.account_quarter_features
+(
+    account_id String,
+    quarter_start Date,
+    quarter_end Date,
+    quarter String,
+    feature String,
+    active_users UInt64,
+    events UInt64
+)
+ENGINE = MergeTree
+PARTITION BY quarter_start
+ORDER BY (account_id, quarter_start, feature)
