@@ -41,6 +41,10 @@ const (
 	copyTakeover = 30 * time.Second
 )
 
+// noPartition is a quarter_start no row has (months before 2000 are
+// rejected at ingest).
+const noPartition = "1970-01-01"
+
 // rollupValues are the value columns of a rollup row (the key is
 // account_id, quarter_start; updated_at is set by the copy).
 var rollupValues = []string{"quarter_end", "quarter", "seats_purchased", "seats_assigned", "seat_utilization",
@@ -281,10 +285,10 @@ func (c *Copy) count(ctx context.Context, from string) (uint64, error) {
 }
 
 // checkStages refuses a swap that would lose rows: each stage partition
-// must be one part, not empty, and hold at least the rows its reader
+// must be one part, not empty, and hold at least the keys its reader
 // partition holds (served keys never disappear).
 func (c *Copy) checkStages(ctx context.Context, q string) error {
-	for _, k := range []struct{ stage, table string }{{"f", c.features}, {"r", c.rollups}} {
+	for _, k := range []struct{ stage, table, key string }{{"f", c.features, "account_id, feature"}, {"r", c.rollups, "account_id"}} {
 		name := "copy_stage_" + c.holder + "_" + k.stage
 		parts, err := c.count(ctx, fmt.Sprintf("system.parts WHERE database = '%s' AND table = '%s' AND active AND partition = '%s'", c.db, name, q))
 		if err != nil {
@@ -294,9 +298,9 @@ func (c *Copy) checkStages(ctx context.Context, q string) error {
 		if err != nil {
 			return c.lost(ctx, "check stage", err)
 		}
-		old, err := c.count(ctx, fmt.Sprintf("%s.%s WHERE quarter_start = '%s'", c.db, k.table, q))
-		if err != nil {
-			return err
+		var old uint64 // keys (a reader partition may hold a key twice after a crash)
+		if err := c.conn.QueryRow(ctx, fmt.Sprintf("SELECT uniqExact(%s) FROM %s.%s WHERE quarter_start = '%s'", k.key, c.db, k.table, q)).Scan(&old); err != nil {
+			return fmt.Errorf("copy: count keys of %s: %w", k.table, err)
 		}
 		if have == 0 && k.stage == "r" || have < old || have > 0 && parts != 1 {
 			return fmt.Errorf("copy: stage for %s quarter %s holds %d rows in %d parts, the table %d: not installed", k.table, q, have, parts, old)
@@ -372,6 +376,12 @@ func (c *Copy) statements(q string, sec uint32) []copyStatement {
 		{"merge stage", fmt.Sprintf("OPTIMIZE TABLE %s PARTITION %s FINAL", f, part)},
 		{"install features", fmt.Sprintf("ALTER TABLE %s.%s REPLACE PARTITION %s FROM %s", c.db, c.features, part, f)},
 		{"install rollups", fmt.Sprintf("ALTER TABLE %s.%s REPLACE PARTITION %s FROM %s", c.db, c.rollups, part, r)},
+		// 18.16 deletes a replaced part's files minutes later, and a
+		// restart before that loads it again beside its replacement (two
+		// rows per key); a DROP PARTITION, even of a partition that does
+		// not exist, deletes them at once.
+		{"forget replaced parts", fmt.Sprintf("ALTER TABLE %s.%s DROP PARTITION '%s'", c.db, c.features, noPartition)},
+		{"forget replaced parts", fmt.Sprintf("ALTER TABLE %s.%s DROP PARTITION '%s'", c.db, c.rollups, noPartition)},
 	}
 }
 
@@ -450,6 +460,18 @@ func (c *Copy) quarters(ctx context.Context) (map[string]*copyQuarter, error) {
 	if err := read("SELECT quarter_start, toUInt32(max(snapshot)) FROM "+c.db+".copy_installs GROUP BY quarter_start", func(q string, s uint32) {
 		if st, ok := out[q]; ok {
 			st.snapshot, st.has = s, true
+		}
+	}); err != nil {
+		return nil, err
+	}
+	// A reader partition of more than one part: replaced parts a server
+	// restart loaded again (a crash between a REPLACE and the DROP after
+	// it), or anything else that wrote there.
+	if err := read(fmt.Sprintf("SELECT toDate(partition), toUInt32(count()) FROM system.parts WHERE database = '%s' AND table IN ('%s', '%s') AND active GROUP BY table, partition HAVING count() > 1", c.db, c.rollups, c.features), func(q string, _ uint32) {
+		if st, ok := out[q]; ok {
+			st.has = false
+		} else {
+			out[q] = &copyQuarter{}
 		}
 	}); err != nil {
 		return nil, err

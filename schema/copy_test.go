@@ -285,3 +285,73 @@ func TestCopyCalendar(t *testing.T) {
 		t.Errorf("refresh with fiscal start 4 on tables of 1: %v, want ErrCalendar", err)
 	}
 }
+
+// TestCopyReplacedPartsStayGone: 18.16 loads a replaced part again when it
+// restarts before deleting its files, which would show every key twice;
+// the refresh deletes them at once. DETACH and ATTACH of the table load
+// its parts from disk as a restart does.
+func TestCopyReplacedPartsStayGone(t *testing.T) {
+	st, db := copyDB(t)
+	conn := st.Conn()
+	ctx := context.Background()
+	q := "2026-01-01"
+	putServed(t, conn, db, q, 50, 3, 1, 100)
+	cfg := schema.Config{Database: db, FiscalStartMonth: 1}
+	if err := schema.SyncReaders(ctx, conn, cfg); err != nil {
+		t.Fatal(err)
+	}
+	putServed(t, conn, db, q, 50, 3, 2, 200)
+	if err := schema.SyncReaders(ctx, conn, cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"account_quarter_rollups", "account_quarter_features"} {
+		for _, s := range []string{"DETACH TABLE " + db + "." + table, "ATTACH TABLE " + db + "." + table} {
+			if err := conn.Exec(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n := one(t, conn, "SELECT count() FROM "+db+".account_quarter_rollups"); n != 50 {
+		t.Errorf("rollup rows after the table was loaded again: %d, want 50", n)
+	}
+	if n := one(t, conn, "SELECT count() FROM "+db+".account_quarter_features"); n != 150 {
+		t.Errorf("feature rows after the table was loaded again: %d, want 150", n)
+	}
+}
+
+// TestCopyHealsExtraParts: a reader partition of more than one part (what
+// a crash between a REPLACE and the deletion of the replaced part leaves)
+// is due, and the next refresh leaves one part, one row per key.
+func TestCopyHealsExtraParts(t *testing.T) {
+	st, db := copyDB(t)
+	conn := st.Conn()
+	ctx := context.Background()
+	q := "2026-01-01"
+	putServed(t, conn, db, q, 20, 2, 1, 100)
+	c := schema.NewCopy(conn, schema.Config{Database: db, FiscalStartMonth: 1})
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release(ctx)
+	if err := conn.Exec(ctx, "INSERT INTO "+db+".account_quarter_rollups SELECT * FROM "+db+".account_quarter_rollups WHERE account_id = 'a-1'"); err != nil {
+		t.Fatal(err)
+	}
+	due, _, err := c.Due(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(due, " ") != q {
+		t.Errorf("due = %v, want [%s]", due, q)
+	}
+	for _, q := range due {
+		if err := c.Refresh(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, n := readerRow(t, conn, db, "a-1", q); n != 1 {
+		t.Errorf("a-1 has %d rows, want 1", n)
+	}
+	if n := one(t, conn, "SELECT count() FROM system.parts WHERE database = '"+db+"' AND table = 'account_quarter_rollups' AND active"); n != 1 {
+		t.Errorf("%d parts, want 1", n)
+	}
+}
