@@ -205,8 +205,12 @@ func (c *Copy) Refresh(ctx context.Context, q string) (err error) {
 			// (a REPLACE behind a lock, a slow INSERT): new stage tables,
 			// and the old ones dropped, so that it cannot land in the
 			// middle of the next refresh (a DROP waits for a statement
-			// using the table; one that comes later fails).
-			if e := c.Acquire(context.WithoutCancel(ctx)); e != nil {
+			// using the table; one that comes later fails). Unless the
+			// lease went to another process meanwhile: then it is lost.
+			bg := context.WithoutCancel(ctx)
+			if e := c.check(bg); errors.Is(e, ErrLeaseLost) {
+				err = fmt.Errorf("%w (after: %v)", ErrLeaseLost, err)
+			} else if e := c.Acquire(bg); e != nil {
 				err = errors.Join(err, e)
 			}
 		}
