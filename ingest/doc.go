@@ -76,5 +76,6 @@
 // usagepipe_restored_count_rows_total, usagepipe_served_delay_seconds,
 // usagepipe_serve_accounts_recomputed_total, usagepipe_serve_sweeps_total,
 // usagepipe_serve_stale_accounts_total, usagepipe_serve_errors_total,
-// usagepipe_serve_pending_accounts.
+// usagepipe_serve_pending_accounts, usagepipe_serve_copy_lease,
+// usagepipe_serve_copy_installs_total.
 package ingest

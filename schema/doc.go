@@ -12,8 +12,11 @@
 // (Config.Cluster) the same statements are rewritten ON CLUSTER with
 // Replicated engines (cluster_ddl.go), and Topology (cluster.go) says which
 // shard holds an account and reads a shard only on a replica that caught up
-// (docs/design.md, "ClickHouse clusters").
+// (docs/design.md, "ClickHouse clusters"). On one server older than 20.1
+// the two reader objects are tables kept by Copy (copy.go; docs/design.md,
+// "Reader tables where views cannot filter").
 //
-// Everything here is safe for concurrent use. Migrate may run in several
-// processes at once. No metrics.
+// Everything here is safe for concurrent use, except that a Copy is used
+// by one goroutine at a time. Migrate may run in several processes at
+// once. No metrics.
 package schema
