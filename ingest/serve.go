@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -38,6 +39,9 @@ type server struct {
 	copy   *schema.Copy  // reader tables (servers before 20.1); nil: views or not known yet
 	copyAt time.Time     // the last keepCopy (serve loop only)
 	holder bool          // this process took the copy lease and did not see it taken
+	uptime uint64        // the server's uptime at the last keepCopy (a drop: it restarted)
+	beatAs atomic.Value  // string: the lease's holder name the heartbeat goroutine beats for
+	cwarn  rateLimiter
 	log    *slog.Logger
 	every  time.Duration
 	warn   rateLimiter
@@ -122,6 +126,11 @@ func (s *server) touch(am []schema.AccountMonth, delays map[int64]int) {
 
 // run recomputes until ctx is done.
 func (s *server) run(ctx context.Context) {
+	// The copy lease's heartbeat runs on its own ticker, so that a long
+	// round is not taken for a dead holder.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.heartbeat(ctx) })
 	next := time.Now()
 	backoff := 100 * time.Millisecond
 	tick := time.NewTicker(time.Second)
@@ -208,11 +217,16 @@ func (s *server) round(ctx context.Context, sweepDue bool) error {
 	}
 	// Readers see the rows once the reader tables have them, where they
 	// are tables and this process keeps them; else now.
-	var err error
 	if len(batch) > 0 || sweep || time.Since(s.copyAt) > 5*time.Second {
 		// (Also every 5 s without news: other processes' changes, and
-		// the lease of a holder that went away.)
-		err = s.keepCopy(ctx, sweep)
+		// the lease of a holder that went away.) A failure here is not a
+		// failed recompute: the next call tries again.
+		if err := s.keepCopy(ctx, sweep); err != nil && ctx.Err() == nil {
+			s.errs.Inc()
+			s.cwarn.Do(func(n int) {
+				s.log.Warn("reader tables: refresh failed; retrying", "err", err, "repeats", n)
+			})
+		}
 		s.copyAt = time.Now()
 	}
 	now := time.Now()
@@ -220,7 +234,37 @@ func (s *server) round(ctx context.Context, sweepDue bool) error {
 		// As usagepipe_event_delay_seconds: from the middle of the second.
 		s.delay.ObserveN(now.Sub(time.Unix(sec, 0)).Seconds()-0.5, uint64(n))
 	}
-	return err
+	return nil
+}
+
+// heartbeat beats for the copy lease every 5 s while this process holds
+// it, until ctx is done.
+func (s *server) heartbeat(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if h, _ := s.beatAs.Load().(string); h != "" {
+			// A failed beat is retried at the next tick; the holder's
+			// refreshes report ClickHouse trouble.
+			_ = schema.BeatAs(ctx, s.conn, s.scfg.Database, h)
+		}
+	}
+}
+
+// held records whether this process holds the copy lease.
+func (s *server) held(c *schema.Copy) {
+	s.holder = c.Holds()
+	s.beatAs.Store(c.Holder())
+	if s.holder {
+		s.holds.Set(1)
+	} else {
+		s.holds.Set(0)
+	}
 }
 
 // keepCopy brings the reader tables up to date where they are tables
@@ -238,6 +282,15 @@ func (s *server) keepCopy(ctx context.Context, full bool) error {
 		s.copy = schema.NewCopy(s.conn, s.scfg)
 	}
 	c := s.copy
+	var up uint64
+	if err := s.conn.QueryRow(ctx, "SELECT toUInt64(uptime())").Scan(&up); err != nil {
+		return fmt.Errorf("reader tables: server uptime: %w", err)
+	}
+	if up < s.uptime {
+		// ClickHouse restarted: it may have loaded replaced parts again.
+		full = true
+	}
+	s.uptime = up
 	if !c.Holds() {
 		// A holder whose refresh failed (ClickHouse restarting) takes it
 		// again at once; others when nobody keeps the copy.
@@ -251,11 +304,10 @@ func (s *server) keepCopy(ctx context.Context, full bool) error {
 		if err := c.Acquire(ctx); err != nil {
 			return err
 		}
-		s.holds.Set(1)
 		if !s.holder {
 			s.log.Info("reader tables: took the copy lease")
 		}
-		s.holder = true
+		s.held(c)
 		full = true
 	}
 	if err := c.Beat(ctx); err != nil {
@@ -278,12 +330,18 @@ func (s *server) keepCopy(ctx context.Context, full bool) error {
 				return err
 			}
 		}
-		if err := c.Refresh(ctx, q); errors.Is(err, schema.ErrLeaseLost) {
-			s.holds.Set(0)
-			s.holder = false
+		switch err := c.Refresh(ctx, q); {
+		case errors.Is(err, schema.ErrLeaseLost):
+			s.held(c)
 			s.log.Info("reader tables: another process took the copy lease")
 			return nil
-		} else if err != nil {
+		case errors.Is(err, schema.ErrCalendar):
+			// Not this process's to keep: let one of the right calendar.
+			rerr := c.Release(ctx)
+			s.held(c)
+			return errors.Join(err, rerr)
+		case err != nil:
+			s.held(c) // a failed refresh took new stage tables
 			return err
 		}
 		s.installs.Inc()
@@ -301,14 +359,9 @@ func (s *server) syncCopy(ctx context.Context) error {
 		}
 		s.copy = schema.NewCopy(s.conn, s.scfg)
 	}
-	if err := s.copy.Sync(ctx); err != nil {
-		if errors.Is(err, schema.ErrLeaseLost) {
-			s.holds.Set(0)
-		}
-		return err
-	}
-	s.holds.Set(1)
-	return nil
+	err := s.copy.Sync(ctx)
+	s.held(s.copy)
+	return err
 }
 
 // close gives up the copy lease (a clean stop), so that the next process
@@ -320,7 +373,7 @@ func (s *server) close(ctx context.Context) {
 	if err := s.copy.Release(ctx); err != nil {
 		s.log.Warn("reader tables: could not drop this process's stage tables; the next holder will", "err", err)
 	}
-	s.holds.Set(0)
+	s.held(s.copy)
 }
 
 func (s *server) requeue(batch map[string]int32, delays map[int64]int, sweep bool) {
@@ -344,6 +397,7 @@ func (s *server) requeue(batch map[string]int32, delays map[int64]int, sweep boo
 func (s *server) complete(ctx context.Context) error {
 	const maxRounds = 10
 	backoff := 200 * time.Millisecond
+	copyFails := 0
 	for round := 1; ; round++ {
 		s.mu.Lock()
 		s.sweep = true
@@ -351,15 +405,20 @@ func (s *server) complete(ctx context.Context) error {
 		err := s.round(ctx, true)
 		if err == nil {
 			stale, err2 := s.sv.Stale(ctx)
-			if err2 == nil && len(stale) == 0 {
-				if err2 = s.syncCopy(ctx); err2 == nil {
-					return nil
-				}
-			}
 			err = err2
 			if err == nil && len(stale) > 0 && round >= maxRounds {
 				s.log.Warn("served rollups: accounts still stale after the final sweeps (other instances writing?)", "accounts", len(stale))
-				return s.syncCopy(ctx)
+			}
+			if err == nil && (len(stale) == 0 || round >= maxRounds) {
+				// The reader tables (where they are tables) equal the
+				// served rows before the exit.
+				err = s.syncCopy(ctx)
+				if err == nil {
+					return nil
+				}
+				if copyFails++; copyFails == maxRounds || errors.Is(err, schema.ErrCalendar) {
+					return fmt.Errorf("reader tables: %w", err)
+				}
 			}
 		}
 		if err != nil {

@@ -41,10 +41,6 @@ const (
 	copyTakeover = 30 * time.Second
 )
 
-// noPartition is a quarter_start no row has (months before 2000 are
-// rejected at ingest).
-const noPartition = "1970-01-01"
-
 // rollupValues are the value columns of a rollup row (the key is
 // account_id, quarter_start; updated_at is set by the copy).
 var rollupValues = []string{"quarter_end", "quarter", "seats_purchased", "seats_assigned", "seat_utilization",
@@ -92,6 +88,12 @@ func (c *Copy) Acquire(ctx context.Context) error {
 	}
 	c.holder = hex.EncodeToString(b[:])
 	c.attempt = 0
+	// A heartbeat before the stages exist: a process that sees them
+	// sees a live holder.
+	if err := BeatAs(ctx, c.conn, c.db, c.holder); err != nil {
+		c.holder = ""
+		return fmt.Errorf("copy lease: %w", err)
+	}
 	for _, k := range []struct{ kind, from string }{{"f", c.features}, {"r", c.rollups}} {
 		if err := c.conn.Exec(ctx, "CREATE TABLE "+c.stage(k.kind)+" AS "+c.db+"."+k.from); err != nil {
 			c.holder = ""
@@ -254,7 +256,10 @@ func (c *Copy) Refresh(ctx context.Context, q string) (err error) {
 	checked := false
 	for i, st := range c.statements(q, sec) {
 		if strings.HasPrefix(st.what, "install") && !checked {
-			// Stages full and merged: check before the swap.
+			// Stages full: merge each to one part, check, then swap.
+			if err := c.mergeStages(ctx, q); err != nil {
+				return err
+			}
 			if err := c.checkStages(ctx, q); err != nil {
 				return err
 			}
@@ -275,6 +280,38 @@ func (c *Copy) Refresh(ctx context.Context, q string) (err error) {
 	}
 	if err := exec("record install", fmt.Sprintf("INSERT INTO %s.copy_installs (quarter_start, snapshot, holder) SELECT toDate('%s'), toDateTime(%d, 'UTC'), '%s'", c.db, q, sec, c.holder), false, 30); err != nil {
 		return err
+	}
+	return nil
+}
+
+// mergeStages merges each stage partition of quarter q into one part.
+// OPTIMIZE does nothing (without an error) while a background merge holds
+// the parts, so it is tried again until one part is left.
+func (c *Copy) mergeStages(ctx context.Context, q string) error {
+	for _, k := range []string{"r", "f"} {
+		name := "copy_stage_" + c.holder + "_" + k
+		for attempt := 1; ; attempt++ {
+			parts, err := c.count(ctx, fmt.Sprintf("system.parts WHERE database = '%s' AND table = '%s' AND active AND partition = '%s'", c.db, name, q))
+			if err != nil {
+				return err
+			}
+			if parts <= 1 {
+				break
+			}
+			if attempt == 20 {
+				return fmt.Errorf("copy: stage of quarter %s still has %d parts after %d merges", q, parts, attempt-1)
+			}
+			if err := c.conn.Exec(ctx, fmt.Sprintf("OPTIMIZE TABLE %s.%s PARTITION '%s' FINAL", c.db, name, q)); err != nil {
+				return c.lost(ctx, "merge stage", err)
+			}
+			if attempt > 1 {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		}
 	}
 	return nil
 }
@@ -300,7 +337,10 @@ func (c *Copy) checkStages(ctx context.Context, q string) error {
 		}
 		have, err := c.count(ctx, fmt.Sprintf("%s.%s", c.db, name))
 		if err != nil {
-			return c.lost(ctx, "check stage", err)
+			if e := c.check(ctx); errors.Is(e, ErrLeaseLost) {
+				return ErrLeaseLost
+			}
+			return err
 		}
 		var old uint64 // keys (a reader partition may hold a key twice after a crash)
 		if err := c.conn.QueryRow(ctx, fmt.Sprintf("SELECT uniqExact(%s) FROM %s.%s WHERE quarter_start = '%s'", k.key, c.db, k.table, q)).Scan(&old); err != nil {
@@ -336,10 +376,7 @@ func (c *Copy) Beat(ctx context.Context) error {
 	if c.holder == "" {
 		return nil
 	}
-	if err := c.conn.Exec(ctx, "INSERT INTO "+c.db+".copy_beats (holder) SELECT '"+c.holder+"'"); err != nil {
-		return fmt.Errorf("copy: heartbeat: %w", err)
-	}
-	return nil
+	return BeatAs(ctx, c.conn, c.db, c.holder)
 }
 
 type copyStatement struct {
@@ -350,8 +387,8 @@ type copyStatement struct {
 // statements are the steps of one refresh of quarter q with snapshot
 // second sec: empty the stage tables, snapshot the served rows into them
 // (a rollup row whose values the reader table does not hold yet gets
-// updated_at ≥ sec - copyBump), merge each into one part, then replace
-// the quarter's partitions.
+// updated_at ≥ sec - copyBump; no row's updated_at goes back), merge each
+// into one part, then replace the quarter's partitions.
 func (c *Copy) statements(q string, sec uint32) []copyStatement {
 	f, r := c.stage("f"), c.stage("r")
 	cols := strings.Join(featureNames, ", ")
@@ -365,9 +402,9 @@ func (c *Copy) statements(q string, sec uint32) []copyStatement {
 	rollups := fmt.Sprintf(
 		"INSERT INTO %s (account_id, quarter_start, %s, updated_at) "+
 			"SELECT account_id, quarter_start, %s, "+
-			"if(c_present = 1 AND %s, updated_at, greatest(updated_at, toDateTime(%d, 'UTC'))) "+
+			"if(c_present = 1 AND %s, greatest(updated_at, c_updated_at), greatest(updated_at, toDateTime(%d, 'UTC'))) "+
 			"FROM (SELECT account_id, quarter_start, %s, updated_at FROM %s.rollups_served FINAL WHERE fy = %d AND quarter_start = %s) "+
-			"ANY LEFT JOIN (SELECT account_id, quarter_start, %s, toUInt8(1) AS c_present FROM %s.%s WHERE quarter_start = %s) "+
+			"ANY LEFT JOIN (SELECT account_id, quarter_start, %s, updated_at AS c_updated_at, toUInt8(1) AS c_present FROM %s.%s WHERE quarter_start = %s) "+
 			"USING (account_id, quarter_start)",
 		r, vals, vals, strings.Join(same, " AND "), sec-copyBump,
 		vals, c.db, c.fy, part, strings.Join(right, ", "), c.db, c.rollups, part)
@@ -376,16 +413,8 @@ func (c *Copy) statements(q string, sec uint32) []copyStatement {
 		{"empty stage", "TRUNCATE TABLE " + r},
 		{"snapshot features", fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s.features_served FINAL WHERE fy = %d AND quarter_start = %s", f, cols, cols, c.db, c.fy, part)},
 		{"snapshot rollups", rollups},
-		{"merge stage", fmt.Sprintf("OPTIMIZE TABLE %s PARTITION %s FINAL", r, part)},
-		{"merge stage", fmt.Sprintf("OPTIMIZE TABLE %s PARTITION %s FINAL", f, part)},
 		{"install features", fmt.Sprintf("ALTER TABLE %s.%s REPLACE PARTITION %s FROM %s", c.db, c.features, part, f)},
 		{"install rollups", fmt.Sprintf("ALTER TABLE %s.%s REPLACE PARTITION %s FROM %s", c.db, c.rollups, part, r)},
-		// 18.16 deletes a replaced part's files minutes later, and a
-		// restart before that loads it again beside its replacement (two
-		// rows per key); a DROP PARTITION, even of a partition that does
-		// not exist, deletes them at once.
-		{"forget replaced parts", fmt.Sprintf("ALTER TABLE %s.%s DROP PARTITION '%s'", c.db, c.features, noPartition)},
-		{"forget replaced parts", fmt.Sprintf("ALTER TABLE %s.%s DROP PARTITION '%s'", c.db, c.rollups, noPartition)},
 	}
 }
 
@@ -594,21 +623,50 @@ func SyncReaders(ctx context.Context, conn driver.Conn, cfg Config) error {
 }
 
 // ShouldTake reports whether a process without the lease should take it:
-// no holder's stage tables exist, or no holder has beaten its heart for
-// copyTakeover (it is gone or stalled; taking the lease fences it).
+// the reader tables are of its calendar, and no holder's stage tables
+// exist, or the holders whose stages exist have not beaten their heart
+// for copyTakeover (gone or stalled; taking the lease fences them).
 func (c *Copy) ShouldTake(ctx context.Context) (bool, error) {
-	var n uint64
+	if err := c.checkCalendar(ctx); err != nil {
+		return false, err
+	}
+	var holders []string
 	if err := tablesRetry(ctx, func() error {
-		return c.conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND startsWith(name, 'copy_stage_')", c.db).Scan(&n)
+		holders = holders[:0]
+		rows, err := c.conn.Query(ctx, "SELECT DISTINCT extract(name, '^copy_stage_([0-9a-f]+)_') FROM system.tables WHERE database = ? AND startsWith(name, 'copy_stage_')", c.db)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var h string
+			if err := rows.Scan(&h); err != nil {
+				return err
+			}
+			holders = append(holders, lit(h))
+		}
+		return rows.Err()
 	}); err != nil {
 		return false, fmt.Errorf("copy lease: %w", err)
 	}
-	if n == 0 {
+	if len(holders) == 0 {
 		return true, nil
 	}
 	var age int64
-	if err := c.conn.QueryRow(ctx, "SELECT toInt64(now()) - toInt64(max(beat)) FROM "+c.db+".copy_beats").Scan(&age); err != nil {
+	if err := c.conn.QueryRow(ctx, "SELECT toInt64(now()) - toInt64(max(beat)) FROM "+c.db+".copy_beats WHERE holder IN ("+strings.Join(holders, ", ")+")").Scan(&age); err != nil {
 		return false, fmt.Errorf("copy lease: %w", err)
 	}
 	return time.Duration(age)*time.Second > copyTakeover, nil
+}
+
+// Holder is the name of this Copy's lease ("" without it), for BeatAs.
+func (c *Copy) Holder() string { return c.holder }
+
+// BeatAs records that holder is alive; the serve loop beats on a ticker of
+// its own, so that a long round is not taken for a dead holder.
+func BeatAs(ctx context.Context, conn driver.Conn, db, holder string) error {
+	if err := conn.Exec(ctx, "INSERT INTO "+db+".copy_beats (holder) SELECT "+lit(holder)); err != nil {
+		return fmt.Errorf("copy heartbeat: %w", err)
+	}
+	return nil
 }

@@ -105,6 +105,22 @@ func migrateReaderTables(ctx context.Context, conn driver.Conn, r *rendered, app
 	}
 	var drops []string
 	for attempt := 1; ; attempt++ {
+		// A concurrent migrate may have installed reader tables meanwhile:
+		// done if they are these very ones; else theirs are ours to drop.
+		now, err := readApplied(ctx, conn, db)
+		if err != nil {
+			cleanup()
+			return err
+		}
+		if now[readerTablesRecord] == marker && attempt > 1 {
+			cleanup()
+			return nil
+		}
+		_, ours = now[readerTablesRecord]
+		if err := c.Beat(ctx); err != nil {
+			cleanup()
+			return err
+		}
 		var renames []string
 		drops = drops[:0]
 		for _, o := range objects {
@@ -127,7 +143,7 @@ func migrateReaderTables(ctx context.Context, conn driver.Conn, r *rendered, app
 			}
 			renames = append(renames, db+"."+o.name+suffix+" TO "+db+"."+o.name)
 		}
-		err := conn.Exec(ctx, "RENAME TABLE "+strings.Join(renames, ", "))
+		err = conn.Exec(ctx, "RENAME TABLE "+strings.Join(renames, ", "))
 		if err == nil {
 			break
 		}
@@ -141,10 +157,12 @@ func migrateReaderTables(ctx context.Context, conn driver.Conn, r *rendered, app
 			cleanup()
 			return fmt.Errorf("migrate: install reader tables: %w", err)
 		}
-		ours = true
 		time.Sleep(time.Duration(50+rand.IntN(200)) * time.Millisecond)
 	}
-	var errs []error
+	// The record names the calendar every holder checks before it
+	// installs, so it is written while this migrate still holds the lease
+	// (no process of the old calendar can install into the new tables).
+	errs := []error{record(ctx, conn, db, readerTablesRecord, "reader", 0, marker, fmt.Sprint(r.cfg.FiscalStartMonth))}
 	for _, d := range drops {
 		if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+d); err != nil {
 			errs = append(errs, err)
@@ -153,9 +171,6 @@ func migrateReaderTables(ctx context.Context, conn driver.Conn, r *rendered, app
 	errs = append(errs, c.Release(context.WithoutCancel(ctx)))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("migrate: reader tables: %w", err)
-	}
-	if err := record(ctx, conn, db, readerTablesRecord, "reader", 0, marker, fmt.Sprint(r.cfg.FiscalStartMonth)); err != nil {
-		return err
 	}
 	log.Info("installed reader tables", "database", db, "fiscal_start_month", r.cfg.FiscalStartMonth, "replaced", engines["account_quarter_rollups"], "took", time.Since(start).Round(time.Millisecond))
 	return nil

@@ -281,6 +281,13 @@ func TestMigrateConcurrent(t *testing.T) {
 		}
 		write(t, st, factsOf(evs, nil))
 		checkViews(t, st, evs, fs)
+		for _, n := range tableNames(t, st.Conn(), db) {
+			for _, left := range []string{"_building_", "_old_", "_replaced_", "copy_stage_"} {
+				if strings.Contains(n, left) {
+					t.Errorf("fiscal start %d: concurrent migrates left %s behind", fs, n)
+				}
+			}
+		}
 	}
 }
 

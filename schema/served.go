@@ -235,7 +235,9 @@ func (s *Served) Recompute(ctx context.Context, accounts map[string]int32, progr
 			from = min(from, q)
 		}
 		defer func() {
-			if e := MarkDirty(context.WithoutCancel(ctx), s.topo.Global, s.cfg.Database, quarterDate(from)); e != nil && err == nil {
+			mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if e := MarkDirty(mctx, s.topo.Global, s.cfg.Database, quarterDate(from)); e != nil && err == nil {
 				err = e
 			}
 		}()

@@ -25,3 +25,7 @@ CREATE TABLE IF NOT EXISTS {{.DB}}.account_quarter_rollups
 ENGINE = MergeTree
 PARTITION BY quarter_start
 ORDER BY (account_id, quarter_start)
+-- A replaced part is deleted at the next cleanup (seconds), not after the
+-- default 8 minutes: a restart before that loads it again beside its
+-- replacement (docs/design.md).
+SETTINGS old_parts_lifetime = 1
