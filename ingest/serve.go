@@ -33,18 +33,19 @@ type connProvider interface {
 // recomputes every account whose marks its served rows do not satisfy,
 // whoever wrote them. Its loop is owned by Consumer.Run.
 type server struct {
-	sv     *schema.Served
-	conn   driver.Conn   // the server of the reader tables (one server)
-	scfg   schema.Config // database and calendar
-	copy   *schema.Copy  // reader tables (servers before 20.1); nil: views or not known yet
-	copyAt time.Time     // the last keepCopy (serve loop only)
-	holder bool          // this process took the copy lease and did not see it taken
-	uptime uint64        // the server's uptime at the last keepCopy (a drop: it restarted)
-	beatAs atomic.Value  // string: the lease's holder name the heartbeat goroutine beats for
-	cwarn  rateLimiter
-	log    *slog.Logger
-	every  time.Duration
-	warn   rateLimiter
+	sv      *schema.Served
+	conn    driver.Conn   // the server of the reader tables (one server)
+	scfg    schema.Config // database and calendar
+	copy    *schema.Copy  // reader tables (servers before 20.1); nil: views or not known yet
+	copyAt  time.Time     // the last keepCopy (serve loop only)
+	copyDue bool          // served rows changed since the last successful keepCopy
+	holder  bool          // this process took the copy lease and did not see it taken
+	uptime  uint64        // the server's uptime at the last keepCopy (a drop: it restarted)
+	beatAs  atomic.Value  // string: the lease's holder name the heartbeat goroutine beats for
+	cwarn   rateLimiter
+	log     *slog.Logger
+	every   time.Duration
+	warn    rateLimiter
 
 	mu      sync.Mutex
 	pending map[string]int32 // account → earliest quarter to recompute
@@ -214,18 +215,24 @@ func (s *server) round(ctx context.Context, sweepDue bool) error {
 			return err
 		}
 		s.recomputed.Add(float64(len(batch)))
+		s.copyDue = true
 	}
 	// Readers see the rows once the reader tables have them, where they
 	// are tables and this process keeps them; else now.
-	if len(batch) > 0 || sweep || time.Since(s.copyAt) > 5*time.Second {
+	if s.copyDue || sweep || time.Since(s.copyAt) > 5*time.Second {
 		// (Also every 5 s without news: other processes' changes, and
 		// the lease of a holder that went away.) A failure here is not a
-		// failed recompute: the next call tries again.
-		if err := s.keepCopy(ctx, sweep); err != nil && ctx.Err() == nil {
-			s.errs.Inc()
-			s.cwarn.Do(func(n int) {
-				s.log.Warn("reader tables: refresh failed; retrying", "err", err, "repeats", n)
-			})
+		// failed recompute: the next round tries again (also the round at
+		// shutdown, after a refresh the stop interrupted).
+		if err := s.keepCopy(ctx, sweep); err != nil {
+			if ctx.Err() == nil {
+				s.errs.Inc()
+				s.cwarn.Do(func(n int) {
+					s.log.Warn("reader tables: refresh failed; retrying", "err", err, "repeats", n)
+				})
+			}
+		} else {
+			s.copyDue = false
 		}
 		s.copyAt = time.Now()
 	}
