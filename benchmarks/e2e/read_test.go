@@ -186,7 +186,7 @@ func readRun(t *testing.T, r readScale) {
 		plain := strings.Replace(q.table, "account_quarter_", "plain_", 1)
 		v := clientRead(t, db, q.sql(db, q.table))
 		p := clientRead(t, db, q.sql(db, plain))
-		t.Logf("18.16 %-26s view %6.3f s %7.1f MiB | plain %6.3f s %7.1f MiB | ratio %.2f", q.name, v.wall, v.mib, p.wall, p.mib, v.wall/p.wall)
+		t.Logf("18.16 %-26s reader %6.3f s %7.1f MiB | plain %6.3f s %7.1f MiB | ratio %.2f", q.name, v.wall, v.mib, p.wall, p.mib, v.wall/p.wall)
 		key := strings.NewReplacer(", ", "_", " ", "_").Replace(q.name)
 		res.Extra["18.16 "+key] = fmt.Sprintf("view %.3f s %.1f MiB, plain %.3f s %.1f MiB, ratio %.2f", v.wall, v.mib, p.wall, p.mib, v.wall/p.wall)
 	}
