@@ -309,6 +309,8 @@ func (s *server) keepCopy(ctx context.Context, full bool) error {
 			}
 		}
 		if err := c.Acquire(ctx); err != nil {
+			// Try again at once next time, whatever this attempt left.
+			s.holder = true
 			return err
 		}
 		if !s.holder {

@@ -81,7 +81,20 @@ func (c *Copy) stage(kind string) string {
 // then drops every other holder's. A DROP waits for a REPLACE that reads
 // the dropped table, so every install of an earlier holder finished before
 // Acquire returns, and later ones fail.
-func (c *Copy) Acquire(ctx context.Context) error {
+func (c *Copy) Acquire(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil && c.holder != "" {
+			// Interrupted (a stop, ClickHouse gone): drop what this
+			// attempt created, so that nobody, this process included,
+			// waits for a holder that does not exist.
+			bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			for _, k := range []string{"f", "r"} {
+				_ = c.conn.Exec(bg, "DROP TABLE IF EXISTS "+c.stage(k))
+			}
+			c.holder = ""
+		}
+	}()
 	var b [6]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return err
@@ -96,12 +109,11 @@ func (c *Copy) Acquire(ctx context.Context) error {
 	}
 	for _, k := range []struct{ kind, from string }{{"f", c.features}, {"r", c.rollups}} {
 		if err := c.conn.Exec(ctx, "CREATE TABLE "+c.stage(k.kind)+" AS "+c.db+"."+k.from); err != nil {
-			c.holder = ""
 			return fmt.Errorf("copy lease: create stage: %w", err)
 		}
 	}
 	var others []string
-	err := tablesRetry(ctx, func() error {
+	err = tablesRetry(ctx, func() error {
 		others = others[:0]
 		rows, err := c.conn.Query(ctx, "SELECT name FROM system.tables WHERE database = ? AND startsWith(name, 'copy_stage_')", c.db)
 		if err != nil {
@@ -120,12 +132,10 @@ func (c *Copy) Acquire(ctx context.Context) error {
 		return rows.Err()
 	})
 	if err != nil {
-		c.holder = ""
 		return fmt.Errorf("copy lease: list stages: %w", err)
 	}
 	for _, name := range others {
 		if err := c.conn.Exec(ctx, "DROP TABLE IF EXISTS "+c.db+"."+name); err != nil {
-			c.holder = ""
 			return fmt.Errorf("copy lease: drop stage %s: %w", name, err)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -386,5 +387,43 @@ func TestCopyHealsExtraParts(t *testing.T) {
 	}
 	if n := one(t, conn, "SELECT count() FROM system.parts WHERE database = '"+db+"' AND table = 'account_quarter_rollups' AND active"); n != 1 {
 		t.Errorf("%d parts, want 1", n)
+	}
+}
+
+// TestCopyInterruptedAcquireLeavesNoStage: an Acquire cut short (a stop
+// cancels its context) drops the stage tables it made; left behind with
+// its heartbeat they made every process, itself included, wait 30 s for
+// a holder that did not exist (CI: empty readers after a live consumer
+// stopped during its first round).
+func TestCopyInterruptedAcquireLeavesNoStage(t *testing.T) {
+	st, db := copyDB(t)
+	conn := st.Conn()
+	cfg := schema.Config{Database: db, FiscalStartMonth: 1}
+	failed := 0
+	for d := time.Millisecond; d < 120*time.Millisecond; d += 3 * time.Millisecond {
+		c := schema.NewCopy(conn, cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		err := c.Acquire(ctx)
+		cancel()
+		if err == nil {
+			if err := c.Release(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		failed++
+		if c.Holds() {
+			t.Errorf("after a failed Acquire (%v) the Copy believes it holds the lease", err)
+		}
+		if n := one(t, conn, "SELECT count() FROM system.tables WHERE database = '"+db+"' AND startsWith(name, 'copy_stage_')"); n != 0 {
+			t.Fatalf("an Acquire cut short after %v left %d stage tables (%v)", d, n, err)
+		}
+	}
+	if failed == 0 {
+		t.Fatal("no Acquire was cut short: the test proved nothing")
+	}
+	take, err := schema.NewCopy(conn, cfg).ShouldTake(context.Background())
+	if err != nil || !take {
+		t.Errorf("ShouldTake after the interrupted attempts = %v, %v; want true", take, err)
 	}
 }
