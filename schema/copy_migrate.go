@@ -124,15 +124,19 @@ func migrateReaderTables(ctx context.Context, conn driver.Conn, r *rendered, app
 		var renames []string
 		drops = drops[:0]
 		for _, o := range objects {
-			engine, _, err := viewDefinition(ctx, conn, db, o.name)
+			engine, def, err := viewDefinition(ctx, conn, db, o.name)
 			if err != nil {
 				cleanup()
 				return err
 			}
 			engines[o.name] = engine
+			// Reader tables of this design (another calendar's, or a
+			// concurrent migrate's whose record has not landed yet) carry
+			// its partition key and setting.
+			mine := ours || strings.Contains(def, "PARTITION BY quarter_start") && strings.Contains(def, "old_parts_lifetime = 1")
 			switch {
 			case engine == "":
-			case engine == "View" || engine == "MergeTree" && ours:
+			case engine == "View" || engine == "MergeTree" && mine:
 				old := fmt.Sprintf("%s_old_%d", o.name, time.Now().UnixNano())
 				renames = append(renames, db+"."+o.name+" TO "+db+"."+old)
 				drops = append(drops, db+"."+old)
