@@ -322,7 +322,7 @@ func (s *server) keepCopy(ctx context.Context, full bool) error {
 	if err := c.Beat(ctx); err != nil {
 		return err
 	}
-	due, _, err := c.Due(ctx)
+	due, err := c.Due(ctx)
 	if err != nil {
 		return err
 	}

@@ -428,7 +428,7 @@ func (c *Copy) statements(q string, sec uint32) []copyStatement {
 	}
 }
 
-// Quarter is what Copy knows of one quarter of the served rows.
+// copyQuarter is what Copy knows of one quarter of the served rows.
 type copyQuarter struct {
 	dirty    uint32 // greatest copy_dirty.at covering it
 	snapshot uint32 // greatest installed snapshot second
@@ -437,26 +437,19 @@ type copyQuarter struct {
 
 // Due returns the quarters whose served rows may have changed since their
 // last install (a copy_dirty row at or after it, or no install at all),
-// oldest first, and how long ago the oldest such change was marked.
-func (c *Copy) Due(ctx context.Context) (due []string, oldest time.Duration, err error) {
+// or whose reader partitions hold more than one part, oldest first.
+func (c *Copy) Due(ctx context.Context) ([]string, error) {
 	quarters, err := c.quarters(ctx)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	now, err := serverSecond(ctx, c.conn)
-	if err != nil {
-		return nil, 0, err
-	}
+	var due []string
 	for _, q := range sortedKeys(quarters) {
-		st := quarters[q]
-		if !st.has || st.dirty >= st.snapshot {
+		if st := quarters[q]; !st.has || st.dirty >= st.snapshot {
 			due = append(due, q)
-			if st.dirty > 0 && now > st.dirty {
-				oldest = max(oldest, time.Duration(now-st.dirty)*time.Second)
-			}
 		}
 	}
-	return due, oldest, nil
+	return due, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -597,7 +590,7 @@ func (c *Copy) Sync(ctx context.Context) error {
 			return err
 		}
 	}
-	due, _, err := c.Due(ctx)
+	due, err := c.Due(ctx)
 	if err != nil {
 		return err
 	}

@@ -258,7 +258,7 @@ func TestCopyFindsWhatNoMarkNamed(t *testing.T) {
 	if err := conn.Exec(ctx, "INSERT INTO "+db+".account_quarter_rollups (account_id, quarter_start) SELECT 'stray', toDate('2025-01-01')"); err != nil {
 		t.Fatal(err)
 	}
-	due, _, err := c.Due(ctx)
+	due, err := c.Due(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +330,7 @@ func TestCopyHealsReplacedPartsAfterRestart(t *testing.T) {
 		}
 	}
 	c := schema.NewCopy(conn, cfg)
-	due, _, err := c.Due(ctx)
+	due, err := c.Due(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,7 +370,7 @@ func TestCopyHealsExtraParts(t *testing.T) {
 	if err := conn.Exec(ctx, "INSERT INTO "+db+".account_quarter_rollups SELECT * FROM "+db+".account_quarter_rollups WHERE account_id = 'a-1'"); err != nil {
 		t.Fatal(err)
 	}
-	due, _, err := c.Due(ctx)
+	due, err := c.Due(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
