@@ -334,7 +334,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		case err == nil || errors.Is(err, ErrTopicRecreated):
 			// SIGTERM: the served rows of what this run wrote, within the
 			// shutdown timeout; else the next sweep (any instance) does it.
-			if derr := c.srv.round(flushCtx, false); derr != nil {
+			if derr := c.srv.round(flushCtx, false, true); derr != nil {
 				c.log.Warn("served rollups: not recomputed at shutdown; the next sweep will", "err", derr)
 			}
 		}

@@ -153,7 +153,7 @@ func (s *server) run(ctx context.Context) {
 			continue
 		}
 		began := time.Now()
-		err := s.round(ctx, time.Now().After(next))
+		err := s.round(ctx, time.Now().After(next), true)
 		last, took = time.Now(), time.Since(began)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -184,9 +184,11 @@ func (s *server) run(ctx context.Context) {
 	}
 }
 
-// round recomputes the pending accounts, after a sweep if one is due.
-// On error the accounts stay pending.
-func (s *server) round(ctx context.Context, sweepDue bool) error {
+// round recomputes the pending accounts, after a sweep if one is due,
+// and refreshes the reader tables where this process keeps them (unless
+// not refresh: the caller syncs them after). On error the accounts stay
+// pending.
+func (s *server) round(ctx context.Context, sweepDue, refresh bool) error {
 	s.mu.Lock()
 	sweep := s.sweep || sweepDue
 	batch, delays := s.pending, s.delays
@@ -219,7 +221,7 @@ func (s *server) round(ctx context.Context, sweepDue bool) error {
 	}
 	// Readers see the rows once the reader tables have them, where they
 	// are tables and this process keeps them; else now.
-	if s.copyDue || sweep || time.Since(s.copyAt) > 5*time.Second {
+	if refresh && (s.copyDue || sweep || time.Since(s.copyAt) > 5*time.Second) {
 		// (Also every 5 s without news: other processes' changes, and
 		// the lease of a holder that went away.) A failure here is not a
 		// failed recompute: the next round tries again (also the round at
@@ -411,7 +413,10 @@ func (s *server) complete(ctx context.Context) error {
 		s.mu.Lock()
 		s.sweep = true
 		s.mu.Unlock()
-		err := s.round(ctx, true)
+		// The reader tables are synced once, after the last round (a
+		// refresh here would be repeated there: its snapshot shares the
+		// second of the round's copy_dirty row).
+		err := s.round(ctx, true, false)
 		if err == nil {
 			stale, err2 := s.sv.Stale(ctx)
 			err = err2

@@ -22,9 +22,17 @@ type Served struct {
 	topo *Topology
 	cfg  Config
 	// ChunkAccounts and ChunkBytes bound the accounts of one recompute
-	// INSERT (its account list is a literal, and max_query_size is 256 KiB).
+	// INSERT that names them in a list (its account list is a literal, and
+	// max_query_size is 256 KiB).
 	ChunkAccounts int
 	ChunkBytes    int
+	// RangeMin and RangeAccountQuarters: a group of at least RangeMin
+	// accounts that holds at least half of the accounts between its first
+	// and last (by fact_account_months) is recomputed by key ranges
+	// instead of lists, each range covering up to RangeAccountQuarters
+	// account-quarters of the group (see recomputeOn).
+	RangeMin             int
+	RangeAccountQuarters int
 
 	// lastMonth is the greatest month index known to hold an accepted
 	// event (cluster only: each shard holds its own accounts' months).
@@ -78,7 +86,7 @@ func NewServedOn(t *Topology, cfg Config) (*Served, error) {
 	if cfg.Cluster != t.Cluster {
 		return nil, fmt.Errorf("%w: served rollups: clickhouse cluster %q, but connected to %q", ErrConfig, cfg.Cluster, t.Cluster)
 	}
-	return &Served{topo: t, cfg: cfg.withDefaults(), ChunkAccounts: 1000, ChunkBytes: 96 << 10}, nil
+	return &Served{topo: t, cfg: cfg.withDefaults(), ChunkAccounts: 1000, ChunkBytes: 96 << 10, RangeMin: 256, RangeAccountQuarters: 10000}, nil
 }
 
 // The tables each kind of read needs caught up on a cluster replica.
@@ -298,8 +306,26 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 	for _, q := range qs {
 		list := byQ[q]
 		slices.Sort(list)
+		// A dense group (most accounts of its key range: a busy stream
+		// touches most accounts each round) is cheaper by ranges: a
+		// list's literal is parsed and turned into a set once per fact
+		// scan, which cost as much as the scans themselves (measured:
+		// docs/design.md, "Recompute by key ranges").
+		rsize, err := s.rangeChunk(ctx, conn, list, q)
+		if err != nil {
+			return err
+		}
 		for len(list) > 0 {
-			n, expr := s.chunk(list[:min(len(list), size)])
+			var (
+				n    int
+				expr string
+			)
+			if rsize > 0 {
+				n = min(len(list), rsize)
+				expr = rangeExpr(list[0], list[n-1])
+			} else {
+				n, expr = s.chunk(list[:min(len(list), size)])
+			}
 			if time.Since(taken) > versionMaxAge {
 				if sec, err = serverSecond(ctx, conn); err != nil {
 					return err
@@ -336,7 +362,7 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 				// Too slow or too big (max_execution_time, memory):
 				// halve the chunk and go on; a chunk of one account
 				// that fails is an error.
-				size = max(1, n/2)
+				size, rsize = shrink(size, rsize, n)
 				continue
 			}
 			if landed > sec+landLimit {
@@ -347,7 +373,7 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 					return err
 				}
 				taken = time.Now()
-				size = max(1, n/2)
+				size, rsize = shrink(size, rsize, n)
 				continue
 			}
 			list = list[n:]
@@ -356,6 +382,57 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 		}
 	}
 	return nil
+}
+
+// shrink halves the size of the mode that ran a chunk of n accounts: the
+// range size where ranges are used (rsize > 0), else the list size.
+func shrink(size, rsize, n int) (int, int) {
+	if rsize > 0 {
+		return size, max(1, n/2)
+	}
+	return max(1, n/2), rsize
+}
+
+// rangeChunk returns how many of list's accounts (sorted; their
+// recompute starts at quarter q) go into one range chunk, or 0 if list
+// is recomputed by account lists: when it is small, or when the key range
+// from its first to its last account holds more than twice as many
+// accounts with facts (a range recomputes every account in it: correct,
+// since every account's rows are computed from the facts after S, but
+// work wasted on accounts that had no news). The size keeps a chunk near
+// RangeAccountQuarters account-quarters from q through the range's last
+// month.
+func (s *Served) rangeChunk(ctx context.Context, conn driver.Conn, list []string, q int32) (int, error) {
+	if len(list) < max(1, s.RangeMin) || s.RangeAccountQuarters <= 0 {
+		return 0, nil
+	}
+	var (
+		n uint64
+		m int32
+	)
+	query := "SELECT uniqExact(account_id), toInt32(toYear(max(month)) * 12 + toMonth(max(month)) - 1) FROM " + s.cfg.Database + ".fact_account_months WHERE " + rangeExpr(list[0], list[len(list)-1])
+	if err := conn.QueryRow(ctx, query).Scan(&n, &m); err != nil {
+		return 0, fmt.Errorf("recompute: accounts in range: %w", err)
+	}
+	if n > 2*uint64(len(list)) {
+		return 0, nil
+	}
+	quarters := 1
+	if last := s.QuarterOf(m); n > 0 && last > q {
+		quarters += int(last-q) / 3
+	}
+	return max(1, s.RangeAccountQuarters/quarters), nil
+}
+
+// rangeExpr selects the accounts from lo through hi (String order is
+// byte order in ClickHouse and in Go).
+func rangeExpr(lo, hi string) string {
+	var b strings.Builder
+	b.WriteString("account_id >= ")
+	quote(&b, lo)
+	b.WriteString(" AND account_id <= ")
+	quote(&b, hi)
+	return b.String()
 }
 
 // chunk returns how many of list's first accounts go into one recompute,
