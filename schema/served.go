@@ -303,9 +303,26 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 	slices.Sort(qs)
 	done := 0
 	size := s.ChunkAccounts
+	// Key ranges recomputed so far, all from a quarter no later than the
+	// current group's: an account of a later group inside one is done
+	// (its rows from that earlier quarter on were computed after S).
+	var covered [][2]string
 	for _, q := range qs {
 		list := byQ[q]
 		slices.Sort(list)
+		if len(covered) > 0 {
+			rest := list[:0]
+			for _, a := range list {
+				if !inRanges(a, covered) {
+					rest = append(rest, a)
+				}
+			}
+			if skipped := len(list) - len(rest); skipped > 0 {
+				done += skipped
+				progress(done)
+			}
+			list = rest
+		}
 		// A dense group (most accounts of its key range: a busy stream
 		// touches most accounts each round) is cheaper by ranges: a
 		// list's literal is parsed and turned into a set once per fact
@@ -376,12 +393,25 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 				size, rsize = shrink(size, rsize, n)
 				continue
 			}
+			if rsize > 0 {
+				covered = append(covered, [2]string{list[0], list[n-1]})
+			}
 			list = list[n:]
 			done += n
 			progress(done)
 		}
 	}
 	return nil
+}
+
+// inRanges reports whether a lies in one of the inclusive ranges.
+func inRanges(a string, ranges [][2]string) bool {
+	for _, r := range ranges {
+		if a >= r[0] && a <= r[1] {
+			return true
+		}
+	}
+	return false
 }
 
 // shrink halves the size of the mode that ran a chunk of n accounts: the
