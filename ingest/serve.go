@@ -144,11 +144,11 @@ func (s *server) run(ctx context.Context) {
 		// slot. (Deferring rounds during a backlog was measured worse: on
 		// a stream in time order each round reads only the current
 		// quarter, while one big round at the end reads everything.)
-		if !last.IsZero() && time.Since(last) < took {
+		if wait := took - time.Since(last); !last.IsZero() && wait > 0 {
 			select {
 			case <-ctx.Done():
 				return
-			case <-tick.C:
+			case <-time.After(wait):
 			}
 			continue
 		}
