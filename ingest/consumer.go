@@ -194,6 +194,9 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		return nil, err
 	}
 	c.srv = srv
+	if srv != nil {
+		srv.live = func() bool { return gaugeSum(c.m.lag) < liveLag }
+	}
 	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_dedup_disk_bytes",
 		Help: "Bytes of the duplicate filters' on-disk store (files and write buffers) while run runs."},
 		func() float64 {

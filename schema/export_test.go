@@ -49,8 +49,8 @@ func CopyRefreshSteps(c *Copy, q string, sec uint32) (before, installs []string)
 	return before, installs
 }
 
-// RangeChunk exposes how many of list's accounts (sorted, from quarter q)
-// one range chunk of a recompute takes, 0 for account lists.
-func RangeChunk(ctx context.Context, s *Served, list []string, q int32) (int, error) {
-	return s.rangeChunk(ctx, s.topo.Global, list, q)
+// RangeChunk exposes how many of list's accounts (sorted) one range
+// chunk of a recompute takes, 0 for account lists.
+func RangeChunk(ctx context.Context, s *Served, list []string) (int, error) {
+	return s.rangeChunk(ctx, s.topo.Global, list)
 }

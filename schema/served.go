@@ -86,7 +86,7 @@ func NewServedOn(t *Topology, cfg Config) (*Served, error) {
 	if cfg.Cluster != t.Cluster {
 		return nil, fmt.Errorf("%w: served rollups: clickhouse cluster %q, but connected to %q", ErrConfig, cfg.Cluster, t.Cluster)
 	}
-	return &Served{topo: t, cfg: cfg.withDefaults(), ChunkAccounts: 1000, ChunkBytes: 96 << 10, RangeMin: 256, RangeAccountQuarters: 10000}, nil
+	return &Served{topo: t, cfg: cfg.withDefaults(), ChunkAccounts: 1000, ChunkBytes: 96 << 10, RangeMin: 256, RangeAccountQuarters: 20000}, nil
 }
 
 // The tables each kind of read needs caught up on a cluster replica.
@@ -306,14 +306,14 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 	// Key ranges recomputed so far, all from a quarter no later than the
 	// current group's: an account of a later group inside one is done
 	// (its rows from that earlier quarter on were computed after S).
-	var covered [][2]string
+	var covered spans
 	for _, q := range qs {
 		list := byQ[q]
 		slices.Sort(list)
 		if len(covered) > 0 {
 			rest := list[:0]
 			for _, a := range list {
-				if !inRanges(a, covered) {
+				if !covered.contain(a) {
 					rest = append(rest, a)
 				}
 			}
@@ -328,18 +328,29 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 		// list's literal is parsed and turned into a set once per fact
 		// scan, which cost as much as the scans themselves (measured:
 		// docs/design.md, "Recompute by key ranges").
-		rsize, err := s.rangeChunk(ctx, conn, list, q)
+		budget, err := s.rangeChunk(ctx, conn, list)
 		if err != nil {
 			return err
 		}
+		rsize := budget
 		for len(list) > 0 {
 			var (
 				n    int
 				expr string
+				span spanOf
 			)
 			if rsize > 0 {
+				// Ranges tile the group's key range without gaps: a
+				// chunk runs from its first account up to (not
+				// including) the next chunk's, so that halving a chunk
+				// never leaves an account between two ranges with a
+				// row of a chunk that landed late.
 				n = min(len(list), rsize)
-				expr = rangeExpr(list[0], list[n-1])
+				span = spanOf{lo: list[0], hi: list[n-1], incl: true}
+				if n < len(list) {
+					span.hi, span.incl = list[n], false
+				}
+				expr = span.expr()
 			} else {
 				n, expr = s.chunk(list[:min(len(list), size)])
 			}
@@ -373,28 +384,47 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 			}
 			landed, err := s.recomputeChunk(ctx, conn, expr, q, sec, lastQ)
 			if err != nil {
-				if ctx.Err() != nil || n == 1 {
+				if ctx.Err() != nil {
 					return err
 				}
-				// Too slow or too big (max_execution_time, memory):
-				// halve the chunk and go on; a chunk of one account
-				// that fails is an error.
-				size, rsize = shrink(size, rsize, n)
+				switch {
+				case rsize > 1:
+					// Too slow or too big (max_execution_time, memory):
+					// halve the range and go on.
+					rsize = max(1, n/2)
+				case rsize == 1:
+					// Even one account's range fails: the accounts
+					// between it and the next (not in the batch) are
+					// too much here; the rest of the group by lists.
+					rsize = 0
+				case n == 1:
+					// A list of one account that fails is an error.
+					return err
+				default:
+					size = max(1, n/2)
+				}
 				continue
 			}
 			if landed > sec+landLimit {
 				// Landed too late for the updated_at poll (18.16 does
 				// not bound a query's whole run by max_execution_time):
-				// again, with a new S, so the newest row is on time.
+				// again, with a new S, so the newest row is on time
+				// (a range again from the same first account: the
+				// accounts of the late range stay covered).
 				if sec, err = serverSecond(ctx, conn); err != nil {
 					return err
 				}
 				taken = time.Now()
-				size, rsize = shrink(size, rsize, n)
+				if rsize > 0 {
+					rsize = max(1, n/2)
+				} else {
+					size = max(1, n/2)
+				}
 				continue
 			}
 			if rsize > 0 {
-				covered = append(covered, [2]string{list[0], list[n-1]})
+				covered.add(span)
+				rsize = min(budget, 2*rsize) // back up after a halving
 			}
 			list = list[n:]
 			done += n
@@ -404,42 +434,67 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 	return nil
 }
 
-// inRanges reports whether a lies in one of the inclusive ranges.
-func inRanges(a string, ranges [][2]string) bool {
-	for _, r := range ranges {
-		if a >= r[0] && a <= r[1] {
+// spanOf is a key range of account_id: from lo, through hi if incl,
+// else up to hi.
+type spanOf struct {
+	lo, hi string
+	incl   bool
+}
+
+func (p spanOf) expr() string {
+	var b strings.Builder
+	b.WriteString("account_id >= ")
+	quote(&b, p.lo)
+	if p.incl {
+		b.WriteString(" AND account_id <= ")
+	} else {
+		b.WriteString(" AND account_id < ")
+	}
+	quote(&b, p.hi)
+	return b.String()
+}
+
+// spans are the key ranges recomputed so far in one call, adjacent ones
+// merged (the chunks of one group tile its range), so that checking an
+// account costs about one comparison per group.
+type spans []spanOf
+
+func (ss *spans) add(p spanOf) {
+	if n := len(*ss); n > 0 {
+		if last := &(*ss)[n-1]; !last.incl && last.hi == p.lo {
+			last.hi, last.incl = p.hi, p.incl
+			return
+		}
+	}
+	*ss = append(*ss, p)
+}
+
+func (ss spans) contain(a string) bool {
+	for _, p := range ss {
+		if a >= p.lo && (a < p.hi || p.incl && a == p.hi) {
 			return true
 		}
 	}
 	return false
 }
 
-// shrink halves the size of the mode that ran a chunk of n accounts: the
-// range size where ranges are used (rsize > 0), else the list size.
-func shrink(size, rsize, n int) (int, int) {
-	if rsize > 0 {
-		return size, max(1, n/2)
-	}
-	return max(1, n/2), rsize
-}
-
-// rangeChunk returns how many of list's accounts (sorted; their
-// recompute starts at quarter q) go into one range chunk, or 0 if list
+// rangeChunk returns how many of list's accounts (sorted) go into one
+// range chunk, or 0 if list
 // is recomputed by account lists: when it is small, or when the key range
 // from its first to its last account holds more than twice as many
 // accounts with facts (a range recomputes every account in it: correct,
 // since every account's rows are computed from the facts after S, but
 // work wasted on accounts that had no news). The size keeps a chunk near
-// RangeAccountQuarters account-quarters from q through the range's last
-// month.
-func (s *Served) rangeChunk(ctx context.Context, conn driver.Conn, list []string, q int32) (int, error) {
+// RangeAccountQuarters account-quarters over the range's whole span of
+// months.
+func (s *Served) rangeChunk(ctx context.Context, conn driver.Conn, list []string) (int, error) {
 	if len(list) < max(1, s.RangeMin) || s.RangeAccountQuarters <= 0 {
 		return 0, nil
 	}
 	// Dense: at most 2·len(list) accounts with facts in the range. The
 	// DISTINCT … LIMIT stops reading once it has one more than that, so
 	// the check costs about what the batch does, not the whole table.
-	within := rangeExpr(list[0], list[len(list)-1])
+	within := spanOf{lo: list[0], hi: list[len(list)-1], incl: true}.expr()
 	limit := 2*len(list) + 1
 	var n uint64
 	query := fmt.Sprintf("SELECT count() FROM (SELECT DISTINCT account_id FROM %s.fact_account_months WHERE %s LIMIT %d)", s.cfg.Database, within, limit)
@@ -449,27 +504,19 @@ func (s *Served) rangeChunk(ctx context.Context, conn driver.Conn, list []string
 	if n >= uint64(limit) {
 		return 0, nil
 	}
-	var m int32
-	query = "SELECT toInt32(toYear(max(month)) * 12 + toMonth(max(month)) - 1) FROM " + s.cfg.Database + ".fact_account_months WHERE " + within
-	if err := conn.QueryRow(ctx, query).Scan(&m); err != nil {
-		return 0, fmt.Errorf("recompute: last month in range: %w", err)
+	// A recompute reads each account's seat and purchase facts over its
+	// whole history (its grid starts at its first quarter), whatever q
+	// is: the chunk is sized by the range's whole span of months.
+	var first, last int32
+	query = "SELECT toInt32(toYear(min(month)) * 12 + toMonth(min(month)) - 1), toInt32(toYear(max(month)) * 12 + toMonth(max(month)) - 1) FROM " + s.cfg.Database + ".fact_account_months WHERE " + within
+	if err := conn.QueryRow(ctx, query).Scan(&first, &last); err != nil {
+		return 0, fmt.Errorf("recompute: months in range: %w", err)
 	}
 	quarters := 1
-	if last := s.QuarterOf(m); n > 0 && last > q {
-		quarters += int(last-q) / 3
+	if n > 0 && last > first {
+		quarters += int(s.QuarterOf(last)-s.QuarterOf(first)) / 3
 	}
 	return max(1, s.RangeAccountQuarters/quarters), nil
-}
-
-// rangeExpr selects the accounts from lo through hi (String order is
-// byte order in ClickHouse and in Go).
-func rangeExpr(lo, hi string) string {
-	var b strings.Builder
-	b.WriteString("account_id >= ")
-	quote(&b, lo)
-	b.WriteString(" AND account_id <= ")
-	quote(&b, hi)
-	return b.String()
 }
 
 // chunk returns how many of list's first accounts go into one recompute,

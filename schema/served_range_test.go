@@ -9,21 +9,29 @@ import (
 
 	"github.com/usagepipe/usagepipe/schema"
 	"github.com/usagepipe/usagepipe/schema/event"
+	"github.com/usagepipe/usagepipe/schema/store"
 )
 
-// TestServedRangeChunks: a dense batch is recomputed by key ranges
-// (account_id >= first AND account_id <= last), a sparse one by lists.
-// With account IDs that sort byte-wise around quotes, backslashes,
-// control and non-ASCII bytes, and one a prefix of another, a range
-// recompute of every account but the first and last in byte order makes
-// exactly those accounts' rows equal the facts (verify: 0 differences),
-// with range chunks of one, two and three accounts (new facts before each
-// pass), and leaves the two outside the ranges untouched (verify finds
-// their rows missing). A later group's account inside a range already
-// recomputed from an earlier quarter is skipped, and still exact.
+// TestServedRangeChunks: a dense batch is recomputed by key ranges that
+// tile its span, a sparse one by account lists. The account IDs sort
+// byte-wise around quotes, backslashes, NUL and control bytes, non-ASCII
+// and prefixes.
+//   - The density check at its boundary (at most 2n accounts in the span:
+//     ranges) and the chunk size (account-quarters over the span's months).
+//   - Passes with ranges of one, two and three accounts, new facts before
+//     each: every account of the span is exact afterwards — also the ones
+//     left out of the batch (ranges cover them: that is how the test knows
+//     ranges ran) — and the accounts outside the span are untouched.
+//   - Two groups in one call: an account of the later group inside a
+//     range already recomputed from the earlier quarter gets no second
+//     recompute (merges stopped, its versions counted), and is exact.
+//
+// Reader tables (18.16) are refreshed only for the quarters copy_dirty
+// names, so a recompute that marks too late a quarter fails here too.
 func TestServedRangeChunks(t *testing.T) {
 	ctx := context.Background()
 	st := migrated(t, 1)
+	cfg := schema.Config{Database: st.Database(), FiscalStartMonth: 1}
 	ids := []string{"a", "a'", "a\\", "a\x01", "a\x00", "ab", "Ünïcødé-账户", "\xffz", "tab\there", `"dq"`, "z", "zz'"}
 	var evs []ev
 	for i, a := range ids {
@@ -39,45 +47,44 @@ func TestServedRangeChunks(t *testing.T) {
 	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
 		t.Fatal(err)
 	}
-	sv, err := schema.NewServed(st.Conn(), schema.Config{Database: st.Database(), FiscalStartMonth: 1})
+	sv, err := schema.NewServed(st.Conn(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sorted := slices.Sorted(slices.Values(ids))
-	q1 := int32(2026 * 12)
+	q1, q2 := int32(2026*12), int32(2026*12+3)
 
 	// The density decision, with the default RangeMin lowered to these
-	// few accounts.
+	// few accounts; the span of months is Q1–Q2 (two quarters).
 	sv.RangeMin = 2
 	for _, c := range []struct {
-		name  string
-		list  []string
-		dense bool
+		name string
+		list []string
+		want int // RangeAccountQuarters 10 over two quarters: 5
 	}{
-		{"all", sorted, true},
-		{"all but the ends", sorted[1 : len(sorted)-1], true},
-		{"the two ends", []string{sorted[0], sorted[len(sorted)-1]}, false},
-		{"every third", []string{sorted[0], sorted[3], sorted[6], sorted[9]}, false},
+		{"all", sorted, 5},
+		{"six spanning 12 (2n)", []string{sorted[0], sorted[2], sorted[4], sorted[6], sorted[8], sorted[11]}, 5},
+		{"five spanning 11 (2n+1)", []string{sorted[0], sorted[2], sorted[4], sorted[6], sorted[10]}, 0},
+		{"the two ends", []string{sorted[0], sorted[len(sorted)-1]}, 0},
+		{"below RangeMin", sorted[:1], 0},
 	} {
-		n, err := schema.RangeChunk(ctx, sv, c.list, q1)
+		sv.RangeAccountQuarters = 10
+		n, err := schema.RangeChunk(ctx, sv, c.list)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if (n > 0) != c.dense {
-			t.Errorf("%s: range chunk of %d accounts, want ranges %v", c.name, n, c.dense)
+		if n != c.want {
+			t.Errorf("%s: range chunk of %d accounts, want %d", c.name, n, c.want)
 		}
 	}
-	sv.RangeMin = 1
-	sv.RangeAccountQuarters = 1
-	if n, err := schema.RangeChunk(ctx, sv, sorted, q1); err != nil || n != 1 {
-		t.Fatalf("range chunk at 1 account-quarter over two quarters: %d, %v; want 1", n, err)
-	}
 
+	// Passes over the inner accounts but one (gap), which is left out of
+	// the batch and still recomputed: it lies inside the ranges.
+	sv.RangeMin = 1
 	inner := sorted[1 : len(sorted)-1]
+	gap := inner[3]
 	for i, aq := range []int{1, 4, 7} {
 		sv.RangeAccountQuarters = aq // 1, 2 and 3 accounts per range over two quarters
-		// A new active user for every account, so that each pass changes
-		// every inner account's rows.
 		var more []ev
 		for j, a := range ids {
 			more = append(more, ev{id: fmt.Sprint("n", i, "-", j), typ: event.Login, account: a, user: fmt.Sprint("n", i), ms: ms("2026-02-11T00:00:00Z"), offset: int64(1000*(i+1) + j)})
@@ -87,25 +94,27 @@ func TestServedRangeChunks(t *testing.T) {
 		}
 		batch := map[string]int32{}
 		for _, a := range inner {
-			batch[a] = q1
+			if a != gap {
+				batch[a] = q1
+			}
 		}
 		if err := sv.Recompute(ctx, batch, nil); err != nil {
 			t.Fatalf("recompute by ranges of %d account-quarters: %v", aq, err)
 		}
-		// Verify also reads the reader tables where they are tables.
-		if err := schema.SyncReaders(ctx, st.Conn(), schema.Config{Database: st.Database(), FiscalStartMonth: 1}); err != nil {
-			t.Fatal(err)
-		}
-		var diffs []string
-		n, err := sv.Verify(ctx, inner, func(d schema.Difference) { diffs = append(diffs, d.Key+" served "+d.Served+" computed "+d.Computed) })
-		if err != nil || n != len(inner) || len(diffs) != 0 {
-			t.Fatalf("ranges of %d account-quarters: verify %d accounts, %v, differences %s", aq, n, err, strings.Join(diffs, "; "))
+		refreshDue(t, st, cfg)
+		if d := differences(t, sv, inner); d != "" {
+			t.Fatalf("ranges of %d account-quarters (gap account %q not in the batch): %s", aq, gap, d)
 		}
 	}
+	for _, a := range []string{sorted[0], sorted[len(sorted)-1]} {
+		if differences(t, sv, []string{a}) == "" {
+			t.Errorf("account %q outside every range was recomputed", a)
+		}
+	}
+
 	// Two groups: the inner accounts from Q1 by ranges, then the last
-	// account and an inner one from Q2. The inner one is inside a range
-	// already recomputed from Q1 (skipped); the last one is not.
-	q2 := q1 + 3
+	// account and an inner one from Q2.
+	sv.RangeAccountQuarters = 4
 	last, mid := sorted[len(sorted)-1], inner[len(inner)/2]
 	late := []ev{
 		{id: "late1", typ: event.Login, account: mid, user: "late", ms: ms("2026-05-20T00:00:00Z"), offset: 9000},
@@ -114,6 +123,8 @@ func TestServedRangeChunks(t *testing.T) {
 	if err := st.Write(ctx, factsOf(late, nil)); err != nil {
 		t.Fatal(err)
 	}
+	execSQL(t, st, "SYSTEM STOP MERGES "+st.Database()+".rollups_served")
+	before := versions(t, st, mid, "2026-04-01")
 	batch := map[string]int32{last: q2}
 	for _, a := range inner {
 		batch[a] = q1
@@ -122,30 +133,84 @@ func TestServedRangeChunks(t *testing.T) {
 	if err := sv.Recompute(ctx, batch, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := schema.SyncReaders(ctx, st.Conn(), schema.Config{Database: st.Database(), FiscalStartMonth: 1}); err != nil {
-		t.Fatal(err)
+	if got := versions(t, st, mid, "2026-04-01") - before; got != 1 {
+		t.Errorf("account %q of the later group, inside a range from Q1: %d new versions of its Q2 row, want 1 (skipped)", mid, got)
 	}
-	var diffs []string
-	if _, err := sv.Verify(ctx, sorted[1:], func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil {
-		t.Fatal(err)
+	execSQL(t, st, "SYSTEM START MERGES "+st.Database()+".rollups_served")
+	refreshDue(t, st, cfg)
+	d := differences(t, sv, sorted[1:])
+	// The last account's Q1 row was never computed (its group starts at
+	// Q2); nothing else may differ.
+	want := fmt.Sprintf("account_id=%q quarter_start=2026-01-01 00:00:00", last)
+	if d != want {
+		t.Errorf("after two groups: differences %q, want only %q", d, want)
 	}
-	if len(diffs) == 0 {
-		t.Errorf("after two groups: want the last account's Q1 row missing, verify found nothing")
-	}
-	for _, d := range diffs {
-		// The last account's Q1 row was never computed (its group starts
-		// at Q2); nothing else may differ.
-		if !strings.Contains(d, "quarter_start=2026-01-01") || !strings.Contains(d, fmt.Sprintf("%q", last)) {
-			t.Errorf("after two groups: %s", d)
+}
+
+// differences are verify's differences for accounts, keys only, joined.
+func differences(t *testing.T, sv *schema.Served, accounts []string) string {
+	t.Helper()
+	var keys []string
+	if _, err := sv.Verify(context.Background(), accounts, func(d schema.Difference) {
+		if !slices.Contains(keys, d.Key) {
+			keys = append(keys, d.Key)
 		}
+	}); err != nil {
+		t.Fatal(err)
 	}
-	for _, a := range []string{sorted[0]} {
-		var diffs []string
-		if _, err := sv.Verify(ctx, []string{a}, func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil {
+	return strings.Join(keys, "; ")
+}
+
+// refreshDue refreshes the reader tables (where they are tables) for the
+// quarters copy_dirty names, as the lease holder does between its full
+// comparisons.
+func refreshDue(t *testing.T, st *store.Store, cfg schema.Config) {
+	t.Helper()
+	ctx := context.Background()
+	sv, err := schema.NewServed(st.Conn(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if on, err := sv.ReaderTablesOn(); err != nil || !on {
+		if err != nil {
 			t.Fatal(err)
 		}
-		if len(diffs) == 0 {
-			t.Errorf("account %q outside every range was recomputed", a)
+		return
+	}
+	c := schema.NewCopy(st.Conn(), cfg)
+	if err := c.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := c.Release(ctx); err != nil {
+			t.Fatal(err)
 		}
+	}()
+	due, err := c.Due(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range due {
+		if err := c.Refresh(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// versions counts the distinct versions of an account's served rollup
+// row for the quarter starting on day.
+func versions(t *testing.T, st *store.Store, account, day string) int {
+	t.Helper()
+	var n uint64
+	if err := st.Conn().QueryRow(context.Background(), "SELECT uniqExact(version) FROM "+st.Database()+".rollups_served WHERE account_id = ? AND quarter_start = toDate(?)", account, day).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return int(n)
+}
+
+func execSQL(t *testing.T, st *store.Store, q string) {
+	t.Helper()
+	if err := st.Conn().Exec(context.Background(), q); err != nil {
+		t.Fatal(err)
 	}
 }
