@@ -86,7 +86,7 @@ func NewServedOn(t *Topology, cfg Config) (*Served, error) {
 	if cfg.Cluster != t.Cluster {
 		return nil, fmt.Errorf("%w: served rollups: clickhouse cluster %q, but connected to %q", ErrConfig, cfg.Cluster, t.Cluster)
 	}
-	return &Served{topo: t, cfg: cfg.withDefaults(), ChunkAccounts: 1000, ChunkBytes: 96 << 10, RangeMin: 256, RangeAccountQuarters: 20000}, nil
+	return &Served{topo: t, cfg: cfg.withDefaults(), ChunkAccounts: 1000, ChunkBytes: 96 << 10, RangeMin: 256, RangeAccountQuarters: 8000}, nil
 }
 
 // The tables each kind of read needs caught up on a cluster replica.
