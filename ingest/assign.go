@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -46,7 +47,7 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		progressIDs       []string
 		res               map[int32]resume
 		counts            []schema.EventCount
-		starts            kadm.ListedOffsets
+		starts, ends      kadm.ListedOffsets
 	)
 	err := c.retry(ctx, "read progress", func() error {
 		var err error
@@ -68,6 +69,13 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		}
 		if err != nil {
 			return fmt.Errorf("list start offsets: %w", err)
+		}
+		// The last stable offsets: the partitions' lag is known before
+		// their first fetch (a partition that stays empty is never
+		// fetched with an answer). A partition listed with an error
+		// learns it from its first fetch.
+		if ends, err = c.adm.ListCommittedOffsets(ctx, c.cfg.Topic); err != nil {
+			return fmt.Errorf("list end offsets: %w", err)
 		}
 		if res, err = c.resumes(ctx, progressIDs, parts, starts); err != nil {
 			return err
@@ -110,6 +118,10 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 			from: r.from, hasFrom: r.hasFrom, tsBucket: -1, dedup: dedup.New(c.cfg.DedupWindow), delays: map[int64]int{}}
 		if d := c.disk.Load(); d != nil {
 			st.dedup.UseDisk(d, 0) // limits: setDedupLimits below
+		}
+		if e, ok := ends.Lookup(c.cfg.Topic, p); ok && e.Err == nil && e.Offset >= 0 {
+			st.hwm, st.hwmKnown = e.Offset, true
+			c.m.lag.WithLabelValues(strconv.Itoa(int(p))).Set(float64(max(e.Offset-r.pos, 0)))
 		}
 		if s, ok := starts.Lookup(c.cfg.Topic, p); ok && s.Offset > r.pos {
 			c.m.expired.Add(float64(s.Offset - r.pos))

@@ -85,6 +85,7 @@ type Consumer struct {
 	chUp        atomic.Bool
 	lastFlushOK atomic.Int64 // unix nanos
 	totalLag    atomic.Int64
+	lagKnown    atomic.Bool // every assigned partition's hwm is known: totalLag is its lag
 	warn        rateLimiter
 }
 
@@ -147,6 +148,7 @@ type partState struct {
 	from      int64 // dedup replay start (record time) found at assignment, if hasFrom
 	hasFrom   bool
 	hwm       int64 // last stable offset seen
+	hwmKnown  bool  // hwm is known (listed at assignment, or fetched)
 	dlq       []*kgo.Record
 	delays    map[int64]int // record second → records, since the last flush
 	delaySec  int64         // the second being counted into delayN (records of a partition mostly share it)
@@ -195,7 +197,7 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 	}
 	c.srv = srv
 	if srv != nil {
-		srv.live = func() bool { return gaugeSum(c.m.lag) < liveLag }
+		srv.live = func() bool { return c.lagKnown.Load() && c.totalLag.Load() < liveLag }
 	}
 	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_dedup_disk_bytes",
 		Help: "Bytes of the duplicate filters' on-disk store (files and write buffers) while run runs."},
@@ -414,7 +416,13 @@ func (c *Consumer) process(fetches kgo.Fetches) {
 	byWorker := make([][]kgo.FetchTopicPartition, len(c.workers))
 	fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
 		// Errors (a poll timeout is reported as partition -1) carry no records.
-		if ftp.Topic != c.cfg.Topic || ftp.Partition < 0 || len(ftp.Records) == 0 && ftp.HighWatermark <= 0 {
+		if ftp.Topic != c.cfg.Topic || ftp.Partition < 0 {
+			return
+		}
+		if st := c.parts[ftp.Partition]; st != nil && ftp.Err == nil {
+			st.hwmKnown = true
+		}
+		if len(ftp.Records) == 0 && ftp.HighWatermark <= 0 {
 			return
 		}
 		i := int(ftp.Partition) % len(c.workers)
@@ -843,12 +851,15 @@ func (c *Consumer) finish() error {
 // updateReady recomputes the lag total and the ready gauge.
 func (c *Consumer) updateReady() {
 	var lag int64
+	known := len(c.parts) > 0
 	for _, st := range c.parts {
 		if st.hwm > st.position() {
 			lag += st.hwm - st.position()
 		}
+		known = known && st.hwmKnown
 	}
 	c.totalLag.Store(lag)
+	c.lagKnown.Store(known)
 	if ok, _ := c.Ready(); ok {
 		c.m.ready.Set(1)
 	} else {

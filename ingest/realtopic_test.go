@@ -397,6 +397,13 @@ func counter(t *testing.T, g prometheus.Gatherer, name string) float64 {
 // it and fails the test on an error.
 func (p *pipeline) start(group string, reg prometheus.Registerer) (stop func()) {
 	p.t.Helper()
+	_, stop = p.startConsumer(group, reg)
+	return stop
+}
+
+// startConsumer is start, returning the running consumer too.
+func (p *pipeline) startConsumer(group string, reg prometheus.Registerer) (*ingest.Consumer, func()) {
+	p.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
 	if err != nil {
@@ -415,7 +422,7 @@ func (p *pipeline) start(group string, reg prometheus.Registerer) (stop func()) 
 	}
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	return func() {
+	return c, func() {
 		cancel()
 		if err := <-done; err != nil {
 			p.t.Errorf("run: %v", err)

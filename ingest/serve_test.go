@@ -281,3 +281,34 @@ func (p *pipeline) rollupMap() map[string]uint64 {
 	}
 	return out
 }
+
+// TestLiveOnlyOnceLagKnown: the serve loop runs rounds back to back only
+// once every assigned partition's lag is known — before the first fetches
+// a consumer with a backlog would otherwise look caught up — and partitions
+// that stay empty (high watermark 0) do not keep it from ever being live.
+func TestLiveOnlyOnceLagKnown(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newPipeline(t, b, 1) // 4 partitions; one account fills one
+			now := time.Now().Truncate(time.Second)
+			var recs []login
+			for i := range 20 {
+				recs = append(recs, login{id: fmt.Sprint("l", i), account: "acme", user: fmt.Sprint("u", i), ts: now.Add(time.Duration(i-100) * time.Second)})
+			}
+			p.produceAccounts(recs)
+			c, stop := p.startConsumer("g", prometheus.NewRegistry())
+			defer stop()
+			if c.Live() {
+				t.Fatal("live before any fetch")
+			}
+			p.waitLogins(20)
+			deadline := time.Now().Add(30 * time.Second)
+			for !c.Live() {
+				if time.Now().After(deadline) {
+					t.Fatal("not live 30 s after catching up (three partitions are empty)")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+}

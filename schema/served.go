@@ -307,6 +307,7 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 	// current group's: an account of a later group inside one is done
 	// (its rows from that earlier quarter on were computed after S).
 	var covered spans
+	late := 0 // late landings in a row of a one-account list
 	for _, q := range qs {
 		list := byQ[q]
 		slices.Sort(list)
@@ -384,10 +385,17 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 			}
 			landed, err := s.recomputeChunk(ctx, conn, expr, q, sec, lastQ)
 			if err != nil {
-				if ctx.Err() != nil {
+				if ctx.Err() != nil || !sizeError(err) {
+					// Not about the chunk's size (the connection, a
+					// restart): the round fails and the accounts stay
+					// stale for the next one.
 					return err
 				}
 				switch {
+				case n == 1 && len(list) == 1:
+					// The group's last account alone fails (as a range
+					// it is the same one account).
+					return err
 				case rsize > 1:
 					// Too slow or too big (max_execution_time, memory):
 					// halve the range and go on.
@@ -415,13 +423,24 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 					return err
 				}
 				taken = time.Now()
-				if rsize > 0 {
+				switch {
+				case rsize > 1:
 					rsize = max(1, n/2)
-				} else {
+				case rsize == 1:
+					rsize = 0 // as for a failure: the rest by lists
+				case n > 1:
 					size = max(1, n/2)
+				default:
+					// One account that lands late again and again: the
+					// round fails (its rows stay stale, and their marks
+					// say so) rather than looping here.
+					if late++; late >= maxLateOne {
+						return fmt.Errorf("recompute: one account's rows landed more than %d s after their version %d times", landLimit, late)
+					}
 				}
 				continue
 			}
+			late = 0
 			if rsize > 0 {
 				covered.add(span)
 				rsize = min(budget, 2*rsize) // back up after a halving
@@ -432,6 +451,31 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 		}
 	}
 	return nil
+}
+
+// maxLateOne: how many times in a row a one-account chunk may land too late
+// before the recompute gives up (the round fails and is retried).
+const maxLateOne = 3
+
+// sizeError reports whether a recompute failed for its chunk's size or
+// time (server limits, a too-big statement, the late-start guard), which a
+// smaller chunk may cure; other errors (network, a restarting server) end
+// the recompute.
+func sizeError(err error) bool {
+	var e *clickhouse.Exception
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch e.Code {
+	case 62, // SYNTAX_ERROR: max_query_size
+		158, 307, 396, // TOO_MANY_ROWS, TOO_MANY_BYTES, TOO_MANY_ROWS_OR_BYTES
+		159, 160, // TIMEOUT_EXCEEDED, TOO_SLOW
+		167, 168, // TOO_DEEP_AST, TOO_BIG_AST
+		173, 241, // CANNOT_ALLOCATE_MEMORY, MEMORY_LIMIT_EXCEEDED
+		395: // FUNCTION_THROW_IF_VALUE_IS_NON_ZERO: started too long after S
+		return true
+	}
+	return false
 }
 
 // spanOf is a key range of account_id: from lo, through hi if incl,

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
+
 	"github.com/usagepipe/usagepipe/schema"
 	"github.com/usagepipe/usagepipe/schema/event"
 	"github.com/usagepipe/usagepipe/schema/store"
@@ -212,5 +214,47 @@ func execSQL(t *testing.T, st *store.Store, q string) {
 	t.Helper()
 	if err := st.Conn().Exec(context.Background(), q); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRecomputeSizeErrors: the failures a smaller chunk may cure (server
+// limits, a too-big statement, the late-start guard) halve a chunk; others
+// (an unknown table, a closed connection) end the recompute at once. The
+// errors come from the real server.
+func TestRecomputeSizeErrors(t *testing.T) {
+	ctx := context.Background()
+	st := migrated(t, 1)
+	for _, c := range []struct {
+		name, query string
+		settings    clickhouse.Settings
+		size        bool
+	}{
+		{"timeout", "SELECT count() FROM system.numbers WHERE sleepEachRow(0.001) = 0", clickhouse.Settings{"max_execution_time": 1, "max_block_size": 100}, true},
+		{"memory", "SELECT length(groupArray(number)) FROM numbers(10000000)", clickhouse.Settings{"max_memory_usage": 1000000}, true},
+		{"big AST", "SELECT 1 + 2 + 3 + 4 + 5 + 6", clickhouse.Settings{"max_ast_elements": 3}, true},
+		{"too many rows", "SELECT sum(number) FROM (SELECT number FROM system.numbers LIMIT 1000000)", clickhouse.Settings{"max_rows_to_read": 10}, true},
+		{"late start", "SELECT throwIf(1)", nil, true},
+		{"unknown table", "SELECT * FROM " + st.Database() + ".no_such_table", nil, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := clickhouse.Context(ctx, clickhouse.WithSettings(c.settings))
+			var v uint64
+			err := st.Conn().QueryRow(ctx, c.query).Scan(&v)
+			if err == nil {
+				t.Fatalf("%s: no error", c.query)
+			}
+			if got := schema.SizeError(fmt.Errorf("recompute rollups_served: %w", err)); got != c.size {
+				t.Errorf("%v: size error %v, want %v", err, got, c.size)
+			}
+		})
+	}
+	other := migrated(t, 1)
+	other.Close()
+	err := other.Conn().Exec(ctx, "SELECT 1")
+	if err == nil {
+		t.Fatal("closed connection: no error")
+	}
+	if schema.SizeError(err) {
+		t.Errorf("closed connection %v: taken for a size error", err)
 	}
 }
