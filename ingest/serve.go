@@ -85,7 +85,7 @@ func newServer(w Writer, cfg Config, log *slog.Logger, reg prometheus.Registerer
 	s.holds = f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_serve_copy_lease", Help: "1 while this process holds the lease that keeps the reader tables (servers before 20.1), else 0."})
 	s.delay = newBatchHistogram(prometheus.HistogramOpts{Name: "usagepipe_served_delay_seconds",
 		Help:    "Kafka record timestamp to the moment the served rollup rows of its account were rewritten with it (where readers are tables and this process keeps them: installed in them); freshness of account_quarter_rollups.",
-		Buckets: []float64{.25, .5, 1, 2, 3, 4, 5, 7.5, 10, 20, 30, 60, 120, 300, 900, 3600}})
+		Buckets: []float64{.25, .5, 1, 2, 3, 4, 5, 6, 7.5, 10, 12.5, 15, 20, 30, 60, 120, 300, 900, 3600}})
 	if reg != nil {
 		reg.MustRegister(s.delay)
 	}

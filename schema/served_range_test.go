@@ -2,12 +2,15 @@ package schema_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/usagepipe/usagepipe/schema"
 	"github.com/usagepipe/usagepipe/schema/event"
@@ -256,5 +259,176 @@ func TestRecomputeSizeErrors(t *testing.T) {
 	}
 	if schema.SizeError(err) {
 		t.Errorf("closed connection %v: taken for a size error", err)
+	}
+}
+
+// faultConn passes everything to a real connection, but records the
+// accounts of each recompute INSERT into features_served (the first
+// statement of a chunk) and may fail a chunk's statements (fail) or make
+// its landing look late (the next server clock read after a chunk's
+// rollups INSERT is pushed ahead by lateBy).
+type faultConn struct {
+	driver.Conn
+	ids    []string // the test's account IDs, sorted
+	fail   func(accounts []string) error
+	late   func(chunk int) bool // chunk: index into sizes
+	sizes  []string             // each chunk attempted, in order: "l" (list) or "r" (range), and its accounts
+	pushed bool
+}
+
+func (f *faultConn) Exec(ctx context.Context, q string, args ...any) error {
+	if strings.HasPrefix(q, "INSERT INTO ") && strings.Contains(q, "_served (") {
+		accounts, kind := f.accountsOf(q)
+		if strings.Contains(q, ".features_served (") {
+			f.sizes = append(f.sizes, fmt.Sprint(kind, len(accounts)))
+		}
+		if f.fail != nil {
+			if err := f.fail(accounts); err != nil {
+				return err
+			}
+		}
+		if strings.Contains(q, ".rollups_served (") && f.late != nil && f.late(len(f.sizes)-1) {
+			f.pushed = true
+		}
+	}
+	return f.Conn.Exec(ctx, q, args...)
+}
+
+func (f *faultConn) QueryRow(ctx context.Context, q string, args ...any) driver.Row {
+	if f.pushed && q == "SELECT toUInt32(now())" {
+		f.pushed = false
+		return f.Conn.QueryRow(ctx, "SELECT toUInt32(toUInt32(now()) + 100)")
+	}
+	return f.Conn.QueryRow(ctx, q, args...)
+}
+
+// accountsOf returns the test accounts a recompute statement selects: its
+// account list, or the IDs inside its key range.
+func (f *faultConn) accountsOf(q string) (accounts []string, kind string) {
+	if i := strings.Index(q, "account_id IN ("); i >= 0 {
+		list := q[i+len("account_id IN (") : i+strings.Index(q[i:], ")")]
+		for _, v := range strings.Split(list, ",") {
+			accounts = append(accounts, strings.Trim(v, "'"))
+		}
+		return accounts, "l"
+	}
+	var lo, hi, op string
+	i := strings.Index(q, "account_id >= '")
+	if _, err := fmt.Sscanf(strings.ReplaceAll(q[i:], "'", " "), "account_id >=  %s  AND account_id %s  %s ", &lo, &op, &hi); err != nil {
+		panic(fmt.Sprintf("no account filter in %q: %v", q[:min(len(q), 200)], err))
+	}
+	for _, a := range f.ids {
+		if a >= lo && (a < hi || op == "<=" && a == hi) {
+			accounts = append(accounts, a)
+		}
+	}
+	return accounts, "r"
+}
+
+// TestRecomputeChunkFailures: how a recompute reacts to chunks that fail
+// or land late, over a real server (the faults are injected per chunk by
+// the accounts it names; the real server's errors are classified in
+// TestRecomputeSizeErrors).
+//   - A size error (here MEMORY_LIMIT_EXCEEDED for more than 3 accounts)
+//     halves the chunk until it passes; a range grows back after a
+//     success; every account ends exact.
+//   - A size error at every size ends with an error once one account
+//     fails (ranges first fall back to lists).
+//   - Any other error ends the recompute at its first chunk.
+//   - A chunk that lands late is done again, halved; a one-account list
+//     that lands late three times in a row ends with an error (it used to
+//     loop).
+func TestRecomputeChunkFailures(t *testing.T) {
+	ctx := context.Background()
+	var ids []string
+	for i := range 12 {
+		ids = append(ids, fmt.Sprintf("acc%02d", i))
+	}
+	tooBig := func(accounts []string) error {
+		if len(accounts) > 3 {
+			return &clickhouse.Exception{Code: 241, Message: "Memory limit (for query) exceeded"}
+		}
+		return nil
+	}
+	always := func([]string) error {
+		return &clickhouse.Exception{Code: 241, Message: "Memory limit (for query) exceeded"}
+	}
+	for _, c := range []struct {
+		name      string
+		ranges    bool
+		chunk     int // ChunkAccounts
+		fail      func([]string) error
+		late      func(chunk int) bool
+		wantSizes string // chunks attempted, space-separated
+		wantErr   string // "" for success (then every account is exact)
+	}{
+		{name: "lists halve", chunk: 12, fail: tooBig, wantSizes: "l12 l6 l3 l3 l3 l3"},
+		{name: "ranges halve and grow back", ranges: true, chunk: 12, fail: tooBig, wantSizes: "r12 r6 r3 r6 r3 r6 r3 r3"},
+		{name: "lists fail at one account", chunk: 12, fail: always, wantSizes: "l12 l6 l3 l1", wantErr: "code: 241"},
+		{name: "ranges fall back to lists", ranges: true, chunk: 12, fail: always, wantSizes: "r12 r6 r3 r1 l12 l6 l3 l1", wantErr: "code: 241"},
+		{name: "the group's last account fails alone", ranges: true, chunk: 12, fail: func(accounts []string) error {
+			if slices.Contains(accounts, "acc11") {
+				return &clickhouse.Exception{Code: 241, Message: "Memory limit (for query) exceeded"}
+			}
+			return nil
+		}, wantSizes: "r12 r6 r6 r3 r3 r1 r2 r1 r1", wantErr: "code: 241"},
+		{name: "other errors end at once", chunk: 12, fail: func([]string) error {
+			return &clickhouse.Exception{Code: 60, Message: "Table does not exist"}
+		}, wantSizes: "l12", wantErr: "code: 60"},
+		{name: "a connection error ends at once", ranges: true, chunk: 12, fail: func([]string) error {
+			return fmt.Errorf("read: %w", errors.New("connection reset by peer"))
+		}, wantSizes: "r12", wantErr: "connection reset"},
+		{name: "late lists halve", chunk: 12, late: func(i int) bool { return i < 2 }, wantSizes: "l12 l6 l3 l3 l3 l3"},
+		{name: "late one-account list gives up", chunk: 1, late: func(int) bool { return true }, wantSizes: "l1 l1 l1", wantErr: "landed more than"},
+		{name: "late one-account range falls back to lists", ranges: true, chunk: 1, late: func(i int) bool { return i < 4 }, wantSizes: "r12 r6 r3 r1" + strings.Repeat(" l1", 12)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st := migrated(t, 1)
+			cfg := schema.Config{Database: st.Database(), FiscalStartMonth: 1}
+			var evs []ev
+			for i, a := range ids {
+				base := int64(i) * 10
+				evs = append(evs,
+					ev{id: fmt.Sprint("p", i), typ: event.SeatsPurchased, account: a, ms: ms("2026-01-05T00:00:00Z"), seats: int64(3 + i), offset: base},
+					ev{id: fmt.Sprint("l", i), typ: event.Login, account: a, user: "u1", ms: ms("2026-02-10T00:00:00Z"), offset: base + 1},
+					ev{id: fmt.Sprint("f", i), typ: event.FeatureUsed, account: a, user: "u2", feature: "f", ms: ms("2026-05-10T00:00:00Z"), offset: base + 2},
+				)
+			}
+			if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+				t.Fatal(err)
+			}
+			fc := &faultConn{Conn: st.Conn(), ids: ids, fail: c.fail, late: c.late}
+			sv, err := schema.NewServed(fc, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sv.ChunkAccounts = c.chunk
+			sv.RangeMin, sv.RangeAccountQuarters = 1000, 0
+			if c.ranges {
+				sv.RangeMin, sv.RangeAccountQuarters = 2, 24 // 12 accounts over two quarters
+			}
+			batch := map[string]int32{}
+			for _, a := range ids {
+				batch[a] = 2026 * 12
+			}
+			rctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			err = sv.Recompute(rctx, batch, nil)
+			switch {
+			case c.wantErr == "" && err != nil:
+				t.Fatalf("recompute: %v", err)
+			case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
+				t.Fatalf("recompute: error %v, want one with %q", err, c.wantErr)
+			}
+			if got := strings.Join(fc.sizes, " "); got != c.wantSizes {
+				t.Errorf("chunks attempted (l: list, r: range; accounts): %s, want %s", got, c.wantSizes)
+			}
+			if c.wantErr == "" {
+				refreshDue(t, st, cfg)
+				if d := differences(t, sv, ids); d != "" {
+					t.Errorf("after the recompute: %s", d)
+				}
+			}
+		})
 	}
 }

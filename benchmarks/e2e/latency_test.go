@@ -188,6 +188,7 @@ func latencyRun(t *testing.T, kind string) {
 			"catch_up_after_s":        fmt.Sprintf("%.2f", catchUp.Seconds()),
 			"flushes":                 fmt.Sprintf("%.0f", end.sum("usagepipe_flushes_total")),
 			"delay_buckets_s":         bucketString(steady),
+			"served_buckets_s":        bucketString(served),
 			"histogram_rounding":      "delay is measured from the record's second + 0.5 s (ingest/consumer.go), so ±0.5 s",
 		},
 	}
