@@ -307,7 +307,8 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 	// current group's: an account of a later group inside one is done
 	// (its rows from that earlier quarter on were computed after S).
 	var covered spans
-	late := 0 // late landings in a row of a one-account list
+	late := 0     // late landings in a row of a one-account list
+	restarts := 0 // late starts in a row of a chunk's first statement
 	for _, q := range qs {
 		list := byQ[q]
 		slices.Sort(list)
@@ -383,13 +384,42 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 					return err
 				}
 			}
-			landed, err := s.recomputeChunk(ctx, conn, expr, q, sec, lastQ)
+			landed, stmt, err := s.recomputeChunk(ctx, conn, expr, q, sec, lastQ)
 			if err != nil {
-				if ctx.Err() != nil || !sizeError(err) {
+				sized := ctx.Err() == nil && sizeError(err)
+				switch {
+				case stmt == 1:
+					// The rollup INSERT failed: some of its rows may
+					// have landed, at any time on 18.16. Marked again
+					// (if the server still answers), so that the next
+					// round writes them anew whatever this call does.
+					m, merr := s.remark(context.WithoutCancel(ctx), conn, expr, q)
+					if merr != nil || !sized {
+						return errors.Join(err, merr)
+					}
+					now, werr := waitPast(ctx, conn, m+2*s.skew())
+					if werr != nil {
+						return errors.Join(err, werr)
+					}
+					sec, taken = now, time.Now()
+				case !sized:
 					// Not about the chunk's size (the connection, a
-					// restart): the round fails and the accounts stay
+					// restart): the round fails, and the accounts stay
 					// stale for the next one.
 					return err
+				case lateStart(err):
+					// The first statement started too long after S: a
+					// pause before it, not the chunk's size. The same
+					// chunk with a new S, a few times at most.
+					now, cerr := serverSecond(ctx, conn)
+					if cerr != nil {
+						return errors.Join(err, cerr)
+					}
+					sec, taken = now, time.Now()
+					if restarts++; restarts <= maxRestarts {
+						continue
+					}
+					return fmt.Errorf("recompute: a chunk started more than %d s after its version %d times in a row: %w", startLimit, restarts, err)
 				}
 				switch {
 				case n == 1 && len(list) == 1:
@@ -413,13 +443,22 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 				}
 				continue
 			}
+			restarts = 0
 			if landed > sec+landLimit {
 				// Landed too late for the updated_at poll (18.16 does
 				// not bound a query's whole run by max_execution_time):
 				// again, with a new S, so the newest row is on time
 				// (a range again from the same first account: the
-				// accounts of the late range stay covered).
-				if sec, err = serverSecond(ctx, conn); err != nil {
+				// accounts of the late range stay covered). First the
+				// chunk's accounts are marked again, so that if this
+				// call ends before they are all redone (an error, a
+				// give-up, shutdown) the next round redoes them; the
+				// new S is past the new marks.
+				m, err := s.remark(ctx, conn, expr, q)
+				if err != nil {
+					return err
+				}
+				if sec, err = waitPast(ctx, conn, m+2*s.skew()); err != nil {
 					return err
 				}
 				taken = time.Now()
@@ -432,8 +471,8 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 					size = max(1, n/2)
 				default:
 					// One account that lands late again and again: the
-					// round fails (its rows stay stale, and their marks
-					// say so) rather than looping here.
+					// round fails (marked again above, it stays stale
+					// for the next round) rather than looping here.
 					if late++; late >= maxLateOne {
 						return fmt.Errorf("recompute: one account's rows landed more than %d s after their version %d times", landLimit, late)
 					}
@@ -444,6 +483,8 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 			if rsize > 0 {
 				covered.add(span)
 				rsize = min(budget, 2*rsize) // back up after a halving
+			} else {
+				size = min(s.ChunkAccounts, 2*size)
 			}
 			list = list[n:]
 			done += n
@@ -454,8 +495,39 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 }
 
 // maxLateOne: how many times in a row a one-account chunk may land too late
-// before the recompute gives up (the round fails and is retried).
-const maxLateOne = 3
+// before the recompute gives up (the round fails and is retried); and
+// maxRestarts how many times a chunk whose first statement started too
+// late is tried again at the same size.
+const (
+	maxLateOne  = 3
+	maxRestarts = 3
+)
+
+// remark marks the accounts that expr selects again, from quarter q (or
+// an account's first month with facts, if later), at the server's clock,
+// and returns that second: their rows of a chunk that landed too late, or
+// may have, are then stale whatever happens to this call, and the next
+// recompute stamps them with a version past the new marks.
+func (s *Served) remark(ctx context.Context, conn driver.Conn, expr string, q int32) (uint32, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_query_size": maxQuerySize}))
+	db := s.cfg.Database
+	err := conn.Exec(ctx, fmt.Sprintf("INSERT INTO %[1]s.rollup_marks (account_id, month, marked_at) "+
+		"SELECT account_id, greatest(min(month), toDate('%04[2]d-%02[3]d-01')), now() FROM %[1]s.fact_account_months WHERE %[4]s GROUP BY account_id",
+		db, q/12, q%12+1, expr))
+	if err != nil {
+		return 0, fmt.Errorf("mark again: %w", err)
+	}
+	return serverSecond(ctx, conn)
+}
+
+// lateStart reports whether a recompute statement failed its late-start
+// guard (throwIf: it started more than startLimit after its S).
+func lateStart(err error) bool {
+	var e *clickhouse.Exception
+	return errors.As(err, &e) && e.Code == 395
+}
 
 // sizeError reports whether a recompute failed for its chunk's size or
 // time (server limits, a too-big statement, the late-start guard), which a
@@ -467,14 +539,22 @@ func sizeError(err error) bool {
 		return false
 	}
 	switch e.Code {
-	case 62, // SYNTAX_ERROR: max_query_size
-		158, 307, 396, // TOO_MANY_ROWS, TOO_MANY_BYTES, TOO_MANY_ROWS_OR_BYTES
+	case 158, 307, 396, // TOO_MANY_ROWS, TOO_MANY_BYTES, TOO_MANY_ROWS_OR_BYTES
 		159, 160, // TIMEOUT_EXCEEDED, TOO_SLOW
 		167, 168, // TOO_DEEP_AST, TOO_BIG_AST
+		191,      // SET_SIZE_LIMIT_EXCEEDED
 		173, 241, // CANNOT_ALLOCATE_MEMORY, MEMORY_LIMIT_EXCEEDED
 		395: // FUNCTION_THROW_IF_VALUE_IS_NON_ZERO: started too long after S
 		return true
+	case 1001: // STD_EXCEPTION: only an allocation failure is about size
+		return strings.Contains(e.Message, "bad_alloc")
 	}
+	// Not 62 (SYNTAX_ERROR): 18.16 reports a statement over
+	// max_query_size as a plain syntax error, and a chunk's statement is
+	// far below maxQuerySize. Not a client-side timeout either: the
+	// query may still run on the server, and a smaller chunk would run
+	// beside it (the server's max_execution_time ends a slow one first,
+	// as code 159).
 	return false
 }
 
@@ -601,18 +681,19 @@ func quote(b *strings.Builder, v string) {
 
 // recomputeChunk runs one chunk's INSERTs with version second sec and
 // returns the server clock after they landed.
-func (s *Served) recomputeChunk(ctx context.Context, conn driver.Conn, accounts string, fromQ int32, sec uint32, lastQ string) (uint32, error) {
+func (s *Served) recomputeChunk(ctx context.Context, conn driver.Conn, accounts string, fromQ int32, sec uint32, lastQ string) (landed uint32, failed int, err error) {
 	qs, err := s.recomputeStatements(accounts, fromQ, lastQ, sec, uint64(sec)<<32|uint64(rand.Uint32()))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_execution_time": recomputeTimeout, "max_query_size": maxQuerySize}))
 	for i, q := range qs {
 		if err := conn.Exec(ctx, q); err != nil {
-			return 0, fmt.Errorf("recompute %s: %w", [2]string{"features_served", "rollups_served"}[i], err)
+			return 0, i, fmt.Errorf("recompute %s: %w", [2]string{"features_served", "rollups_served"}[i], err)
 		}
 	}
-	return serverSecond(ctx, conn)
+	landed, err = serverSecond(ctx, conn)
+	return landed, 0, err
 }
 
 // recomputeStatements are the INSERT … SELECTs of one recompute: feature

@@ -237,6 +237,8 @@ func TestRecomputeSizeErrors(t *testing.T) {
 		{"big AST", "SELECT 1 + 2 + 3 + 4 + 5 + 6", clickhouse.Settings{"max_ast_elements": 3}, true},
 		{"too many rows", "SELECT sum(number) FROM (SELECT number FROM system.numbers LIMIT 1000000)", clickhouse.Settings{"max_rows_to_read": 10}, true},
 		{"late start", "SELECT throwIf(1)", nil, true},
+		{"set too big", "SELECT count() FROM numbers(100) WHERE number IN (SELECT number FROM numbers(1000))", clickhouse.Settings{"max_rows_in_set": 10}, true},
+		{"syntax", "SELECT (", nil, false},
 		{"unknown table", "SELECT * FROM " + st.Database() + ".no_such_table", nil, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -250,6 +252,19 @@ func TestRecomputeSizeErrors(t *testing.T) {
 				t.Errorf("%v: size error %v, want %v", err, got, c.size)
 			}
 		})
+	}
+	// Errors a test cannot make a server throw on purpose.
+	for _, c := range []struct {
+		err  error
+		size bool
+	}{
+		{&clickhouse.Exception{Code: 1001, Message: "std::exception. Code: 1001, type: std::bad_alloc, e.what() = std::bad_alloc"}, true},
+		{&clickhouse.Exception{Code: 1001, Message: "std::exception. Code: 1001, type: std::out_of_range, e.what() = basic_string"}, false},
+		{&clickhouse.Exception{Code: 62, Message: "Syntax error: failed at position 262144: max_query_size exceeded"}, false},
+	} {
+		if got := schema.SizeError(fmt.Errorf("recompute: %w", c.err)); got != c.size {
+			t.Errorf("%v: size error %v, want %v", c.err, got, c.size)
+		}
 	}
 	other := migrated(t, 1)
 	other.Close()
@@ -269,21 +284,31 @@ func TestRecomputeSizeErrors(t *testing.T) {
 // rollups INSERT is pushed ahead by lateBy).
 type faultConn struct {
 	driver.Conn
-	ids    []string // the test's account IDs, sorted
-	fail   func(accounts []string) error
-	late   func(chunk int) bool // chunk: index into sizes
-	sizes  []string             // each chunk attempted, in order: "l" (list) or "r" (range), and its accounts
+	ids    []string                                    // the test's account IDs, sorted
+	fail   func(table string, accounts []string) error // table: "features" or "rollups"
+	late   func(chunk int) bool                        // chunk: index into sizes
+	sizes  []string                                    // each chunk attempted, in order: "l" (list) or "r" (range), and its accounts
 	pushed bool
 }
 
 func (f *faultConn) Exec(ctx context.Context, q string, args ...any) error {
 	if strings.HasPrefix(q, "INSERT INTO ") && strings.Contains(q, "_served (") {
 		accounts, kind := f.accountsOf(q)
+		table := "rollups"
 		if strings.Contains(q, ".features_served (") {
+			table = "features"
 			f.sizes = append(f.sizes, fmt.Sprint(kind, len(accounts)))
 		}
 		if f.fail != nil {
-			if err := f.fail(accounts); err != nil {
+			if err := f.fail(table, accounts); err != nil {
+				if l, ok := err.(landedThen); ok {
+					// The statement runs, then the error: its rows
+					// landed, and the client does not know it.
+					if err := f.Conn.Exec(ctx, q, args...); err != nil {
+						return err
+					}
+					return l.err
+				}
 				return err
 			}
 		}
@@ -325,6 +350,27 @@ func (f *faultConn) accountsOf(q string) (accounts []string, kind string) {
 	return accounts, "r"
 }
 
+// landedThen, returned by a faultConn's fail, runs the statement before
+// failing with err (a connection lost after the rows landed).
+type landedThen struct{ err error }
+
+func (l landedThen) Error() string { return l.err.Error() }
+
+// failFrom fails the statements on table from the n-th call of a chunk's
+// statements on (1-based, counting both tables), times times (all, if
+// omitted), with err().
+func failFrom(n int, table string, err func() error, times ...int) func(string, []string) error {
+	calls, failed := 0, 0
+	return func(tb string, _ []string) error {
+		calls++
+		if tb != table || calls < n || len(times) > 0 && failed >= times[0] {
+			return nil
+		}
+		failed++
+		return err()
+	}
+}
+
 // TestRecomputeChunkFailures: how a recompute reacts to chunks that fail
 // or land late, over a real server (the faults are injected per chunk by
 // the accounts it names; the real server's errors are classified in
@@ -344,42 +390,73 @@ func TestRecomputeChunkFailures(t *testing.T) {
 	for i := range 12 {
 		ids = append(ids, fmt.Sprintf("acc%02d", i))
 	}
-	tooBig := func(accounts []string) error {
+	tooBig := func(_ string, accounts []string) error {
 		if len(accounts) > 3 {
 			return &clickhouse.Exception{Code: 241, Message: "Memory limit (for query) exceeded"}
 		}
 		return nil
 	}
-	always := func([]string) error {
+	always := func(string, []string) error {
 		return &clickhouse.Exception{Code: 241, Message: "Memory limit (for query) exceeded"}
 	}
 	for _, c := range []struct {
 		name      string
 		ranges    bool
 		chunk     int // ChunkAccounts
-		fail      func([]string) error
+		fail      func(table string, accounts []string) error
 		late      func(chunk int) bool
 		wantSizes string // chunks attempted, space-separated
 		wantErr   string // "" for success (then every account is exact)
+		wantStale int    // after an error: the first accounts that must be stale
 	}{
-		{name: "lists halve", chunk: 12, fail: tooBig, wantSizes: "l12 l6 l3 l3 l3 l3"},
+		{name: "lists halve and grow back", chunk: 12, fail: tooBig, wantSizes: "l12 l6 l3 l6 l3 l6 l3 l3"},
 		{name: "ranges halve and grow back", ranges: true, chunk: 12, fail: tooBig, wantSizes: "r12 r6 r3 r6 r3 r6 r3 r3"},
 		{name: "lists fail at one account", chunk: 12, fail: always, wantSizes: "l12 l6 l3 l1", wantErr: "code: 241"},
 		{name: "ranges fall back to lists", ranges: true, chunk: 12, fail: always, wantSizes: "r12 r6 r3 r1 l12 l6 l3 l1", wantErr: "code: 241"},
-		{name: "the group's last account fails alone", ranges: true, chunk: 12, fail: func(accounts []string) error {
+		{name: "the group's last account fails alone", ranges: true, chunk: 12, fail: func(_ string, accounts []string) error {
 			if slices.Contains(accounts, "acc11") {
 				return &clickhouse.Exception{Code: 241, Message: "Memory limit (for query) exceeded"}
 			}
 			return nil
 		}, wantSizes: "r12 r6 r6 r3 r3 r1 r2 r1 r1", wantErr: "code: 241"},
-		{name: "other errors end at once", chunk: 12, fail: func([]string) error {
+		{name: "other errors end at once", chunk: 12, fail: func(string, []string) error {
 			return &clickhouse.Exception{Code: 60, Message: "Table does not exist"}
 		}, wantSizes: "l12", wantErr: "code: 60"},
-		{name: "a connection error ends at once", ranges: true, chunk: 12, fail: func([]string) error {
+		{name: "a connection error ends at once", ranges: true, chunk: 12, fail: func(string, []string) error {
 			return fmt.Errorf("read: %w", errors.New("connection reset by peer"))
 		}, wantSizes: "r12", wantErr: "connection reset"},
-		{name: "late lists halve", chunk: 12, late: func(i int) bool { return i < 2 }, wantSizes: "l12 l6 l3 l3 l3 l3"},
-		{name: "late one-account list gives up", chunk: 1, late: func(int) bool { return true }, wantSizes: "l1 l1 l1", wantErr: "landed more than"},
+		{name: "late lists halve", chunk: 12, late: func(i int) bool { return i < 2 }, wantSizes: "l12 l6 l3 l6 l3"},
+		{name: "late one-account list gives up", chunk: 1, late: func(int) bool { return true }, wantSizes: "l1 l1 l1", wantErr: "landed more than", wantStale: 1},
+		// A late landing marks the chunk's accounts again at once: the
+		// call then ends before redoing them (a connection error on the
+		// next chunk), and they are still stale (their late rows alone
+		// satisfy the flush's marks).
+		{name: "late range, then a connection error", ranges: true, chunk: 12, late: func(i int) bool { return i == 0 }, fail: failFrom(3, "rollups", func() error {
+			return fmt.Errorf("read: %w", errors.New("connection reset by peer"))
+		}), wantSizes: "r12 r6", wantErr: "connection reset", wantStale: 12},
+		// A rollup INSERT that fails after its rows landed (unknown to
+		// the client): the chunk is marked again, whatever the error.
+		{name: "rollups land, then the connection fails", chunk: 12, fail: failFrom(2, "rollups", func() error {
+			return landedThen{&clickhouse.Exception{Code: 210, Message: "Connection refused"}}
+		}), wantSizes: "l12", wantErr: "code: 210", wantStale: 12},
+		{name: "rollups fail for size: halve after marking again", chunk: 12, fail: func(table string, accounts []string) error {
+			if table == "rollups" && len(accounts) > 6 {
+				return &clickhouse.Exception{Code: 241, Message: "Memory limit (for query) exceeded"}
+			}
+			return nil
+		}, wantSizes: "l12 l6 l6"},
+		// The late-start guard on the first statement: a pause, not the
+		// size; the same chunk again with a new S, three times at most.
+		{name: "late start of the first statement", chunk: 12, fail: failFrom(1, "features", func() error {
+			return &clickhouse.Exception{Code: 395, Message: "Value passed to 'throwIf' function is non zero"}
+		}, 2), wantSizes: "l12 l12 l12"},
+		{name: "late start again and again", chunk: 12, fail: failFrom(1, "features", func() error {
+			return &clickhouse.Exception{Code: 395, Message: "Value passed to 'throwIf' function is non zero"}
+		}), wantSizes: "l12 l12 l12 l12", wantErr: "started more than"},
+		// On the second statement it is the first one's length: halve.
+		{name: "late start of the rollups", chunk: 12, fail: failFrom(2, "rollups", func() error {
+			return &clickhouse.Exception{Code: 395, Message: "Value passed to 'throwIf' function is non zero"}
+		}, 1), wantSizes: "l12 l6 l6"},
 		{name: "late one-account range falls back to lists", ranges: true, chunk: 1, late: func(i int) bool { return i < 4 }, wantSizes: "r12 r6 r3 r1" + strings.Repeat(" l1", 12)},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -422,6 +499,17 @@ func TestRecomputeChunkFailures(t *testing.T) {
 			}
 			if got := strings.Join(fc.sizes, " "); got != c.wantSizes {
 				t.Errorf("chunks attempted (l: list, r: range; accounts): %s, want %s", got, c.wantSizes)
+			}
+			if c.wantStale > 0 {
+				stale, err := sv.Stale(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, a := range ids[:c.wantStale] {
+					if _, ok := stale[a]; !ok {
+						t.Errorf("after the error, %s is not stale: its rows may have landed too late for the updated_at poll", a)
+					}
+				}
 			}
 			if c.wantErr == "" {
 				refreshDue(t, st, cfg)
