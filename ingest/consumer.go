@@ -86,6 +86,7 @@ type Consumer struct {
 	lastFlushOK atomic.Int64 // unix nanos
 	totalLag    atomic.Int64
 	lagKnown    atomic.Bool // every assigned partition's hwm is known: totalLag is its lag
+	idle        bool        // under mu: the last assignment left this member no partition
 	warn        rateLimiter
 }
 
@@ -224,6 +225,7 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		kgo.BlockRebalanceOnPoll(),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.AdjustFetchOffsetsFn(c.adjustOffsets),
+		kgo.OnPartitionsAssigned(c.onAssigned),
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
 		kgo.DefaultProduceTopic(cfg.DLQTopic),
@@ -851,7 +853,10 @@ func (c *Consumer) finish() error {
 // updateReady recomputes the lag total and the ready gauge.
 func (c *Consumer) updateReady() {
 	var lag int64
-	known := len(c.parts) > 0
+	// No partition: known (zero) only once an assignment left none;
+	// before the first one, or between a revoke and the assignment that
+	// follows it, not.
+	known := len(c.parts) > 0 || c.idle
 	for _, st := range c.parts {
 		if st.hwm > st.position() {
 			lag += st.hwm - st.position()
@@ -1072,6 +1077,17 @@ func (c *Consumer) caughtUp(ctx context.Context, targets map[int32]int64) bool {
 		}
 	}
 	return true
+}
+
+// onAssigned runs after every join, even when nothing new is assigned
+// (franz-go), before AdjustFetchOffsets fills in the new partitions: a
+// member that owns none then has a known lag of zero (the serve loop need
+// not pace itself for a backlog it does not have).
+func (c *Consumer) onAssigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.idle = len(assigned[c.cfg.Topic]) == 0 && len(c.parts) == 0
+	c.updateReady()
 }
 
 // onRevoked flushes and commits everything before the partitions go, so the

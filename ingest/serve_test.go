@@ -312,3 +312,41 @@ func TestLiveOnlyOnceLagKnown(t *testing.T) {
 		})
 	}
 }
+
+// TestLiveWithoutPartitions: a member the group leaves without a partition
+// (five members, four partitions) has no lag, so it is live too, and the
+// others still are once they share the partitions.
+func TestLiveWithoutPartitions(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newPipeline(t, b, 1) // 4 partitions
+			var cs []*ingest.Consumer
+			for range 5 {
+				c, stop := p.startConsumer("g", prometheus.NewRegistry())
+				defer stop()
+				cs = append(cs, c)
+			}
+			deadline := time.Now().Add(60 * time.Second)
+			for {
+				live, owned, idle := 0, 0, 0
+				for _, c := range cs {
+					n := c.OwnedPartitions()
+					owned += n
+					if n == 0 {
+						idle++
+					}
+					if c.Live() {
+						live++
+					}
+				}
+				if live == len(cs) && owned == 4 && idle == 1 {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after 60 s: %d of %d members live, %d partitions owned, %d members without one (want 5, 4, 1)", live, len(cs), owned, idle)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
+	}
+}
