@@ -85,8 +85,9 @@ type Consumer struct {
 	chUp        atomic.Bool
 	lastFlushOK atomic.Int64 // unix nanos
 	totalLag    atomic.Int64
-	lagKnown    atomic.Bool // every assigned partition's hwm is known: totalLag is its lag
-	idle        bool        // under mu: the last assignment left this member no partition
+	lagKnown    atomic.Bool    // every assigned partition's hwm is known: totalLag is its lag
+	owned       map[int32]bool // under mu: the topic's partitions assigned (onAssigned) and not revoked or lost
+	joined      bool           // under mu: an assignment arrived
 	warn        rateLimiter
 }
 
@@ -187,6 +188,7 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		w:         w,
 		m:         newMetrics(reg),
 		parts:     make(map[int32]*partState),
+		owned:     make(map[int32]bool),
 		flushReq:  make(chan *flushJob),
 		flushDone: make(chan *flushJob, 1),
 		warn:      rateLimiter{every: 30 * time.Second},
@@ -853,10 +855,13 @@ func (c *Consumer) finish() error {
 // updateReady recomputes the lag total and the ready gauge.
 func (c *Consumer) updateReady() {
 	var lag int64
-	// No partition: known (zero) only once an assignment left none;
-	// before the first one, or between a revoke and the assignment that
-	// follows it, not.
-	known := len(c.parts) > 0 || c.idle
+	// Known once an assignment arrived and every partition it gave is set
+	// up with its hwm: a member left with none has a known lag of zero;
+	// one whose partitions AdjustFetchOffsets has not set up yet does not.
+	known := c.joined
+	for p := range c.owned {
+		known = known && c.parts[p] != nil
+	}
 	for _, st := range c.parts {
 		if st.hwm > st.position() {
 			lag += st.hwm - st.position()
@@ -1080,13 +1085,17 @@ func (c *Consumer) caughtUp(ctx context.Context, targets map[int32]int64) bool {
 }
 
 // onAssigned runs after every join, even when nothing new is assigned
-// (franz-go), before AdjustFetchOffsets fills in the new partitions: a
-// member that owns none then has a known lag of zero (the serve loop need
-// not pace itself for a backlog it does not have).
+// (franz-go), before AdjustFetchOffsets sets up the new partitions: it
+// records what this member owns, so that one that owns none has a known
+// lag of zero (the serve loop need not pace itself for a backlog it does
+// not have) and one whose partitions are not set up yet has none.
 func (c *Consumer) onAssigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.idle = len(assigned[c.cfg.Topic]) == 0 && len(c.parts) == 0
+	c.joined = true
+	for _, p := range assigned[c.cfg.Topic] {
+		c.owned[p] = true
+	}
 	c.updateReady()
 }
 
@@ -1154,6 +1163,7 @@ func (c *Consumer) setDedupLimits() {
 
 func (c *Consumer) drop(parts []int32) {
 	for _, p := range parts {
+		delete(c.owned, p)
 		if st := c.parts[p]; st != nil {
 			// Nothing else holds st: records are processed under c.mu.
 			st.dedup.Free()

@@ -228,9 +228,18 @@ func (s *server) round(ctx context.Context, sweepDue, refresh bool) error {
 		}
 	}
 	if len(batch) > 0 {
-		if err := s.sv.Recompute(ctx, batch, nil); err != nil {
-			s.requeue(batch, delays, false)
+		err := s.sv.Recompute(ctx, batch, nil)
+		// Accounts marked again (a chunk that landed late or failed)
+		// may lie outside the batch (inside a range): a sweep finds them.
+		remarked := s.sv.Remarked()
+		if err != nil {
+			s.requeue(batch, delays, remarked)
 			return err
+		}
+		if remarked {
+			s.mu.Lock()
+			s.sweep = true
+			s.mu.Unlock()
 		}
 		s.recomputed.Add(float64(len(batch)))
 		s.copyDue = true

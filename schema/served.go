@@ -40,7 +40,14 @@ type Served struct {
 	// readers: 0 not known yet, 1 views, 2 tables kept by Copy (every
 	// recompute then writes a copy_dirty row after its rows landed).
 	readers atomic.Int32
+	// remarked: a recompute marked accounts again (Remarked).
+	remarked atomic.Bool
 }
+
+// Remarked reports whether a recompute marked accounts again since the last
+// call (a chunk that landed late or whose rollup INSERT failed): accounts
+// outside its batch may be among them, which only a sweep finds.
+func (s *Served) Remarked() bool { return s.remarked.Swap(false) }
 
 // ReaderTablesOn reports whether the reader objects are tables kept by
 // Copy on this database's server (ReaderTables), asking it once.
@@ -308,6 +315,7 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 	// (its rows from that earlier quarter on were computed after S).
 	var covered spans
 	late := 0     // late landings in a row of a one-account list
+	grow := true  // chunks grow back after a success (not once one landed late: it would again)
 	restarts := 0 // late starts in a row of a chunk's first statement
 	for _, q := range qs {
 		list := byQ[q]
@@ -388,11 +396,12 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 			if err != nil {
 				sized := ctx.Err() == nil && sizeError(err)
 				switch {
-				case stmt == 1:
-					// The rollup INSERT failed: some of its rows may
-					// have landed, at any time on 18.16. Marked again
-					// (if the server still answers), so that the next
-					// round writes them anew whatever this call does.
+				case stmt >= 1:
+					// The rollup INSERT failed (or the clock read after
+					// it): some or all of its rows may have landed, at
+					// any time on 18.16. Marked again (if the server
+					// still answers), so that the next round writes them
+					// anew whatever this call does.
 					m, merr := s.remark(context.WithoutCancel(ctx), conn, expr, q)
 					if merr != nil || !sized {
 						return errors.Join(err, merr)
@@ -454,7 +463,7 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 				// call ends before they are all redone (an error, a
 				// give-up, shutdown) the next round redoes them; the
 				// new S is past the new marks.
-				m, err := s.remark(ctx, conn, expr, q)
+				m, err := s.remark(context.WithoutCancel(ctx), conn, expr, q)
 				if err != nil {
 					return err
 				}
@@ -462,6 +471,7 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 					return err
 				}
 				taken = time.Now()
+				grow = false
 				switch {
 				case rsize > 1:
 					rsize = max(1, n/2)
@@ -482,8 +492,10 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 			late = 0
 			if rsize > 0 {
 				covered.add(span)
-				rsize = min(budget, 2*rsize) // back up after a halving
-			} else {
+				if grow {
+					rsize = min(budget, 2*rsize) // back up after a halving
+				}
+			} else if grow {
 				size = min(s.ChunkAccounts, 2*size)
 			}
 			list = list[n:]
@@ -519,6 +531,7 @@ func (s *Served) remark(ctx context.Context, conn driver.Conn, expr string, q in
 	if err != nil {
 		return 0, fmt.Errorf("mark again: %w", err)
 	}
+	s.remarked.Store(true)
 	return serverSecond(ctx, conn)
 }
 
@@ -680,7 +693,8 @@ func quote(b *strings.Builder, v string) {
 }
 
 // recomputeChunk runs one chunk's INSERTs with version second sec and
-// returns the server clock after they landed.
+// returns the server clock after they landed; on error, failed says where:
+// 0 the feature INSERT, 1 the rollup INSERT, 2 the clock read after both.
 func (s *Served) recomputeChunk(ctx context.Context, conn driver.Conn, accounts string, fromQ int32, sec uint32, lastQ string) (landed uint32, failed int, err error) {
 	qs, err := s.recomputeStatements(accounts, fromQ, lastQ, sec, uint64(sec)<<32|uint64(rand.Uint32()))
 	if err != nil {
@@ -692,8 +706,12 @@ func (s *Served) recomputeChunk(ctx context.Context, conn driver.Conn, accounts 
 			return 0, i, fmt.Errorf("recompute %s: %w", [2]string{"features_served", "rollups_served"}[i], err)
 		}
 	}
-	landed, err = serverSecond(ctx, conn)
-	return landed, 0, err
+	// The rows have landed: a failure to read the clock now (the
+	// connection, a cancelled ctx) leaves when unknown (failed 2).
+	if landed, err = serverSecond(ctx, conn); err != nil {
+		return 0, 2, err
+	}
+	return landed, 0, nil
 }
 
 // recomputeStatements are the INSERT … SELECTs of one recompute: feature

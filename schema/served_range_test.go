@@ -289,6 +289,7 @@ type faultConn struct {
 	late   func(chunk int) bool                        // chunk: index into sizes
 	sizes  []string                                    // each chunk attempted, in order: "l" (list) or "r" (range), and its accounts
 	pushed bool
+	failed []string // the table of each statement failed
 }
 
 func (f *faultConn) Exec(ctx context.Context, q string, args ...any) error {
@@ -301,6 +302,7 @@ func (f *faultConn) Exec(ctx context.Context, q string, args ...any) error {
 		}
 		if f.fail != nil {
 			if err := f.fail(table, accounts); err != nil {
+				f.failed = append(f.failed, table)
 				if l, ok := err.(landedThen); ok {
 					// The statement runs, then the error: its rows
 					// landed, and the client does not know it.
@@ -348,6 +350,16 @@ func (f *faultConn) accountsOf(q string) (accounts []string, kind string) {
 		}
 	}
 	return accounts, "r"
+}
+
+// staleOf is sv.Stale, or the test fails.
+func staleOf(t *testing.T, sv *schema.Served) map[string]int32 {
+	t.Helper()
+	stale, err := sv.Stale(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stale
 }
 
 // landedThen, returned by a faultConn's fail, runs the statement before
@@ -408,6 +420,11 @@ func TestRecomputeChunkFailures(t *testing.T) {
 		wantSizes string // chunks attempted, space-separated
 		wantErr   string // "" for success (then every account is exact)
 		wantStale int    // after an error: the first accounts that must be stale
+		// prior: every account is served before (so an account is stale
+		// after the call only if it was marked again); gaps: the batch
+		// holds only the even accounts, from the second quarter (the
+		// accounts' first month is January).
+		prior, gaps bool
 	}{
 		{name: "lists halve and grow back", chunk: 12, fail: tooBig, wantSizes: "l12 l6 l3 l6 l3 l6 l3 l3"},
 		{name: "ranges halve and grow back", ranges: true, chunk: 12, fail: tooBig, wantSizes: "r12 r6 r3 r6 r3 r6 r3 r3"},
@@ -425,7 +442,7 @@ func TestRecomputeChunkFailures(t *testing.T) {
 		{name: "a connection error ends at once", ranges: true, chunk: 12, fail: func(string, []string) error {
 			return fmt.Errorf("read: %w", errors.New("connection reset by peer"))
 		}, wantSizes: "r12", wantErr: "connection reset"},
-		{name: "late lists halve", chunk: 12, late: func(i int) bool { return i < 2 }, wantSizes: "l12 l6 l3 l6 l3"},
+		{name: "late lists halve", chunk: 12, late: func(i int) bool { return i < 2 }, wantSizes: "l12 l6 l3 l3 l3 l3"},
 		{name: "late one-account list gives up", chunk: 1, late: func(int) bool { return true }, wantSizes: "l1 l1 l1", wantErr: "landed more than", wantStale: 1},
 		// A late landing marks the chunk's accounts again at once: the
 		// call then ends before redoing them (a connection error on the
@@ -439,6 +456,12 @@ func TestRecomputeChunkFailures(t *testing.T) {
 		{name: "rollups land, then the connection fails", chunk: 12, fail: failFrom(2, "rollups", func() error {
 			return landedThen{&clickhouse.Exception{Code: 210, Message: "Connection refused"}}
 		}), wantSizes: "l12", wantErr: "code: 210", wantStale: 12},
+		// The odd accounts, not in the batch, lie inside the late range:
+		// marked again with it (from the batch's quarter).
+		{name: "late range with accounts outside the batch, then a connection error", ranges: true, chunk: 12, prior: true, gaps: true, late: func(i int) bool { return i == 0 }, fail: failFrom(3, "rollups", func() error {
+			return fmt.Errorf("read: %w", errors.New("connection reset by peer"))
+		}), wantSizes: "r11 r6", wantErr: "connection reset", wantStale: 11},
+		{name: "late one-account list gives up, others served", chunk: 1, prior: true, late: func(int) bool { return true }, wantSizes: "l1 l1 l1", wantErr: "landed more than", wantStale: 1},
 		{name: "rollups fail for size: halve after marking again", chunk: 12, fail: func(table string, accounts []string) error {
 			if table == "rollups" && len(accounts) > 6 {
 				return &clickhouse.Exception{Code: 241, Message: "Memory limit (for query) exceeded"}
@@ -484,9 +507,30 @@ func TestRecomputeChunkFailures(t *testing.T) {
 			if c.ranges {
 				sv.RangeMin, sv.RangeAccountQuarters = 2, 24 // 12 accounts over two quarters
 			}
+			if c.prior {
+				plain, err := schema.NewServed(st.Conn(), cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				all := map[string]int32{}
+				for _, a := range ids {
+					all[a] = 2026 * 12
+				}
+				if err := plain.Recompute(ctx, all, nil); err != nil {
+					t.Fatal(err)
+				}
+				if stale := staleOf(t, plain); len(stale) > 0 {
+					t.Fatalf("after the first recompute, stale: %v", stale)
+				}
+			}
 			batch := map[string]int32{}
-			for _, a := range ids {
-				batch[a] = 2026 * 12
+			for i, a := range ids {
+				switch {
+				case !c.gaps:
+					batch[a] = 2026 * 12
+				case i%2 == 0:
+					batch[a] = 2026*12 + 3
+				}
 			}
 			rctx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
@@ -500,14 +544,48 @@ func TestRecomputeChunkFailures(t *testing.T) {
 			if got := strings.Join(fc.sizes, " "); got != c.wantSizes {
 				t.Errorf("chunks attempted (l: list, r: range; accounts): %s, want %s", got, c.wantSizes)
 			}
+			// A late landing or a failed rollup INSERT marks again, and
+			// only they (the serve loop then sweeps).
+			remarks := c.late != nil
+			for _, f := range fc.failed {
+				remarks = remarks || f == "rollups"
+			}
+			if got := sv.Remarked(); got != remarks {
+				t.Errorf("Remarked() = %v, want %v", got, remarks)
+			}
+			if sv.Remarked() {
+				t.Error("Remarked() true twice")
+			}
+			stale := staleOf(t, sv)
 			if c.wantStale > 0 {
-				stale, err := sv.Stale(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
 				for _, a := range ids[:c.wantStale] {
 					if _, ok := stale[a]; !ok {
 						t.Errorf("after the error, %s is not stale: its rows may have landed too late for the updated_at poll", a)
+					}
+				}
+				if c.prior {
+					for _, a := range ids[c.wantStale:] {
+						if _, ok := stale[a]; ok {
+							t.Errorf("after the error, %s is stale: it was served before and not in a failed or late chunk", a)
+						}
+					}
+				}
+				// The next round (no faults) satisfies the new marks.
+				plain, err := schema.NewServed(st.Conn(), cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := plain.Recompute(ctx, stale, nil); err != nil {
+					t.Fatal(err)
+				}
+				if again := staleOf(t, plain); len(again) > 0 {
+					t.Errorf("after the next round, still stale: %v", again)
+				}
+			}
+			if c.wantErr == "" {
+				for a := range batch {
+					if _, ok := stale[a]; ok {
+						t.Errorf("after the recompute, %s is stale (a version not past its marks?)", a)
 					}
 				}
 			}
