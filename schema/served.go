@@ -692,6 +692,16 @@ func quote(b *strings.Builder, v string) {
 	b.WriteByte('\'')
 }
 
+type oneThread struct{}
+
+// OneThread returns ctx under which recomputes run on one server thread
+// (max_threads = 1): a recompute beside a backlog leaves the other cores
+// to ingestion (benchmarks/README.md, "Recomputes on one thread during a
+// backlog").
+func OneThread(ctx context.Context) context.Context {
+	return context.WithValue(ctx, oneThread{}, true)
+}
+
 // recomputeChunk runs one chunk's INSERTs with version second sec and
 // returns the server clock after they landed; on error, failed says where:
 // 0 the feature INSERT, 1 the rollup INSERT, 2 the clock read after both.
@@ -700,7 +710,11 @@ func (s *Served) recomputeChunk(ctx context.Context, conn driver.Conn, accounts 
 	if err != nil {
 		return 0, 0, err
 	}
-	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_execution_time": recomputeTimeout, "max_query_size": maxQuerySize}))
+	settings := clickhouse.Settings{"max_execution_time": recomputeTimeout, "max_query_size": maxQuerySize}
+	if ctx.Value(oneThread{}) != nil {
+		settings["max_threads"] = 1
+	}
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(settings))
 	for i, q := range qs {
 		if err := conn.Exec(ctx, q); err != nil {
 			return 0, i, fmt.Errorf("recompute %s: %w", [2]string{"features_served", "rollups_served"}[i], err)
