@@ -157,7 +157,16 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		c.log.Info("partition assigned", "partition", p, "topic_id", topicID, "src_topic", srcTopic,
 			"position", r.pos, "from_progress", r.hasFrom, "replay_from", start, "restored_rows", len(byPart[p]))
 		c.parts[p] = st
+		c.owned[p] = true
 		c.worker(p).agg.Restore(p, srcTopic, r.pos, byPart[p])
+	}
+	// An owned partition not handed over here and not set up before was
+	// dropped from the assignment by franz-go (its offset fetch failed):
+	// the lag does not wait for it (one fetched later is added above).
+	for p := range c.owned {
+		if c.parts[p] == nil {
+			delete(c.owned, p)
+		}
 	}
 	c.setDedupLimits()
 	c.m.restoredRows.Add(float64(len(counts)))

@@ -1162,6 +1162,11 @@ func (c *Consumer) setDedupLimits() {
 }
 
 func (c *Consumer) drop(parts []int32) {
+	defer func() {
+		if len(c.owned) == 0 {
+			c.joined = false // until the assignment that follows
+		}
+	}()
 	for _, p := range parts {
 		delete(c.owned, p)
 		if st := c.parts[p]; st != nil {

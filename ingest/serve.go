@@ -157,7 +157,7 @@ func (s *server) run(ctx context.Context) {
 		// time order each round reads only the current quarter, while
 		// one big round at the end reads everything.) During a backlog a
 		// recompute also runs on one server thread, leaving the other
-		// core to ingestion (2M-record drain +17% → +8% over the code
+		// core to ingestion (2M-record drain +16% → +8% over the code
 		// before served rows, and the exit sooner; benchmarks/README.md).
 		pause, rctx := took, schema.OneThread(ctx)
 		if s.live != nil && s.live() {

@@ -394,7 +394,8 @@ func (s *Served) recomputeOn(ctx context.Context, r *Replica, accounts map[strin
 			}
 			landed, stmt, err := s.recomputeChunk(ctx, conn, expr, q, sec, lastQ)
 			if err != nil {
-				sized := ctx.Err() == nil && sizeError(err)
+				// (After the rows landed, stmt 2, nothing is about size.)
+				sized := stmt < 2 && ctx.Err() == nil && sizeError(err)
 				switch {
 				case stmt >= 1:
 					// The rollup INSERT failed (or the clock read after

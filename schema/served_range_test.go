@@ -290,7 +290,18 @@ type faultConn struct {
 	sizes  []string                                    // each chunk attempted, in order: "l" (list) or "r" (range), and its accounts
 	pushed bool
 	failed []string // the table of each statement failed
+	// clockFail: the clock read after a chunk's rows landed fails (a
+	// connection lost just then).
+	clockFail func(chunk int) bool
+	broken    bool
 }
+
+// errRow is a driver.Row that failed.
+type errRow struct{ err error }
+
+func (r errRow) Err() error           { return r.err }
+func (r errRow) Scan(...any) error    { return r.err }
+func (r errRow) ScanStruct(any) error { return r.err }
 
 func (f *faultConn) Exec(ctx context.Context, q string, args ...any) error {
 	if strings.HasPrefix(q, "INSERT INTO ") && strings.Contains(q, "_served (") {
@@ -317,11 +328,18 @@ func (f *faultConn) Exec(ctx context.Context, q string, args ...any) error {
 		if strings.Contains(q, ".rollups_served (") && f.late != nil && f.late(len(f.sizes)-1) {
 			f.pushed = true
 		}
+		if strings.Contains(q, ".rollups_served (") && f.clockFail != nil && f.clockFail(len(f.sizes)-1) {
+			f.broken = true
+		}
 	}
 	return f.Conn.Exec(ctx, q, args...)
 }
 
 func (f *faultConn) QueryRow(ctx context.Context, q string, args ...any) driver.Row {
+	if f.broken && q == "SELECT toUInt32(now())" {
+		f.broken = false
+		return errRow{fmt.Errorf("read: %w", errors.New("connection reset by peer"))}
+	}
 	if f.pushed && q == "SELECT toUInt32(now())" {
 		f.pushed = false
 		return f.Conn.QueryRow(ctx, "SELECT toUInt32(toUInt32(now()) + 100)")
@@ -417,6 +435,7 @@ func TestRecomputeChunkFailures(t *testing.T) {
 		chunk     int // ChunkAccounts
 		fail      func(table string, accounts []string) error
 		late      func(chunk int) bool
+		clockFail func(chunk int) bool
 		wantSizes string // chunks attempted, space-separated
 		wantErr   string // "" for success (then every account is exact)
 		wantStale int    // after an error: the first accounts that must be stale
@@ -462,6 +481,9 @@ func TestRecomputeChunkFailures(t *testing.T) {
 			return fmt.Errorf("read: %w", errors.New("connection reset by peer"))
 		}), wantSizes: "r11 r6", wantErr: "connection reset", wantStale: 11},
 		{name: "late one-account list gives up, others served", chunk: 1, prior: true, late: func(int) bool { return true }, wantSizes: "l1 l1 l1", wantErr: "landed more than", wantStale: 1},
+		// The rows landed, then the clock read fails: when they landed
+		// is unknown, so they are marked again.
+		{name: "clock read fails after the rows landed", chunk: 12, prior: true, clockFail: func(i int) bool { return i == 0 }, wantSizes: "l12", wantErr: "connection reset", wantStale: 12},
 		{name: "rollups fail for size: halve after marking again", chunk: 12, fail: func(table string, accounts []string) error {
 			if table == "rollups" && len(accounts) > 6 {
 				return &clickhouse.Exception{Code: 241, Message: "Memory limit (for query) exceeded"}
@@ -497,7 +519,7 @@ func TestRecomputeChunkFailures(t *testing.T) {
 			if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
 				t.Fatal(err)
 			}
-			fc := &faultConn{Conn: st.Conn(), ids: ids, fail: c.fail, late: c.late}
+			fc := &faultConn{Conn: st.Conn(), ids: ids, fail: c.fail, late: c.late, clockFail: c.clockFail}
 			sv, err := schema.NewServed(fc, cfg)
 			if err != nil {
 				t.Fatal(err)
@@ -546,7 +568,7 @@ func TestRecomputeChunkFailures(t *testing.T) {
 			}
 			// A late landing or a failed rollup INSERT marks again, and
 			// only they (the serve loop then sweeps).
-			remarks := c.late != nil
+			remarks := c.late != nil || c.clockFail != nil
 			for _, f := range fc.failed {
 				remarks = remarks || f == "rollups"
 			}
