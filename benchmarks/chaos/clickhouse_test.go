@@ -203,17 +203,19 @@ type insertWatch struct {
 }
 
 // findInsert polls system.processes of every watched server for an INSERT
-// into db by one of cands and returns the first it finds, or nil after
-// timeout. The instance is found from the client port ClickHouse reports:
+// into db by one of cands (into a table that only accepts, if not nil)
+// and returns the first it finds, or nil after timeout. The instance is found from the client port ClickHouse reports:
 // /proc/net/tcp gives the socket's inode and /proc/<pid>/fd the process
 // holding it. The writes of the cluster mode's caught-up check (into
 // replica_barrier) are not flushes and are left out.
-func findInsert(ctx context.Context, watch []insertWatch, db string, cands []*instance, timeout time.Duration) *inflight {
+func findInsert(ctx context.Context, watch []insertWatch, db string, cands []*instance, timeout time.Duration, only func(table string) bool) *inflight {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		for _, w := range watch {
-			if fs := insertsOn(ctx, w, db, cands); len(fs) > 0 {
-				return fs[0]
+			for _, f := range insertsOn(ctx, w, db, cands) {
+				if only == nil || only(f.table) {
+					return f
+				}
 			}
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -247,6 +249,12 @@ func findInsertAfterCounts(ctx context.Context, watch []insertWatch, db string, 
 		time.Sleep(time.Millisecond)
 	}
 	return nil
+}
+
+// flushTable reports whether a flush writes table (the facts, their marks
+// and the progress row), not a recompute or the reader tables' copy.
+func flushTable(table string) bool {
+	return strings.HasPrefix(table, "fact_") || table == "rollup_marks" || table == "ingest_progress"
 }
 
 // The tables a flush writes before and after fact_event_counts
