@@ -160,19 +160,24 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		c.owned[p] = true
 		c.worker(p).agg.Restore(p, srcTopic, r.pos, byPart[p])
 	}
-	// An owned partition not handed over here and not set up before was
-	// dropped from the assignment by franz-go (its offset fetch failed):
-	// the lag does not wait for it (one fetched later is added above).
-	for p := range c.owned {
-		if c.parts[p] == nil {
-			delete(c.owned, p)
-		}
-	}
+	c.forgetUnset()
 	c.setDedupLimits()
 	c.m.restoredRows.Add(float64(len(counts)))
 	c.m.ownPartitions.Set(float64(len(c.parts)))
 	offsets[c.cfg.Topic] = out
 	return offsets, nil
+}
+
+// forgetUnset forgets the owned partitions AdjustFetchOffsets did not set
+// up: franz-go dropped them from the assignment (their offset fetch
+// failed), so the lag does not wait for them (one fetched later is owned
+// again when it is set up). Called with c.mu held.
+func (c *Consumer) forgetUnset() {
+	for p := range c.owned {
+		if c.parts[p] == nil {
+			delete(c.owned, p)
+		}
+	}
 }
 
 // resumes finds each assigned partition's durable position: its progress
