@@ -62,7 +62,7 @@ func TestClusterReadsOnlyCaughtUpReplicas(t *testing.T) {
 	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
 		t.Fatal(err)
 	}
-	tables := []string{"fact_account_months", "fact_user_activity", "fact_feature_users", "fact_event_counts", "fact_seat_events", "fact_seat_purchases", "rollup_marks", "rollups_served", "features_served"}
+	tables := []string{"fact_account_months", "fact_user_activity", "fact_feature_users", "fact_event_counts", "fact_seat_events", "fact_seat_purchases", "rollup_marks", "served_rollups", "served_feature_sets"}
 	if err := topo.CaughtUp(ctx, r1, db, tables...); err != nil {
 		t.Fatalf("replica %s after the first write: %v", r1.Addr, err)
 	}
@@ -90,7 +90,7 @@ func TestClusterReadsOnlyCaughtUpReplicas(t *testing.T) {
 	version := func() uint64 {
 		t.Helper()
 		var v uint64
-		if err := r1.Conn.QueryRow(ctx, "SELECT max(version) FROM "+db+".rollups_served WHERE account_id = ?", acct).Scan(&v); err != nil {
+		if err := r1.Conn.QueryRow(ctx, "SELECT max(version) FROM "+db+".served_rollups WHERE account_id = ?", acct).Scan(&v); err != nil {
 			t.Fatal(err)
 		}
 		return v

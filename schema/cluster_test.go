@@ -38,9 +38,10 @@ func TestClusterDDLParsesOnCurrentClickHouse(t *testing.T) {
 			replicated++
 		}
 	}
-	// The database, 13 replicated tables, 2 views and 2 Distributed
-	// tables.
-	if onCluster != len(ss) || onCluster != 18 || replicated != 13 {
+	// The database, 15 replicated tables (layout 1's served tables of
+	// migration 0003 and layout 2's of 0004 among them), 2 views and 2
+	// Distributed tables.
+	if onCluster != len(ss) || onCluster != 20 || replicated != 15 {
 		t.Fatalf("chDB %s formatted %d statements with ON CLUSTER and %d with a Replicated engine, of %d", res.Version, onCluster, replicated, len(ss))
 	}
 }

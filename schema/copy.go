@@ -48,6 +48,13 @@ var rollupValues = []string{"quarter_end", "quarter", "seats_purchased", "seats_
 
 var featureNames = []string{"account_id", "quarter_start", "quarter_end", "quarter", "feature", "active_users", "events"}
 
+// servedFeatures is the FROM clause of the served feature rows: each
+// account and quarter's greatest-version set, unfolded into featureNames
+// (as the view account_quarter_features reads them).
+func servedFeatures(db string) string {
+	return db + ".served_feature_sets FINAL ARRAY JOIN features AS feature, active_users, events"
+}
+
 // Copy keeps the reader tables of one database and fiscal calendar. It is
 // used by one goroutine at a time (the serve loop, or migrate).
 type Copy struct {
@@ -245,7 +252,7 @@ func (c *Copy) Refresh(ctx context.Context, q string) (err error) {
 		}
 		return nil
 	}
-	served, err := c.count(ctx, fmt.Sprintf("%s.rollups_served WHERE fy = %d AND quarter_start = '%s'", c.db, c.fy, q))
+	served, err := c.count(ctx, fmt.Sprintf("%s.served_rollups WHERE fy = %d AND quarter_start = '%s'", c.db, c.fy, q))
 	if err != nil {
 		return err
 	}
@@ -375,8 +382,8 @@ func (c *Copy) checkCalendar(ctx context.Context) error {
 	if err := c.conn.QueryRow(ctx, "SELECT argMax(definition, seq) FROM "+c.db+".schema_migrations WHERE name = '"+readerTablesRecord+"'").Scan(&def); err != nil {
 		return fmt.Errorf("copy: read the reader tables' calendar: %w", err)
 	}
-	if def != fmt.Sprint(c.fy) {
-		return fmt.Errorf("%w: the tables show fiscal start month %q, this process has %d", ErrCalendar, def, c.fy)
+	if def != readerDefinition(c.fy) {
+		return fmt.Errorf("%w: the reader tables' record says %q, this process wants %q", ErrCalendar, def, readerDefinition(c.fy))
 	}
 	return nil
 }
@@ -413,7 +420,7 @@ func (c *Copy) statements(q string, sec uint32) []copyStatement {
 		"INSERT INTO %s (account_id, quarter_start, %s, updated_at) "+
 			"SELECT account_id, quarter_start, %s, "+
 			"if(c_present = 1 AND %s, greatest(updated_at, c_updated_at), greatest(updated_at, toDateTime(%d, 'UTC'))) "+
-			"FROM (SELECT account_id, quarter_start, %s, updated_at FROM %s.rollups_served FINAL WHERE fy = %d AND quarter_start = %s) "+
+			"FROM (SELECT account_id, quarter_start, %s, updated_at FROM %s.served_rollups FINAL WHERE fy = %d AND quarter_start = %s) "+
 			"ANY LEFT JOIN (SELECT account_id, quarter_start, %s, updated_at AS c_updated_at, toUInt8(1) AS c_present FROM %s.%s WHERE quarter_start = %s) "+
 			"USING (account_id, quarter_start)",
 		r, vals, vals, strings.Join(same, " AND "), sec-copyBump,
@@ -421,7 +428,7 @@ func (c *Copy) statements(q string, sec uint32) []copyStatement {
 	return []copyStatement{
 		{"empty stage", "TRUNCATE TABLE " + f},
 		{"empty stage", "TRUNCATE TABLE " + r},
-		{"snapshot features", fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s.features_served FINAL WHERE fy = %d AND quarter_start = %s", f, cols, cols, c.db, c.fy, part)},
+		{"snapshot features", fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s WHERE fy = %d AND quarter_start = %s", f, cols, cols, servedFeatures(c.db), c.fy, part)},
 		{"snapshot rollups", rollups},
 		{"install features", fmt.Sprintf("ALTER TABLE %s.%s REPLACE PARTITION %s FROM %s", c.db, c.features, part, f)},
 		{"install rollups", fmt.Sprintf("ALTER TABLE %s.%s REPLACE PARTITION %s FROM %s", c.db, c.rollups, part, r)},
@@ -476,7 +483,7 @@ func (c *Copy) quarters(ctx context.Context) (map[string]*copyQuarter, error) {
 		}
 		return rows.Err()
 	}
-	if err := read(fmt.Sprintf("SELECT DISTINCT quarter_start, toUInt32(0) FROM %s.rollups_served WHERE fy = %d", c.db, c.fy), func(q string, _ uint32) {
+	if err := read(fmt.Sprintf("SELECT DISTINCT quarter_start, toUInt32(0) FROM %s.served_rollups WHERE fy = %d", c.db, c.fy), func(q string, _ uint32) {
 		out[q] = &copyQuarter{}
 	}); err != nil {
 		return nil, err
@@ -545,15 +552,15 @@ func (c *Copy) Differing(ctx context.Context) ([]string, error) {
 		return out, rows.Err()
 	}
 	diff := map[string]bool{}
-	for _, t := range []struct{ name, cols string }{
-		{"rollups", "account_id, quarter_start, " + strings.Join(rollupValues, ", ")},
-		{"features", strings.Join(featureNames, ", ")},
+	for _, t := range []struct{ name, cols, served, reader string }{
+		{"rollups", "account_id, quarter_start, " + strings.Join(rollupValues, ", "), c.db + ".served_rollups FINAL", c.rollups},
+		{"features", strings.Join(featureNames, ", "), servedFeatures(c.db), c.features},
 	} {
-		served, err := sum(t.name, t.cols, fmt.Sprintf("%s.%s_served FINAL WHERE fy = %d", c.db, t.name, c.fy))
+		served, err := sum(t.name, t.cols, fmt.Sprintf("%s WHERE fy = %d", t.served, c.fy))
 		if err != nil {
 			return nil, err
 		}
-		copied, err := sum(t.name, t.cols, c.db+"."+map[string]string{"rollups": c.rollups, "features": c.features}[t.name])
+		copied, err := sum(t.name, t.cols, c.db+"."+t.reader)
 		if err != nil {
 			return nil, err
 		}

@@ -13,8 +13,16 @@ import (
 )
 
 // readerTablesRecord names the schema_migrations row of the reader
-// tables: checksum = readerMarker, definition = the fiscal start month.
+// tables: checksum = readerMarker, definition = readerDefinition.
 const readerTablesRecord = "reader_tables"
+
+// readerDefinition is what the reader tables' record says they hold: the
+// fiscal start month, and the served layout they are copied from. A
+// process of layout 1 reads anything but its bare month as another
+// calendar (ErrCalendar): it releases the lease and never takes it again,
+// so it cannot keep copying from its own, no longer written, served tables
+// (docs/design.md, "Feature sets").
+func readerDefinition(fy int) string { return fmt.Sprintf("%d served_v2", fy) }
 
 // readerDDL renders the bookkeeping tables of the copy and the two reader
 // tables, and the marker that tells migrate whether the installed reader
@@ -33,7 +41,9 @@ func readerDDL(cfg Config) (book []string, rollups, features, marker string, err
 	if features, err = renderFile(cfg, "reader_features_table.sql", ""); err != nil {
 		return nil, "", "", "", err
 	}
-	return book, rollups, features, checksum(rollups + "\n" + features)[:16], nil
+	// The layout is part of the marker: the reader tables of layout 1 are
+	// built again, from layout 2's served rows, under its definition.
+	return book, rollups, features, checksum(rollups + "\n" + features + "\n" + readerDefinition(cfg.FiscalStartMonth))[:16], nil
 }
 
 // migrateReaderTables installs the reader tables (docs/design.md, "Reader
@@ -166,7 +176,7 @@ func migrateReaderTables(ctx context.Context, conn driver.Conn, r *rendered, app
 	// The record names the calendar every holder checks before it
 	// installs, so it is written while this migrate still holds the lease
 	// (no process of the old calendar can install into the new tables).
-	errs := []error{record(ctx, conn, db, readerTablesRecord, "reader", 0, marker, fmt.Sprint(r.cfg.FiscalStartMonth))}
+	errs := []error{record(ctx, conn, db, readerTablesRecord, "reader", 0, marker, readerDefinition(r.cfg.FiscalStartMonth))}
 	for _, d := range drops {
 		if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+d); err != nil {
 			errs = append(errs, err)

@@ -37,10 +37,10 @@ func putServed(t *testing.T, conn driver.Conn, db, q string, n, features int, va
 	t.Helper()
 	ctx := context.Background()
 	for _, s := range []string{
-		fmt.Sprintf("INSERT INTO %s.rollups_served SELECT 1, concat('a-', toString(number)), toDate('%s'), addMonths(toDate('%s'), 3), 'Q', 5, 4, 0.8, 3, 2, 0.5, %d, %d, %d, toDateTime(0, 'UTC'), toDateTime(%d, 'UTC'), %d FROM numbers(%d)",
+		fmt.Sprintf("INSERT INTO %s.served_rollups SELECT 1, concat('a-', toString(number)), toDate('%s'), addMonths(toDate('%s'), 3), 'Q', 5, 4, 0.8, 3, 2, 0.5, %d, %d, %d, toDateTime(0, 'UTC'), toDateTime(%d, 'UTC'), %d FROM numbers(%d)",
 			db, q, q, value, value, features, ver, uint64(ver)<<32, n),
-		fmt.Sprintf("INSERT INTO %s.features_served SELECT 1, concat('a-', toString(intDiv(number, %d))), toDate('%s'), addMonths(toDate('%s'), 3), 'Q', concat('f-', toString(number %% %d)), 1, %d, toDateTime(%d, 'UTC'), %d FROM numbers(%d)",
-			db, features, q, q, features, value, ver, uint64(ver)<<32, n*features),
+		fmt.Sprintf("INSERT INTO %s.served_feature_sets SELECT 1, concat('a-', toString(number)), toDate('%s'), addMonths(toDate('%s'), 3), 'Q', arrayMap(i -> concat('f-', toString(i)), range(%d)), arrayMap(i -> toUInt64(1), range(%d)), arrayMap(i -> toUInt64(%d), range(%d)), toDateTime(%d, 'UTC'), %d FROM numbers(%d)",
+			db, q, q, features, features, value, features, ver, uint64(ver)<<32, n),
 	} {
 		if err := conn.Exec(ctx, s); err != nil {
 			t.Fatal(err)

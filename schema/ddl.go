@@ -43,6 +43,15 @@ var migrations = []migration{
 		"features_served.sql",
 		"rollup_marks.sql",
 	}},
+	// Served rows, layout 2: feature rows as one set per account and
+	// quarter, under new table names that fence writers of layout 1
+	// (docs/design.md, "Feature sets"); migrate builds them (record
+	// served_v2_fy<F>) and drops rollups_served and features_served after
+	// the readers switched.
+	{4, "0004_served_v2", []string{
+		"served_rollups.sql",
+		"served_feature_sets.sql",
+	}},
 }
 
 // views are repeatable: migrate (re)creates one whenever its rendered

@@ -57,3 +57,13 @@ func RangeChunk(ctx context.Context, s *Served, list []string) (int, error) {
 
 // SizeError exposes which recompute failures halve a chunk.
 var SizeError = sizeError
+
+// ReaderMarkerV1 is the marker the reader tables' record carried in served
+// layout 1 (before readerDefinition was part of it).
+func ReaderMarkerV1(cfg Config) string {
+	_, rollups, features, _, err := readerDDL(cfg.withDefaults())
+	if err != nil {
+		panic(err)
+	}
+	return checksum(rollups + "\n" + features)[:16]
+}

@@ -16,7 +16,8 @@ import (
 // not yet recorded there, the served rows of cfg's fiscal calendar unless
 // already built (from the facts, with progress on the log), and each view
 // unless system.tables shows this very definition installed (its last alias carries a hash of its SQL; a
-// new release or fiscal start month changes it). It is idempotent: a
+// new release or fiscal start month changes it), then drops the served
+// tables of layout 1 if present (docs/design.md, "Feature sets"). It is idempotent: a
 // second run changes nothing. Runs that overlap (several `usagepipe run`
 // starting at once) are harmless: every statement is IF NOT EXISTS or
 // installs the same view. A nil log logs nothing.
@@ -91,7 +92,7 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 	// Served rows of this fiscal calendar before the views read them, so
 	// that a reader never sees them empty (docs/design.md, "Served
 	// rollups"): once per database and fiscal start month.
-	backfill := fmt.Sprintf("served_fy%d", r.cfg.FiscalStartMonth)
+	backfill := backfillRecord(r.cfg.FiscalStartMonth)
 	served, err := NewServedOn(t, r.cfg)
 	if err != nil {
 		return err
@@ -144,7 +145,10 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 	}
 
 	if readerTables {
-		return migrateReaderTables(ctx, conn, r, applied, log)
+		if err := migrateReaderTables(ctx, conn, r, applied, log); err != nil {
+			return err
+		}
+		return retireServedV1(ctx, conn, r, log)
 	}
 	replace := supportsCreateOrReplaceView(sv.Version.Major, sv.Version.Minor)
 	for i, v := range views {
@@ -209,6 +213,37 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 			}
 			log.Info("created distributed table", "database", db, "table", v.name, "cluster", t.Cluster)
 		}
+	}
+	return retireServedV1(ctx, conn, r, log)
+}
+
+// retireServedV1 drops rollups_served and features_served, the served
+// tables of layout 1 (migration 0003 still creates them), once the readers
+// read layout 2: nothing reads them, and a writer of layout 1 still running
+// fails instead of filling tables no one reads. Exactness does not depend
+// on it (layout 1's rows satisfy no mark of layout 2: docs/design.md,
+// "Feature sets"), so a drop that fails (a cluster node down makes ON
+// CLUSTER time out) is logged and tried again by the next migrate.
+func retireServedV1(ctx context.Context, conn driver.Conn, r *rendered, log *slog.Logger) error {
+	db := r.cfg.Database
+	for _, table := range []string{"features_served", "rollups_served"} {
+		var n uint64
+		if err := tablesRetry(ctx, func() error {
+			return conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name = ?", db, table).Scan(&n)
+		}); err != nil {
+			return fmt.Errorf("migrate: look for %s: %w", table, err)
+		}
+		if n == 0 {
+			continue
+		}
+		if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+db+"."+table+r.onCluster()); err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("migrate: drop %s: %w", table, err)
+			}
+			log.Warn("could not drop a served table of the previous layout; nothing reads it, the next migrate tries again", "database", db, "table", table, "err", err)
+			continue
+		}
+		log.Info("dropped a served table of the previous layout", "database", db, "table", table)
 	}
 	return nil
 }

@@ -85,7 +85,7 @@ func tableNames(t *testing.T, conn driver.Conn, db string) []string {
 
 // allObjects on 18.16, whose readers are tables kept with copy_beats,
 // copy_dirty and copy_installs.
-var allObjects = "account_quarter_features account_quarter_rollups copy_beats copy_dirty copy_installs fact_account_months fact_event_counts fact_feature_users fact_seat_events fact_seat_purchases fact_user_activity features_served ingest_progress rollup_marks rollups_served schema_migrations topic_incarnations"
+var allObjects = "account_quarter_features account_quarter_rollups copy_beats copy_dirty copy_installs fact_account_months fact_event_counts fact_feature_users fact_seat_events fact_seat_purchases fact_user_activity ingest_progress rollup_marks schema_migrations served_feature_sets served_rollups topic_incarnations"
 
 func TestMigrateCreatesDatabaseAndObjects(t *testing.T) {
 	st, _ := open(t)
@@ -362,5 +362,125 @@ func TestMigrateMovesTableAside(t *testing.T) {
 	var n uint64
 	if err := st.Conn().QueryRow(ctx, "SELECT sum(n) FROM "+db+"."+aside).Scan(&n); err != nil || n != 7 {
 		t.Errorf("table moved aside (%q): sum(n) = %d, %v; want 7", aside, n, err)
+	}
+}
+
+// TestMigrateFeatureSets: a database the first served release left
+// (layout 1: rollups_served, its feature rows in features_served, rollup
+// rows satisfying every mark, its build recorded as served_fy1) is built
+// again into layout 2 before the readers switch: rows of layout 1 satisfy
+// no mark of layout 2 (the fence against its writers), features_served's
+// rows are never read, both old tables are dropped, run waits for the
+// consumer group first (BackfillPending), and a second migrate changes
+// nothing (docs/design.md, "Feature sets").
+func TestMigrateFeatureSets(t *testing.T) {
+	st, db := open(t)
+	ctx := context.Background()
+	cfg := schema.Config{Database: db}
+	conn := st.Conn()
+	exec := func(qs ...string) {
+		t.Helper()
+		for _, q := range qs {
+			if err := conn.Exec(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := schema.MigrateTo(ctx, conn, cfg, nil, 3, false); err != nil {
+		t.Fatal(err)
+	}
+	evs := seatsAndActivity()
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	// Layout 1's state: rollup rows newer than every mark, a feature row
+	// no fact supports, and the record of its build.
+	var sec uint32
+	if err := conn.QueryRow(ctx, "SELECT toUInt32(toUInt32(now()) + 1)").Scan(&sec); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(time.Unix(int64(sec), 0)))
+	qs, err := schema.RecomputeAllSQL(cfg, sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldRollups := strings.Replace(qs[1], ".served_rollups (", ".rollups_served (", 1)
+	ghost := "INSERT INTO " + db + ".features_served SELECT 1, 'stale-account', toDate('2025-01-01'), toDate('2025-04-01'), '2025-Q1', 'ghost', 7, 7, now(), 1"
+	exec(oldRollups, ghost,
+		"INSERT INTO "+db+".schema_migrations (name, kind, applied_at, seq) SELECT 'served_fy1', 'backfill', now(), 1")
+	sv1, err := conn.ServerVersion()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readerTables := schema.ReaderTables(sv1.Version.Major, false)
+	if readerTables {
+		// Layout 1's reader tables (18.16), with the record its migrate
+		// wrote (definition: the bare month) and a row only they hold.
+		exec("CREATE TABLE "+db+".account_quarter_features (account_id String, quarter_start Date, quarter_end Date, quarter String, feature String, active_users UInt64, events UInt64) ENGINE = MergeTree PARTITION BY quarter_start ORDER BY (account_id, quarter_start, feature)",
+			"CREATE TABLE "+db+".account_quarter_rollups (account_id String, quarter_start Date, quarter_end Date, quarter String, seats_purchased UInt64, seats_assigned UInt64, seat_utilization Float64, active_users UInt64, active_assigned_users UInt64, activation_rate Float64, logins UInt64, feature_events UInt64, features_used UInt64, last_activity_at DateTime('UTC'), updated_at DateTime('UTC')) ENGINE = MergeTree PARTITION BY quarter_start ORDER BY (account_id, quarter_start)",
+			"INSERT INTO "+db+".account_quarter_features SELECT 'stale-account', toDate('2025-01-01'), toDate('2025-04-01'), '2025-Q1', 'ghost', 7, 7",
+			"INSERT INTO "+db+".schema_migrations (name, kind, checksum, definition, applied_at, seq) SELECT 'reader_tables', 'reader', '"+schema.ReaderMarkerV1(cfg)+"', '1', now(), 2")
+	}
+	if pending, err := schema.BackfillPending(ctx, conn, cfg); err != nil || !pending {
+		t.Fatalf("BackfillPending before the upgrade = %v, %v; want true (run must wait for the old release to leave)", pending, err)
+	}
+
+	// The fence: with layout 2's tables in place, layout 1's rollup rows
+	// satisfy no mark, so whatever a writer of layout 1 recomputes stays
+	// stale for layout 2's sweep.
+	if err := schema.MigrateTo(ctx, conn, cfg, nil, 4, false); err != nil {
+		t.Fatal(err)
+	}
+	sv, err := schema.NewServed(conn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, err := sv.Stale(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accounts := map[string]bool{}
+	for _, e := range evs {
+		accounts[e.account] = true
+	}
+	if len(stale) != len(accounts) {
+		t.Fatalf("stale accounts in layout 2 before its build: %d of %d (%v); want all: layout 1's rows must satisfy no mark", len(stale), len(accounts), stale)
+	}
+
+	if err := schema.Migrate(ctx, conn, cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(tableNames(t, conn, db), " "); got != allObjects {
+		t.Errorf("objects = %s\nwant      %s", got, allObjects)
+	}
+	if pending, err := schema.BackfillPending(ctx, conn, cfg); err != nil || pending {
+		t.Errorf("BackfillPending after the upgrade = %v, %v; want false", pending, err)
+	}
+	for _, q := range []string{oldRollups, ghost} {
+		if err := conn.Exec(ctx, q); err == nil {
+			t.Errorf("a layout 1 INSERT still succeeds after the upgrade: %.80s…", q)
+		}
+	}
+	checkViews(t, st, evs, 1)
+	var ghosts uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM "+db+".account_quarter_features WHERE feature = 'ghost'").Scan(&ghosts); err != nil || ghosts != 0 {
+		t.Errorf("rows of layout 1 (features_served, its reader tables) are read: %d, %v", ghosts, err)
+	}
+	if readerTables {
+		// Rebuilt from layout 2, under a record a process of layout 1
+		// reads as another calendar.
+		var def string
+		if err := conn.QueryRow(ctx, "SELECT argMax(definition, seq) FROM "+db+".schema_migrations WHERE name = 'reader_tables'").Scan(&def); err != nil || def != "1 served_v2" {
+			t.Errorf("reader_tables record after the upgrade = %q, %v; want \"1 served_v2\"", def, err)
+		}
+	}
+
+	before := snapshot(t, conn, db)
+	time.Sleep(1100 * time.Millisecond) // metadata_modification_time has seconds
+	if err := schema.Migrate(ctx, conn, cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	if after := snapshot(t, conn, db); after != before {
+		t.Errorf("second migrate changed the database:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }

@@ -99,8 +99,8 @@ func NewServedOn(t *Topology, cfg Config) (*Served, error) {
 // The tables each kind of read needs caught up on a cluster replica.
 var (
 	computeTables = []string{"fact_account_months", "fact_user_activity", "fact_feature_users", "fact_event_counts", "fact_seat_events", "fact_seat_purchases"}
-	staleTables   = []string{"rollups_served", "rollup_marks", "fact_account_months"}
-	verifyTables  = append(slices.Clone(computeTables), "rollups_served", "features_served")
+	staleTables   = []string{"served_rollups", "rollup_marks", "fact_account_months"}
+	verifyTables  = append(slices.Clone(computeTables), "served_rollups", "served_feature_sets")
 )
 
 // skew is K of docs/design.md ("ClickHouse clusters"): how far apart two
@@ -718,7 +718,7 @@ func (s *Served) recomputeChunk(ctx context.Context, conn driver.Conn, accounts 
 	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(settings))
 	for i, q := range qs {
 		if err := conn.Exec(ctx, q); err != nil {
-			return 0, i, fmt.Errorf("recompute %s: %w", [2]string{"features_served", "rollups_served"}[i], err)
+			return 0, i, fmt.Errorf("recompute %s: %w", [2]string{"served_feature_sets", "served_rollups"}[i], err)
 		}
 	}
 	// The rows have landed: a failure to read the clock now (the
@@ -730,8 +730,9 @@ func (s *Served) recomputeChunk(ctx context.Context, conn driver.Conn, accounts 
 }
 
 // recomputeStatements are the INSERT … SELECTs of one recompute: feature
-// rows first, then rollup rows (a rollup row of version S vouches for the
-// feature rows of S).
+// sets first (the feature rows of each account and quarter, grouped into
+// one row), then rollup rows (a rollup row of version S vouches for the
+// feature sets of S).
 func (s *Served) recomputeStatements(accounts string, fromQ int32, lastQ string, sec uint32, version uint64) ([]string, error) {
 	feat, roll, err := s.computeSQL(accounts, fromQ, lastQ)
 	if err != nil {
@@ -744,9 +745,12 @@ func (s *Served) recomputeStatements(accounts string, fromQ int32, lastQ string,
 	// and sending the INSERT).
 	guard := fmt.Sprintf(" WHERE throwIf(now() > toDateTime(%d, 'UTC') + %d) = 0", sec, startLimit)
 	return []string{
-		"INSERT INTO " + db + ".features_served (fy, account_id, quarter_start, quarter_end, quarter, feature, active_users, events, updated_at, version) " +
-			fmt.Sprintf("SELECT %d, account_id, quarter_start, quarter_end, quarter, feature, active_users, events, %s FROM (%s)%s", s.cfg.FiscalStartMonth, stamp, feat, guard),
-		"INSERT INTO " + db + ".rollups_served (fy, account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins, feature_events, features_used, last_activity_at, updated_at, version) " +
+		"INSERT INTO " + db + ".served_feature_sets (fy, account_id, quarter_start, quarter_end, quarter, features, active_users, events, updated_at, version) " +
+			fmt.Sprintf("SELECT %d, account_id, quarter_start, qe, ql, arrayMap(r -> r.1, rs), arrayMap(r -> r.2, rs), arrayMap(r -> r.3, rs), %s FROM (", s.cfg.FiscalStartMonth, stamp) +
+			// One array of tuples, sorted: the three arrays are aligned by
+			// construction and a set's order does not depend on threads.
+			fmt.Sprintf("SELECT account_id, quarter_start, any(quarter_end) AS qe, any(quarter) AS ql, arraySort(groupArray((feature, active_users, events))) AS rs FROM (%s)%s GROUP BY account_id, quarter_start)", feat, guard),
+		"INSERT INTO " + db + ".served_rollups (fy, account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins, feature_events, features_used, last_activity_at, updated_at, version) " +
 			fmt.Sprintf("SELECT %d, account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins, feature_events, features_used, last_activity_at, %s FROM (%s)%s", s.cfg.FiscalStartMonth, stamp, roll, guard),
 	}, nil
 }
@@ -867,7 +871,7 @@ type servedMarks struct {
 func (s *Served) readServedMarks(ctx context.Context, conn driver.Conn) (servedMarks, error) {
 	db := s.cfg.Database
 	rd := servedMarks{served: map[string]map[int32]uint32{}, marks: map[string]map[int32]uint32{}}
-	err := scan(ctx, conn, fmt.Sprintf("SELECT account_id, toInt32(toYear(quarter_start) * 12 + toMonth(quarter_start) - 1), toUInt32(updated_at) FROM %s.rollups_served FINAL WHERE fy = %d", db, s.cfg.FiscalStartMonth),
+	err := scan(ctx, conn, fmt.Sprintf("SELECT account_id, toInt32(toYear(quarter_start) * 12 + toMonth(quarter_start) - 1), toUInt32(updated_at) FROM %s.served_rollups FINAL WHERE fy = %d", db, s.cfg.FiscalStartMonth),
 		func(a string, q int32, t uint32) {
 			m := rd.served[a]
 			if m == nil {
@@ -877,7 +881,7 @@ func (s *Served) readServedMarks(ctx context.Context, conn driver.Conn) (servedM
 			m[q] = t
 		})
 	if err != nil {
-		return rd, fmt.Errorf("read rollups_served: %w", err)
+		return rd, fmt.Errorf("read served_rollups: %w", err)
 	}
 	err = scan(ctx, conn, "SELECT account_id, toInt32(toYear(month) * 12 + toMonth(month) - 1), toUInt32(max(marked_at)) FROM "+db+".rollup_marks GROUP BY account_id, month",
 		func(a string, m int32, t uint32) {
@@ -1089,10 +1093,9 @@ func (s *Served) verifyOn(ctx context.Context, conn driver.Conn, accounts []stri
 		return err
 	}
 	if copyTables {
-		for _, t := range []string{"rollups", "features"} {
-			sources = append(sources, source{t + "_served", "account_quarter_" + t,
-				fmt.Sprintf("(SELECT * FROM %s.%s_served FINAL WHERE fy = %d)", db, t, s.cfg.FiscalStartMonth)})
-		}
+		sources = append(sources,
+			source{"served_rollups", "account_quarter_rollups", fmt.Sprintf("(SELECT * FROM %s.served_rollups FINAL WHERE fy = %d)", db, s.cfg.FiscalStartMonth)},
+			source{"served_feature_sets", "account_quarter_features", fmt.Sprintf("(SELECT %s FROM %s WHERE fy = %d)", strings.Join(featureNames, ", "), servedFeatures(db), s.cfg.FiscalStartMonth)})
 	}
 	seen := map[string]int{}
 	for list := accounts; len(list) > 0; {
@@ -1225,12 +1228,20 @@ func deref(v any) any {
 	return v
 }
 
+// backfillRecord is the schema_migrations name of the build of fiscal
+// calendar fy's served rows in the current layout: v2 since the feature
+// rows are sets (docs/design.md, "Feature sets"); a database built as
+// served_fy<F> is built again.
+func backfillRecord(fy int) string { return fmt.Sprintf("served_v2_fy%d", fy) }
+
 // BackfillPending reports whether Migrate would build the served rows of
 // cfg's fiscal calendar from existing facts: the database has facts and no
 // record of that build. Such a build must not race writers of a release
 // before the served rollups, which write facts but no marks (their facts
 // would never be served): `usagepipe run` waits for the consumer group to
-// be empty first.
+// be empty first. (Writers of served layout 1 are fenced by the new table
+// names instead; run waits for them too, as the upgrade notes in
+// docs/operations.md say.)
 func BackfillPending(ctx context.Context, conn driver.Conn, cfg Config) (bool, error) {
 	if err := cfg.Validate(); err != nil {
 		return false, err
@@ -1243,7 +1254,7 @@ func BackfillPending(ctx context.Context, conn driver.Conn, cfg Config) (bool, e
 	if n < 2 {
 		return false, nil
 	}
-	if err := conn.QueryRow(ctx, "SELECT count() FROM "+cfg.Database+".schema_migrations WHERE name = ?", fmt.Sprintf("served_fy%d", cfg.FiscalStartMonth)).Scan(&n); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT count() FROM "+cfg.Database+".schema_migrations WHERE name = ?", backfillRecord(cfg.FiscalStartMonth)).Scan(&n); err != nil {
 		return false, fmt.Errorf("served rollups: read schema_migrations: %w", err)
 	}
 	if n > 0 {

@@ -128,7 +128,7 @@ func TestServedRangeChunks(t *testing.T) {
 	if err := st.Write(ctx, factsOf(late, nil)); err != nil {
 		t.Fatal(err)
 	}
-	execSQL(t, st, "SYSTEM STOP MERGES "+st.Database()+".rollups_served")
+	execSQL(t, st, "SYSTEM STOP MERGES "+st.Database()+".served_rollups")
 	before := versions(t, st, mid, "2026-04-01")
 	batch := map[string]int32{last: q2}
 	for _, a := range inner {
@@ -141,7 +141,7 @@ func TestServedRangeChunks(t *testing.T) {
 	if got := versions(t, st, mid, "2026-04-01") - before; got != 1 {
 		t.Errorf("account %q of the later group, inside a range from Q1: %d new versions of its Q2 row, want 1 (skipped)", mid, got)
 	}
-	execSQL(t, st, "SYSTEM START MERGES "+st.Database()+".rollups_served")
+	execSQL(t, st, "SYSTEM START MERGES "+st.Database()+".served_rollups")
 	refreshDue(t, st, cfg)
 	d := differences(t, sv, sorted[1:])
 	// The last account's Q1 row was never computed (its group starts at
@@ -207,7 +207,7 @@ func refreshDue(t *testing.T, st *store.Store, cfg schema.Config) {
 func versions(t *testing.T, st *store.Store, account, day string) int {
 	t.Helper()
 	var n uint64
-	if err := st.Conn().QueryRow(context.Background(), "SELECT uniqExact(version) FROM "+st.Database()+".rollups_served WHERE account_id = ? AND quarter_start = toDate(?)", account, day).Scan(&n); err != nil {
+	if err := st.Conn().QueryRow(context.Background(), "SELECT uniqExact(version) FROM "+st.Database()+".served_rollups WHERE account_id = ? AND quarter_start = toDate(?)", account, day).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return int(n)
@@ -248,7 +248,7 @@ func TestRecomputeSizeErrors(t *testing.T) {
 			if err == nil {
 				t.Fatalf("%s: no error", c.query)
 			}
-			if got := schema.SizeError(fmt.Errorf("recompute rollups_served: %w", err)); got != c.size {
+			if got := schema.SizeError(fmt.Errorf("recompute served_rollups: %w", err)); got != c.size {
 				t.Errorf("%v: size error %v, want %v", err, got, c.size)
 			}
 		})
@@ -278,7 +278,7 @@ func TestRecomputeSizeErrors(t *testing.T) {
 }
 
 // faultConn passes everything to a real connection, but records the
-// accounts of each recompute INSERT into features_served (the first
+// accounts of each recompute INSERT into served_feature_sets (the first
 // statement of a chunk) and may fail a chunk's statements (fail) or make
 // its landing look late (the next server clock read after a chunk's
 // rollups INSERT is pushed ahead by lateBy).
@@ -304,10 +304,10 @@ func (r errRow) Scan(...any) error    { return r.err }
 func (r errRow) ScanStruct(any) error { return r.err }
 
 func (f *faultConn) Exec(ctx context.Context, q string, args ...any) error {
-	if strings.HasPrefix(q, "INSERT INTO ") && strings.Contains(q, "_served (") {
+	if strings.HasPrefix(q, "INSERT INTO ") && (strings.Contains(q, ".served_rollups (") || strings.Contains(q, ".served_feature_sets (")) {
 		accounts, kind := f.accountsOf(q)
 		table := "rollups"
-		if strings.Contains(q, ".features_served (") {
+		if strings.Contains(q, ".served_feature_sets (") {
 			table = "features"
 			f.sizes = append(f.sizes, fmt.Sprint(kind, len(accounts)))
 		}
@@ -325,10 +325,10 @@ func (f *faultConn) Exec(ctx context.Context, q string, args ...any) error {
 				return err
 			}
 		}
-		if strings.Contains(q, ".rollups_served (") && f.late != nil && f.late(len(f.sizes)-1) {
+		if strings.Contains(q, ".served_rollups (") && f.late != nil && f.late(len(f.sizes)-1) {
 			f.pushed = true
 		}
-		if strings.Contains(q, ".rollups_served (") && f.clockFail != nil && f.clockFail(len(f.sizes)-1) {
+		if strings.Contains(q, ".served_rollups (") && f.clockFail != nil && f.clockFail(len(f.sizes)-1) {
 			f.broken = true
 		}
 	}

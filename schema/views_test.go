@@ -53,7 +53,7 @@ func write(t *testing.T, st *store.Store, f *schema.Facts) {
 func serve(t *testing.T, st *store.Store) {
 	t.Helper()
 	ctx := context.Background()
-	rows, err := st.Conn().Query(ctx, "SELECT DISTINCT name FROM "+st.Database()+".schema_migrations WHERE kind = 'backfill'")
+	rows, err := st.Conn().Query(ctx, "SELECT DISTINCT name FROM "+st.Database()+".schema_migrations WHERE kind = 'backfill' AND startsWith(name, 'served_v2_fy')") // builds of the current layout
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func serve(t *testing.T, st *store.Store) {
 			t.Fatal(err)
 		}
 		var fy int
-		if _, err := fmt.Sscanf(name, "served_fy%d", &fy); err != nil {
+		if _, err := fmt.Sscanf(name, "served_v2_fy%d", &fy); err != nil {
 			t.Fatalf("backfill record %q: %v", name, err)
 		}
 		fys = append(fys, fy)
@@ -106,7 +106,7 @@ func syncReaders(t *testing.T, st *store.Store) {
 		return // views
 	}
 	var fy int
-	if _, err := fmt.Sscan(def, &fy); err != nil {
+	if _, err := fmt.Sscanf(def, "%d served_v2", &fy); err != nil {
 		t.Fatalf("reader_tables record %q: %v", def, err)
 	}
 	if err := schema.SyncReaders(ctx, st.Conn(), schema.Config{Database: st.Database(), FiscalStartMonth: fy}); err != nil {

@@ -405,7 +405,7 @@ func TestVerify(t *testing.T) {
 		t.Fatal("want two accounts")
 	}
 	// A newer version of one served row with one login more.
-	if err := st.Conn().Exec(ctx, "INSERT INTO "+db+".rollups_served SELECT fy, account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins + 1, feature_events, features_used, last_activity_at, updated_at, version + 1 FROM "+db+".rollups_served FINAL WHERE account_id = '"+victim+"' AND quarter_start = '"+rows[0].QuarterStart.Format(time.DateOnly)+"'"); err != nil {
+	if err := st.Conn().Exec(ctx, "INSERT INTO "+db+".served_rollups SELECT fy, account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins + 1, feature_events, features_used, last_activity_at, updated_at, version + 1 FROM "+db+".served_rollups FINAL WHERE account_id = '"+victim+"' AND quarter_start = '"+rows[0].QuarterStart.Format(time.DateOnly)+"'"); err != nil {
 		t.Fatal(err)
 	}
 	code, out, _ = exec(ctx, append([]string{"verify"}, ch...)...)
@@ -419,6 +419,14 @@ func TestVerify(t *testing.T) {
 	}
 	if code, out, _ = exec(ctx, append([]string{"verify", "--accounts", other}, ch...)...); code != 0 || !strings.Contains(out, "1 accounts checked, 0 differences") {
 		t.Fatalf("verify --accounts %s: exit %d:\n%s", other, code, out)
+	}
+	// A newer version of one served feature set with one event more on its
+	// first feature: verify reads the sets through ARRAY JOIN too.
+	if err := st.Conn().Exec(ctx, "INSERT INTO "+db+".served_feature_sets SELECT fy, account_id, quarter_start, quarter_end, quarter, features, active_users, arrayMap((e, i) -> if(i = 1, e + 1, e), events, arrayEnumerate(events)), updated_at, version + 1 FROM "+db+".served_feature_sets FINAL WHERE account_id = '"+other+"' LIMIT 1"); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, _ = exec(ctx, append([]string{"verify", "--accounts", other}, ch...)...); code != 1 || !strings.Contains(out, "1 accounts checked, 1 differences") || !strings.Contains(out, "feature") {
+		t.Fatalf("verify --accounts %s after changing a feature set: exit %d, want 1 and the feature row:\n%s", other, code, out)
 	}
 }
 

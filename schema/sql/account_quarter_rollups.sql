@@ -1,5 +1,5 @@
 -- account_quarter_rollups (contract section 4): one row per
--- (account_id, quarter_start), read from rollups_served. FINAL keeps the
+-- (account_id, quarter_start), read from served_rollups. FINAL keeps the
 -- greatest version of each key, so a plain SELECT sees exactly one row
 -- while older versions still wait for a merge; the cost is that of the
 -- served rows, not of the history of facts. Filters on the key columns
@@ -25,5 +25,5 @@ SELECT
     features_used,
     last_activity_at,
     updated_at
-FROM {{.DB}}.rollups_served AS served_{{.Marker}} FINAL
+FROM {{.DB}}.served_rollups AS served_{{.Marker}} FINAL
 WHERE fy = {{.FiscalStartMonth}}

@@ -2,7 +2,8 @@
 -- selects, for quarters from {{.FromQ}} on, computed from the facts
 -- (UNION ALL + GROUP BY, no JOIN, no FINAL, every UNION ALL column named in
 -- every branch: see compute_rollups.sql). A recompute INSERTs them into
--- features_served. Fiscal year start month: {{.FiscalStartMonth}}.
+-- served_feature_sets, grouped into one set per account and quarter.
+-- Fiscal year start month: {{.FiscalStartMonth}}.
 SELECT
     account_id,
     {{qstart "qi"}} AS quarter_start,

@@ -1,6 +1,6 @@
 -- The rollup rows (contract section 4) of the accounts the filter selects,
 -- for quarters from {{.FromQ}} on, computed from the facts. A recompute
--- (schema/served.go) INSERTs them into rollups_served; usagepipe verify
+-- (schema/served.go) INSERTs them into served_rollups; usagepipe verify
 -- compares them with the view. Every filter is on the fact tables' primary
 -- key prefix (account_id), so the cost is that of the accounts selected.
 -- Seat and purchase facts are read over the accounts' whole history (the

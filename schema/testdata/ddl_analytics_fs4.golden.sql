@@ -230,8 +230,74 @@ CREATE TABLE IF NOT EXISTS analytics.rollup_marks
 ENGINE = ReplacingMergeTree(marked_at)
 ORDER BY (account_id, month);
 
+-- Served rollups (contract section 4, "Reading is cheap"): one computed row
+-- per (fiscal start month, account, quarter) and version. A recompute
+-- (schema/served.go) INSERTs rows computed from the facts by
+-- compute_rollups.sql; version = S * 2^32 + a random tie-break, S being the
+-- server clock (seconds) read before the INSERT, updated_at = S. The view
+-- account_quarter_rollups reads FINAL: the greatest version of each key.
+-- fy keeps the rows of two fiscal calendars apart (see docs/design.md,
+-- "Served rollups").
+-- ORDER BY (fy, account_id, quarter_start): the row's key; ReplacingMergeTree
+-- keeps its greatest version on merge. Replaces rollups_served of migration
+-- 0003 (docs/design.md, "Feature sets"): a writer of that layout still
+-- running writes where nothing reads, so its marks stay for the sweep.
+-- A granule of 1024 rows: a one-account read through FINAL reads one
+-- granule of every unmerged part.
+CREATE TABLE IF NOT EXISTS analytics.served_rollups
+(
+    fy UInt8,
+    account_id String,
+    quarter_start Date,
+    quarter_end Date,
+    quarter String,
+    seats_purchased UInt64,
+    seats_assigned UInt64,
+    seat_utilization Float64,
+    active_users UInt64,
+    active_assigned_users UInt64,
+    activation_rate Float64,
+    logins UInt64,
+    feature_events UInt64,
+    features_used UInt64,
+    last_activity_at DateTime('UTC'),
+    updated_at DateTime('UTC'),
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (fy, account_id, quarter_start)
+SETTINGS index_granularity = 1024;
+
+-- Served feature sets: one computed row per (fiscal start month, account,
+-- quarter) and version, holding that quarter's feature rows as parallel
+-- arrays (element i of features, active_users and events is one row of
+-- account_quarter_features). Written by the same recompute as
+-- served_rollups (features first, then rollups: a rollup row of version S
+-- vouches that the feature sets of S landed). The view
+-- account_quarter_features reads FINAL and ARRAY JOINs the arrays: a FINAL
+-- read merges accounts x quarters rows, not one per feature (docs/design.md,
+-- "Feature sets"). Replaces features_served (one row per feature).
+-- ORDER BY (fy, account_id, quarter_start): the row's key. A granule of
+-- 1024 sets (about 10k feature rows) keeps a one-account read small.
+CREATE TABLE IF NOT EXISTS analytics.served_feature_sets
+(
+    fy UInt8,
+    account_id String,
+    quarter_start Date,
+    quarter_end Date,
+    quarter String,
+    features Array(String),
+    active_users Array(UInt64),
+    events Array(UInt64),
+    updated_at DateTime('UTC'),
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (fy, account_id, quarter_start)
+SETTINGS index_granularity = 1024;
+
 -- account_quarter_rollups (contract section 4): one row per
--- (account_id, quarter_start), read from rollups_served. FINAL keeps the
+-- (account_id, quarter_start), read from served_rollups. FINAL keeps the
 -- greatest version of each key, so a plain SELECT sees exactly one row
 -- while older versions still wait for a merge; the cost is that of the
 -- served rows, not of the history of facts. Filters on the key columns
@@ -257,12 +323,14 @@ SELECT
     features_used,
     last_activity_at,
     updated_at
-FROM analytics.rollups_served AS served_v2d9723b180bf3300 FINAL
+FROM analytics.served_rollups AS served_v492d14975b9572ce FINAL
 WHERE fy = 4;
 
 -- account_quarter_features (contract section 4): one row per
--- (account_id, quarter_start, feature) with at least one event, read from
--- features_served FINAL (see account_quarter_rollups.sql).
+-- (account_id, quarter_start, feature) with at least one event: the greatest
+-- version of each (account, quarter)'s feature set, read from
+-- served_feature_sets FINAL and unfolded by ARRAY JOIN (see
+-- account_quarter_rollups.sql and docs/design.md, "Feature sets").
 -- Fiscal year start month: 4. The table alias carries
 -- a hash of this statement.
 CREATE VIEW analytics.account_quarter_features AS
@@ -274,5 +342,6 @@ SELECT
     feature,
     active_users,
     events
-FROM analytics.features_served AS served_v134faada93406bc1 FINAL
+FROM analytics.served_feature_sets AS served_v8c4b80408a13ad0d FINAL
+ARRAY JOIN features AS feature, active_users, events
 WHERE fy = 4;
