@@ -32,8 +32,8 @@ type pipeline struct {
 	db       string
 	fiscal   int
 	produced []reference.Record
-	tweak    func(*ingest.Config)              // applied to the consumer's settings by runReg, if set
-	writer   func(ingest.Writer) ingest.Writer // wraps the store runReg writes through, if set
+	tweak    func(*ingest.Config)              // applied to the consumer's settings by runReg and start, if set
+	writer   func(ingest.Writer) ingest.Writer // wraps the store runReg and start write through, if set
 	chAddrs  []string                          // ClickHouse nodes; nil: chtest's server
 	cluster  string                            // ClickHouse cluster of chAddrs, if any
 }

@@ -416,7 +416,14 @@ func (p *pipeline) startConsumer(group string, reg prometheus.Registerer) (*inge
 	cfg.FiscalStartMonth = p.fiscal
 	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, group
 	cfg.FlushInterval = 200 * time.Millisecond
-	c, err := ingest.New(cfg, st, nil, reg)
+	if p.tweak != nil {
+		p.tweak(&cfg)
+	}
+	var w ingest.Writer = st
+	if p.writer != nil {
+		w = p.writer(st)
+	}
+	c, err := ingest.New(cfg, w, nil, reg)
 	if err != nil {
 		p.t.Fatal(err)
 	}
