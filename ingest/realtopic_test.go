@@ -107,22 +107,7 @@ func (p *pipeline) runReg(group string, reg prometheus.Registerer) {
 	if err := schema.MigrateOn(ctx, st.Topology(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal, Cluster: p.cluster}, nil); err != nil {
 		p.t.Fatal(err)
 	}
-	cfg := ingest.Defaults()
-	cfg.FiscalStartMonth = p.fiscal
-	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, group
-	cfg.FlushInterval = 200 * time.Millisecond
-	cfg.UntilCaughtUp = true
-	if p.tweak != nil {
-		p.tweak(&cfg)
-	}
-	var w ingest.Writer = st
-	if p.writer != nil {
-		w = p.writer(st)
-	}
-	c, err := ingest.New(cfg, w, nil, reg)
-	if err != nil {
-		p.t.Fatal(err)
-	}
+	c := p.newConsumer(st, group, true, reg)
 	if err := c.Run(ctx); err != nil {
 		p.t.Fatalf("run: %v", err)
 	}
@@ -412,21 +397,7 @@ func (p *pipeline) startConsumer(group string, reg prometheus.Registerer) (*inge
 	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal}, nil); err != nil {
 		p.t.Fatal(err)
 	}
-	cfg := ingest.Defaults()
-	cfg.FiscalStartMonth = p.fiscal
-	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, group
-	cfg.FlushInterval = 200 * time.Millisecond
-	if p.tweak != nil {
-		p.tweak(&cfg)
-	}
-	var w ingest.Writer = st
-	if p.writer != nil {
-		w = p.writer(st)
-	}
-	c, err := ingest.New(cfg, w, nil, reg)
-	if err != nil {
-		p.t.Fatal(err)
-	}
+	c := p.newConsumer(st, group, false, reg)
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
 	return c, func() {
@@ -498,4 +469,27 @@ func (p *pipeline) wantLoginsWritten(n uint64) {
 	if got := p.storedLogins(); got != n {
 		p.t.Fatalf("logins written before the stop: %d, want %d", got, n)
 	}
+}
+
+// newConsumer is a consumer of the pipeline's topic in group writing to
+// st, with p.tweak and p.writer applied.
+func (p *pipeline) newConsumer(st *store.Store, group string, untilCaughtUp bool, reg prometheus.Registerer) *ingest.Consumer {
+	p.t.Helper()
+	cfg := ingest.Defaults()
+	cfg.FiscalStartMonth = p.fiscal
+	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, group
+	cfg.FlushInterval = 200 * time.Millisecond
+	cfg.UntilCaughtUp = untilCaughtUp
+	if p.tweak != nil {
+		p.tweak(&cfg)
+	}
+	var w ingest.Writer = st
+	if p.writer != nil {
+		w = p.writer(st)
+	}
+	c, err := ingest.New(cfg, w, nil, reg)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return c
 }
