@@ -46,6 +46,11 @@ type Config struct {
 	// SweepInterval is how often the serve loop checks every mark against
 	// the served rows (docs/design.md, "Served rollups").
 	SweepInterval time.Duration
+	// LiveCacheMemory bounds the live path's cache of account facts
+	// (--live-cache-mib; docs/design.md, "Live quarter"): accounts beyond
+	// it are recomputed after each flush instead. 0 turns the live path
+	// off.
+	LiveCacheMemory int64
 
 	// ConnOpts are the Kafka connection options (TLS, SASL, logger) of
 	// every client the consumer opens: the group client and the direct
@@ -75,6 +80,7 @@ func Defaults() Config {
 		Workers:           min(runtime.GOMAXPROCS(0), 8),
 		ProgressInterval:  10 * time.Second,
 		SweepInterval:     time.Minute,
+		LiveCacheMemory:   256 << 20,
 	}
 }
 
@@ -111,6 +117,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("kafka-rebalance-timeout: must be at least 1s, got %s", c.RebalanceTimeout)
 	case c.ShutdownTimeout <= 0 || c.PingInterval <= 0:
 		return errors.New("shutdown timeout and ping interval must be positive")
+	case c.LiveCacheMemory < 0:
+		return fmt.Errorf("live-cache-mib: must not be negative, got %d", c.LiveCacheMemory>>20)
 	case c.SweepInterval <= 0:
 		return fmt.Errorf("sweep interval: must be positive, got %s", c.SweepInterval)
 	case c.FiscalStartMonth < 0 || c.FiscalStartMonth > 12:

@@ -201,6 +201,7 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 	c.srv = srv
 	if srv != nil {
 		srv.live = func() bool { return c.lagKnown.Load() && c.totalLag.Load() < liveLag }
+		srv.lag = func() (int64, bool) { return c.totalLag.Load(), c.lagKnown.Load() }
 	}
 	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_dedup_disk_bytes",
 		Help: "Bytes of the duplicate filters' on-disk store (files and write buffers) while run runs."},
@@ -342,7 +343,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 			err = c.srv.complete(flushCtx)
 		case err == nil || errors.Is(err, ErrTopicRecreated):
 			// SIGTERM: the served rows of what this run wrote, within the
-			// shutdown timeout; else the next sweep (any instance) does it.
+			// shutdown timeout; else the next sweep (any instance) does it
+			// (also the recompute of this run's live rows).
+			c.srv.endLive()
 			if derr := c.srv.round(flushCtx, false, true); derr != nil {
 				c.log.Warn("served rollups: not recomputed at shutdown; the next sweep will", "err", derr)
 			}
@@ -893,7 +896,7 @@ func (c *Consumer) flusher(ctx context.Context) {
 				c.m.delay.ObserveN(now.Sub(time.Unix(s, 0)).Seconds()-0.5, uint64(n))
 			}
 			if c.srv != nil {
-				c.srv.touch(job.facts.AccountMonths, job.delays)
+				c.srv.touch(job.facts, job.delays)
 			}
 		}
 		c.flushDone <- job
@@ -1096,6 +1099,9 @@ func (c *Consumer) onAssigned(_ context.Context, _ *kgo.Client, assigned map[str
 	for _, p := range assigned[c.cfg.Topic] {
 		c.owned[p] = true
 	}
+	if c.srv != nil && len(assigned[c.cfg.Topic]) > 0 {
+		c.srv.assignmentChanged()
+	}
 	c.updateReady()
 }
 
@@ -1110,6 +1116,9 @@ func (c *Consumer) onRevoked(_ context.Context, _ *kgo.Client, revoked map[strin
 		}
 	}
 	c.drop(revoked[c.cfg.Topic])
+	if c.srv != nil && len(revoked[c.cfg.Topic]) > 0 {
+		c.srv.assignmentChanged()
+	}
 }
 
 // onLost drops state without committing: another member owns the
@@ -1118,6 +1127,9 @@ func (c *Consumer) onLost(_ context.Context, _ *kgo.Client, lost map[string][]in
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.drop(lost[c.cfg.Topic])
+	if c.srv != nil && len(lost[c.cfg.Topic]) > 0 {
+		c.srv.assignmentChanged()
+	}
 }
 
 // openDisk opens the duplicate filters' on-disk tier in a directory of its

@@ -44,7 +44,10 @@
 // Run owns five goroutines: the poll loop (the caller's), the flusher, a
 // ClickHouse pinger, the progress reporter (progress.go) and the serve loop
 // (serve.go), which recomputes the served rollups of the accounts each
-// flush wrote, off the ingest path, and sweeps for stale ones; all stop
+// flush wrote, off the ingest path, and sweeps for stale ones; the serve
+// loop owns the live loop (live.go), which writes the live quarter's rows
+// from a cache of the accounts' facts after each flush while the consumer
+// is caught up, and the copy lease's heartbeat; all stop
 // before Run returns (with --until-caught-up, after the served rows are
 // complete). Partitions of one poll are spread over per-worker goroutines
 // (Config.Workers, each with its own Aggregator) that the poll loop starts
@@ -77,5 +80,7 @@
 // usagepipe_serve_accounts_recomputed_total, usagepipe_serve_sweeps_total,
 // usagepipe_serve_stale_accounts_total, usagepipe_serve_errors_total,
 // usagepipe_serve_pending_accounts, usagepipe_serve_copy_lease,
-// usagepipe_serve_copy_installs_total.
+// usagepipe_serve_copy_installs_total, usagepipe_serve_live_rows_total,
+// usagepipe_serve_live_loads_total, usagepipe_serve_live_errors_total,
+// usagepipe_serve_live_cache_bytes.
 package ingest

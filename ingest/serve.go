@@ -34,22 +34,28 @@ type connProvider interface {
 // whoever wrote them. Its loop is owned by Consumer.Run.
 type server struct {
 	sv      *schema.Served
-	conn    driver.Conn   // the server of the reader tables (one server)
-	scfg    schema.Config // database and calendar
-	copy    *schema.Copy  // reader tables (servers before 20.1); nil: views or not known yet
-	live    func() bool   // the consumer is about caught up (nil: never)
-	copyAt  time.Time     // the last keepCopy (serve loop only)
-	copyDue bool          // served rows changed since the last successful keepCopy
-	holder  bool          // this process took the copy lease and did not see it taken
-	uptime  uint64        // the server's uptime at the last keepCopy (a drop: it restarted)
-	beatAs  atomic.Value  // string: the lease's holder name the heartbeat goroutine beats for
+	conn    driver.Conn                        // the server of the reader tables (one server)
+	scfg    schema.Config                      // database and calendar
+	copy    *schema.Copy                       // reader tables (servers before 20.1); nil: views or not known yet
+	live    func() bool                        // the consumer is about caught up (nil: never)
+	lag     func() (records int64, known bool) // the consumer's lag (nil: not known)
+	lv      *liveServe                         // the live path (nil: off)
+	copyAt  time.Time                          // the last keepCopy (serve loop only)
+	copyDue bool                               // served rows changed since the last successful keepCopy
+	holder  bool                               // this process took the copy lease and did not see it taken
+	uptime  uint64                             // the server's uptime at the last keepCopy (a drop: it restarted)
+	beatAs  atomic.Value                       // string: the lease's holder name the heartbeat goroutine beats for
 	cwarn   rateLimiter
 	log     *slog.Logger
 	every   time.Duration
 	warn    rateLimiter
+	lwarn   rateLimiter
+
+	copyMu sync.Mutex // one keepCopy at a time (recompute and live loops)
 
 	mu      sync.Mutex
 	pending map[string]int32 // account → earliest quarter to recompute
+	confirm map[string]int32 // live rows the sweep found: recomputed confirmChunk per round (recompute loop only)
 	delays  map[int64]int    // record second → new records of the pending accounts
 	lastQ   int32            // the greatest quarter this process has seen served or touched
 	sweep   bool             // sweep at the next round (rollover, start)
@@ -75,7 +81,18 @@ func newServer(w Writer, cfg Config, log *slog.Logger, reg prometheus.Registerer
 	if err != nil {
 		return nil, fmt.Errorf("served rollups: %w", err)
 	}
-	s := &server{sv: sv, conn: t.Global, scfg: scfg, log: log, every: cfg.SweepInterval, pending: map[string]int32{}, delays: map[int64]int{}, sweep: true, kick: make(chan struct{}, 1)}
+	s := &server{sv: sv, conn: t.Global, scfg: scfg, log: log, every: cfg.SweepInterval, pending: map[string]int32{}, confirm: map[string]int32{}, delays: map[int64]int{}, sweep: true, kick: make(chan struct{}, 1)}
+	if cfg.LiveCacheMemory > 0 && !cfg.UntilCaughtUp {
+		// An --until-caught-up run recomputes every account it touched
+		// before it exits: live rows would only be replaced.
+		s.lv = newLiveServe(cfg.LiveCacheMemory, cfg.FiscalStartMonth, reg)
+		sv.LiveWriter = schema.NewLiveWriter()
+	}
+	if cfg.SweepInterval > 0 {
+		// Another process's live rows are its to confirm, for three
+		// sweeps; after that any process recomputes them.
+		sv.LiveConfirmAge = 3 * cfg.SweepInterval
+	}
 	f := promauto.With(reg)
 	s.recomputed = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_accounts_recomputed_total", Help: "Accounts whose served rollup rows were recomputed (one per account and recompute)."})
 	s.sweeps = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_sweeps_total", Help: "Sweeps: checks of every mark against the served rows."})
@@ -97,15 +114,19 @@ func newServer(w Writer, cfg Config, log *slog.Logger, reg prometheus.Registerer
 	return s, nil
 }
 
-// touch queues the accounts of a flush that was just written; delays
-// counts its new records by record second.
-func (s *server) touch(am []schema.AccountMonth, delays map[int64]int) {
+// touch queues the accounts of a flush that was just written (and, on the
+// live path, its fact rows); delays counts its new records by record
+// second.
+func (s *server) touch(f *schema.Facts, delays map[int64]int) {
+	am := f.AccountMonths
 	if len(am) == 0 {
 		return
 	}
 	s.mu.Lock()
-	for sec, n := range delays {
-		s.delays[sec] += n
+	if s.lv == nil || !s.lv.gather(f, delays) {
+		for sec, n := range delays {
+			s.delays[sec] += n
+		}
 	}
 	for _, r := range am {
 		s.sv.NoteMonth(r.Month)
@@ -138,6 +159,9 @@ func (s *server) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { s.heartbeat(ctx) })
+	if s.lv != nil {
+		wg.Go(func() { s.liveLoop(ctx) })
+	}
 	next := time.Now()
 	backoff := 100 * time.Millisecond
 	tick := time.NewTicker(time.Second)
@@ -159,8 +183,11 @@ func (s *server) run(ctx context.Context) {
 		// recompute also runs on one server thread, leaving the other
 		// core to ingestion (2M-record drain +16% → +8% over the code
 		// before served rows, and the exit sooner; benchmarks/README.md).
+		// While the live path runs, freshness is its job: recomputes
+		// (the sweep's confirmations, late events) pace themselves as
+		// during a backlog, leaving ClickHouse to the live rows.
 		pause, rctx := took, schema.OneThread(ctx)
-		if s.live != nil && s.live() {
+		if s.live != nil && s.live() && !s.liveOn() {
 			pause, rctx = 0, ctx
 		}
 		if wait := pause - time.Since(last); !last.IsZero() && wait > 0 {
@@ -172,6 +199,7 @@ func (s *server) run(ctx context.Context) {
 			continue
 		}
 		began := time.Now()
+		s.pace()
 		err := s.round(rctx, time.Now().After(next), true)
 		last, took = time.Now(), time.Since(began)
 		if err != nil {
@@ -213,6 +241,14 @@ func (s *server) round(ctx context.Context, sweepDue, refresh bool) error {
 	batch, delays := s.pending, s.delays
 	s.pending, s.delays, s.sweep = map[string]int32{}, map[int64]int{}, false
 	s.mu.Unlock()
+	if s.lv != nil {
+		// The live loop writes these accounts' rows of the live quarter.
+		for a, q := range batch {
+			if s.lv.covers(a, q) {
+				delete(batch, a)
+			}
+		}
+	}
 	if sweep {
 		stale, err := s.sv.Stale(ctx)
 		if err != nil {
@@ -225,10 +261,28 @@ func (s *server) round(ctx context.Context, sweepDue, refresh bool) error {
 			s.log.Info("served rollups: sweep found stale accounts", "accounts", len(stale))
 		}
 		for a, q := range stale {
+			if s.lv != nil && s.lv.cached(a) {
+				// Its live row is the greatest (of the live quarter, or
+				// of the one before a rollover): confirmed by a
+				// recompute over the next rounds, not all in this one.
+				s.confirm[a] = q
+				continue
+			}
 			if old, ok := batch[a]; !ok || q < old {
 				batch[a] = q
 			}
 		}
+	}
+	n := 0
+	for a, q := range s.confirm {
+		if n == confirmChunk {
+			break
+		}
+		if old, ok := batch[a]; !ok || q < old {
+			batch[a] = q
+		}
+		delete(s.confirm, a)
+		n++
 	}
 	if len(batch) > 0 {
 		err := s.sv.Recompute(ctx, batch, nil)
@@ -254,7 +308,7 @@ func (s *server) round(ctx context.Context, sweepDue, refresh bool) error {
 		// the lease of a holder that went away.) A failure here is not a
 		// failed recompute: the next round tries again (also the round at
 		// shutdown, after a refresh the stop interrupted).
-		if err := s.keepCopy(ctx, sweep); err != nil {
+		if err := s.keepCopyLocked(ctx, sweep); err != nil {
 			if ctx.Err() == nil {
 				s.errs.Inc()
 				s.cwarn.Do(func(n int) {
@@ -266,12 +320,18 @@ func (s *server) round(ctx context.Context, sweepDue, refresh bool) error {
 		}
 		s.copyAt = time.Now()
 	}
+	s.observe(delays)
+	return nil
+}
+
+// observe reports the served delay of records (record second → count)
+// whose accounts' rows readers see now.
+func (s *server) observe(delays map[int64]int) {
 	now := time.Now()
 	for sec, n := range delays {
 		// As usagepipe_event_delay_seconds: from the middle of the second.
 		s.delay.ObserveN(now.Sub(time.Unix(sec, 0)).Seconds()-0.5, uint64(n))
 	}
-	return nil
 }
 
 // heartbeat beats for the copy lease every 5 s while this process holds
@@ -302,6 +362,13 @@ func (s *server) held(c *schema.Copy) {
 	} else {
 		s.holds.Set(0)
 	}
+}
+
+// keepCopyLocked is keepCopy under copyMu.
+func (s *server) keepCopyLocked(ctx context.Context, full bool) error {
+	s.copyMu.Lock()
+	defer s.copyMu.Unlock()
+	return s.keepCopy(ctx, full)
 }
 
 // keepCopy brings the reader tables up to date where they are tables
@@ -435,6 +502,11 @@ func (s *server) requeue(batch map[string]int32, delays map[int64]int, sweep boo
 // says so; their own runs complete their accounts).
 func (s *server) complete(ctx context.Context) error {
 	const maxRounds = 10
+	s.endLive() // every live row is replaced by a recompute below
+	// Strict: another writer's live rows are recomputed too (a crashed
+	// writer's last live row may miss its last flush, whose mark a young
+	// live row of another writer would otherwise satisfy).
+	s.sv.LiveConfirmAge = 0
 	// The serve loop's heartbeat stopped with it: beat for the copy lease
 	// here too, or long final sweeps would let another process take it.
 	hctx, stop := context.WithCancel(ctx)

@@ -52,6 +52,19 @@ func (p *pipeline) produceAccounts(recs []login) {
 	}
 }
 
+// produceMinutes produces logins from-from+n-1 (event e<i>, account
+// acct-<i mod accounts>, user u-<i mod users>), one a minute from
+// 2026-04-02, to partition 0.
+func (p *pipeline) produceMinutes(from, n, accounts, users int) {
+	p.t.Helper()
+	start := utc(2026, 4, 2)
+	var recs []login
+	for i := from; i < from+n; i++ {
+		recs = append(recs, login{fmt.Sprint("e", i), fmt.Sprint("acct-", i%accounts), fmt.Sprint("u-", i%users), start.Add(time.Duration(i) * time.Minute)})
+	}
+	p.produceAccounts(recs)
+}
+
 // factsOnly is a Writer without the connection the serve loop needs: a
 // consumer writing through it writes facts and marks and never recomputes,
 // as one that crashed after each flush would leave the database.
@@ -399,7 +412,10 @@ func TestServedSweepAfterLateChunk(t *testing.T) {
 	b := kafkatest.Brokers(t)[0] // kfake
 	p := newRealTopic(t, b)
 	conn := &lateConn{}
-	p.tweak = func(cfg *ingest.Config) { cfg.SweepInterval = time.Hour }
+	p.tweak = func(cfg *ingest.Config) {
+		cfg.SweepInterval = time.Hour
+		cfg.LiveCacheMemory = 0 // recomputes only: their chunks are what lands late
+	}
 	p.writer = func(w ingest.Writer) ingest.Writer {
 		st := w.(*store.Store)
 		conn.Conn = st.Conn()
@@ -408,14 +424,7 @@ func TestServedSweepAfterLateChunk(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	stop := p.start("g", reg)
 	defer stop()
-	start := utc(2026, 4, 2)
-	logins := func(from, n int) {
-		var recs []login
-		for i := from; i < from+n; i++ {
-			recs = append(recs, login{fmt.Sprint("e", i), fmt.Sprint("acct-", i%5), fmt.Sprint("u-", i%17), start.Add(time.Duration(i) * time.Minute)})
-		}
-		p.produceAccounts(recs)
-	}
+	logins := func(from, n int) { p.produceMinutes(from, n, 5, 17) }
 	// First the start sweep and the one for the stream's first quarter.
 	logins(0, 100)
 	p.waitLogins(100)

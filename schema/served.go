@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -42,6 +41,13 @@ type Served struct {
 	readers atomic.Int32
 	// remarked: a recompute marked accounts again (Remarked).
 	remarked atomic.Bool
+
+	// LiveWriter is this process's ID in the live rows it writes, and
+	// LiveConfirmAge how long Stale leaves another writer's live rows to
+	// that writer (0: every live row is stale). See docs/design.md,
+	// "Live quarter".
+	LiveWriter     uint16
+	LiveConfirmAge time.Duration
 }
 
 // Remarked reports whether a recompute marked accounts again since the last
@@ -707,7 +713,7 @@ func OneThread(ctx context.Context) context.Context {
 // returns the server clock after they landed; on error, failed says where:
 // 0 the feature INSERT, 1 the rollup INSERT, 2 the clock read after both.
 func (s *Served) recomputeChunk(ctx context.Context, conn driver.Conn, accounts string, fromQ int32, sec uint32, lastQ string) (landed uint32, failed int, err error) {
-	qs, err := s.recomputeStatements(accounts, fromQ, lastQ, sec, uint64(sec)<<32|uint64(rand.Uint32()))
+	qs, err := s.recomputeStatements(accounts, fromQ, lastQ, sec, recomputeVersion(sec))
 	if err != nil {
 		return 0, 0, err
 	}
@@ -871,14 +877,18 @@ type servedMarks struct {
 func (s *Served) readServedMarks(ctx context.Context, conn driver.Conn) (servedMarks, error) {
 	db := s.cfg.Database
 	rd := servedMarks{served: map[string]map[int32]uint32{}, marks: map[string]map[int32]uint32{}}
-	err := scan(ctx, conn, fmt.Sprintf("SELECT account_id, toInt32(toYear(quarter_start) * 12 + toMonth(quarter_start) - 1), toUInt32(updated_at) FROM %s.served_rollups FINAL WHERE fy = %d", db, s.cfg.FiscalStartMonth),
-		func(a string, q int32, t uint32) {
+	now, err := serverSecond(ctx, conn)
+	if err != nil {
+		return rd, err
+	}
+	err = scanServed(ctx, conn, fmt.Sprintf("SELECT account_id, toInt32(toYear(quarter_start) * 12 + toMonth(quarter_start) - 1), toUInt32(updated_at), version FROM %s.served_rollups FINAL WHERE fy = %d", db, s.cfg.FiscalStartMonth),
+		func(a string, q int32, t uint32, v uint64) {
 			m := rd.served[a]
 			if m == nil {
 				m = map[int32]uint32{}
 				rd.served[a] = m
 			}
-			m[q] = t
+			m[q] = s.servedAt(t, v, now)
 		})
 	if err != nil {
 		return rd, fmt.Errorf("read served_rollups: %w", err)
@@ -900,23 +910,54 @@ func (s *Served) readServedMarks(ctx context.Context, conn driver.Conn) (servedM
 	return rd, err
 }
 
+// servedAt is what Stale takes for the updated_at of a greatest row of
+// version v at server second now: a live row satisfies no mark (0),
+// except another writer's live row younger than LiveConfirmAge, which
+// that writer confirms (it satisfies every mark).
+func (s *Served) servedAt(updated uint32, v uint64, now uint32) uint32 {
+	if !IsLive(v) {
+		return updated
+	}
+	age := int64(now) - int64(v>>32)
+	if s.LiveConfirmAge > 0 && liveWriter(v) != s.LiveWriter && age < int64(s.LiveConfirmAge/time.Second) {
+		return ^uint32(0)
+	}
+	return 0
+}
+
+// scanServed runs a query whose rows are (String, Int32, UInt32, UInt64).
+func scanServed(ctx context.Context, conn driver.Conn, q string, fn func(string, int32, uint32, uint64)) error {
+	var (
+		a string
+		i int32
+		u uint32
+		v uint64
+	)
+	return eachRow(ctx, conn, q, []any{&a, &i, &u, &v}, func() { fn(a, i, u, v) })
+}
+
 // scan runs a query whose rows are (String, Int32, UInt32).
 func scan(ctx context.Context, conn driver.Conn, q string, fn func(string, int32, uint32)) error {
+	var (
+		a string
+		i int32
+		u uint32
+	)
+	return eachRow(ctx, conn, q, []any{&a, &i, &u}, func() { fn(a, i, u) })
+}
+
+// eachRow runs q, scans each row into dest and calls fn.
+func eachRow(ctx context.Context, conn driver.Conn, q string, dest []any, fn func()) error {
 	rows, err := conn.Query(ctx, q)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var (
-			a string
-			i int32
-			u uint32
-		)
-		if err := rows.Scan(&a, &i, &u); err != nil {
+		if err := rows.Scan(dest...); err != nil {
 			return err
 		}
-		fn(a, i, u)
+		fn()
 	}
 	return rows.Err()
 }

@@ -350,6 +350,7 @@ type pipelineSettings struct {
 	maxClockSkew  time.Duration
 	dedupWindow   time.Duration
 	dedupMemMiB   int
+	liveCacheMiB  int
 	dedupDir      string
 	flushInterval time.Duration
 	readyStall    time.Duration
@@ -366,6 +367,7 @@ func (p *pipelineSettings) register(f *flags) {
 	f.dur(&p.maxClockSkew, "max-clock-skew", time.Hour, "reject events whose occurred_at is more than this after the record timestamp")
 	f.dur(&p.dedupWindow, "dedup-window", 24*time.Hour, "an event_id repeated within this much record time in a partition is a duplicate")
 	f.intv(&p.dedupMemMiB, "dedup-memory-mib", 256, "memory for the duplicate filters' tables (all partitions); older hours of the window move to disk under --dedup-dir")
+	f.intv(&p.liveCacheMiB, "live-cache-mib", 256, "memory for the live path's cache of account facts, which rewrites the live quarter's rows after each flush (0: off, rows are recomputed)")
 	f.str(&p.dedupDir, "dedup-dir", "", "directory for the duplicate filters' on-disk part, a cache rebuilt from Kafka (default: the system's temporary directory)")
 	f.dur(&p.flushInterval, "flush-interval", time.Second, "how often aggregated facts are written to ClickHouse")
 	f.dur(&p.readyStall, "ready-stall-timeout", 20*time.Second, "/readyz fails when records wait and no flush succeeded for this long")
@@ -384,6 +386,7 @@ func (p *pipelineSettings) ingestConfig() (ingest.Config, error) {
 	cfg.SessionTimeout, cfg.RebalanceTimeout = p.session, p.rebalance
 	cfg.DedupMemory, cfg.DedupDir = int64(p.dedupMemMiB)<<20, p.dedupDir
 	cfg.UntilCaughtUp = p.untilCaughtUp
+	cfg.LiveCacheMemory = int64(p.liveCacheMiB) << 20
 	cfg.FiscalStartMonth = p.ch.fiscalStartMonth
 	if err := cfg.Validate(); err != nil {
 		return ingest.Config{}, usagef("%v", err)
