@@ -200,7 +200,6 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 	}
 	c.srv = srv
 	if srv != nil {
-		srv.live = func() bool { return c.lagKnown.Load() && c.totalLag.Load() < liveLag }
 		srv.lag = func() (int64, bool) { return c.totalLag.Load(), c.lagKnown.Load() }
 	}
 	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_dedup_disk_bytes",

@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -24,21 +23,30 @@ import (
 // holds a live row back. Live rows are for freshness only: marks stay
 // unsatisfied until a recompute, which the recompute loop's sweep runs.
 //
-// on, facts, delays and reset are guarded by server.mu; state by mu (the
-// live loop mutates it, the recompute loop asks covers); dirty is the
-// live loop's.
+// Who recomputes a mark: touch gives the marks of the live quarter of a
+// gathered flush to the live loop (owed) instead of the recompute loop
+// (pending). A live round that does not write an owed account's row
+// (not loaded, beyond the cache, unkeyed, a failure, the path turned off)
+// gives the mark back to pending. So every mark is either recomputed or
+// has a live row that the sweep confirms.
+//
+// on, facts, owed, delays and reset are guarded by server.mu; state and
+// written by mu (taken after server.mu, never before); dirty is the live
+// loop's.
 type liveServe struct {
 	maxBytes int64
 	fiscal   quarter.Fiscal
 	kick     chan struct{}
 
-	on     bool          // gathering: the live path runs
-	facts  schema.Facts  // rows of the flushes acknowledged since the last live round
-	delays map[int64]int // their records by record second
-	reset  bool          // an assignment changed: drop the cache at the next round
+	on     bool             // gathering: the live path runs
+	facts  schema.Facts     // rows of the flushes acknowledged since the last live round
+	owed   map[string]int32 // their accounts whose marks of the live quarter the live loop answers for
+	delays map[int64]int    // their records by record second
+	reset  bool             // an assignment changed: drop the cache at the next round
 
-	mu    sync.Mutex
-	state *live.State // nil until the first live round
+	mu      sync.Mutex
+	state   *live.State      // nil until the first live round
+	written map[string]int32 // accounts with a live row by this process → its quarter
 
 	dirty map[string]bool // changed accounts whose live row is not written yet
 
@@ -65,15 +73,18 @@ const liveMaxAge = 10 * time.Minute
 // slow flush does not drop and reload the cache.
 const liveOffLag = 10 * liveLag
 
+// liveMaxGathered bounds the fact rows gathered for one live round (about
+// 10 s of a 100k events/s stream): past it, while a round is held up,
+// the gathered rows are dropped and their marks recomputed instead.
+const liveMaxGathered = 2_000_000
+
 func newLiveServe(maxBytes int64, fiscalStart int, reg prometheus.Registerer) *liveServe {
-	if fiscalStart == 0 {
-		fiscalStart = 1
-	}
-	l := &liveServe{maxBytes: maxBytes, fiscal: quarter.Fiscal{StartMonth: fiscalStart}, kick: make(chan struct{}, 1), delays: map[int64]int{}, dirty: map[string]bool{}}
+	l := &liveServe{maxBytes: maxBytes, fiscal: quarter.Fiscal{StartMonth: max(fiscalStart, 1)}, kick: make(chan struct{}, 1),
+		owed: map[string]int32{}, delays: map[int64]int{}, written: map[string]int32{}, dirty: map[string]bool{}}
 	f := promauto.With(reg)
 	l.rows = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_live_rows_total", Help: "Live rows written: rollup rows of the live quarter computed from the cached facts after a flush (docs/design.md, \"Live quarter\")."})
 	l.loads = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_live_loads_total", Help: "Accounts loaded into the live cache from the fact tables."})
-	l.errors = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_live_errors_total", Help: "Live rounds that failed (their accounts are recomputed instead)."})
+	l.errors = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_live_errors_total", Help: "Live rounds that failed (the cache is dropped and their accounts are recomputed)."})
 	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_serve_live_cache_bytes", Help: "Estimated memory of the live cache (bounded by --live-cache-mib)."}, func() float64 {
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -85,19 +96,27 @@ func newLiveServe(maxBytes int64, fiscalStart int, reg prometheus.Registerer) *l
 	return l
 }
 
-// gather copies the rows of an acknowledged flush and its records'
-// delays (under server.mu); it reports whether it took them. The strings
-// are the flush's own, never rewritten, so only the row structs are
-// copied.
-func (l *liveServe) gather(f *schema.Facts, delays map[int64]int) bool {
-	if !l.on {
+// gather takes the rows of an acknowledged flush and its records' delays
+// for the live loop, if the live path runs (under server.mu); it reports
+// whether it took them. The strings are the flush's own, never
+// rewritten, so only the row structs are copied.
+func (s *server) gather(f *schema.Facts, delays map[int64]int) bool {
+	l := s.lv
+	if l == nil || !l.on {
 		return false
 	}
-	l.facts.UserActivity = append(l.facts.UserActivity, f.UserActivity...)
-	l.facts.FeatureUsers = append(l.facts.FeatureUsers, f.FeatureUsers...)
-	l.facts.EventCounts = append(l.facts.EventCounts, f.EventCounts...)
-	l.facts.SeatEvents = append(l.facts.SeatEvents, f.SeatEvents...)
-	l.facts.SeatPurchases = append(l.facts.SeatPurchases, f.SeatPurchases...)
+	g := &l.facts
+	if len(g.UserActivity)+len(g.FeatureUsers)+len(g.EventCounts) > liveMaxGathered {
+		// The live loop is held up (a long load, ClickHouse slow):
+		// recompute instead, and start over with a fresh cache.
+		s.giveBack()
+		l.reset = true
+	}
+	g.UserActivity = append(g.UserActivity, f.UserActivity...)
+	g.FeatureUsers = append(g.FeatureUsers, f.FeatureUsers...)
+	g.EventCounts = append(g.EventCounts, f.EventCounts...)
+	g.SeatEvents = append(g.SeatEvents, f.SeatEvents...)
+	g.SeatPurchases = append(g.SeatPurchases, f.SeatPurchases...)
 	for sec, n := range delays {
 		l.delays[sec] += n
 	}
@@ -106,6 +125,31 @@ func (l *liveServe) gather(f *schema.Facts, delays map[int64]int) bool {
 	default:
 	}
 	return true
+}
+
+// giveBack hands the gathered rows' marks and delays to the recompute
+// loop and drops the rows (under server.mu).
+func (s *server) giveBack() {
+	l := s.lv
+	for a, q := range l.owed {
+		s.queue(a, q)
+	}
+	for sec, n := range l.delays {
+		s.delays[sec] += n
+	}
+	l.facts, l.owed, l.delays = schema.Facts{}, map[string]int32{}, map[int64]int{}
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// queue adds account a's marks from quarter q to the recompute loop's
+// batch (under server.mu).
+func (s *server) queue(a string, q int32) {
+	if old, ok := s.pending[a]; !ok || q < old {
+		s.pending[a] = q
+	}
 }
 
 // cached reports whether the live cache holds account a.
@@ -125,19 +169,8 @@ func (s *server) liveOn() bool {
 	return s.lv.on
 }
 
-// covers reports whether account a's marks from quarter q need no
-// recompute now: a is cached and q is the live quarter, so its live row
-// is written (or about to be) by the live loop.
-func (l *liveServe) covers(a string, q int32) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.state != nil && q >= l.state.Quarter() && l.state.Has(a)
-}
-
 // pace turns the live path on when the consumer is about caught up and
-// off when it has a backlog (recompute loop). Off drops the cache at the
-// next live round: what it misses meanwhile is not gathered. The live
-// rows it wrote are left to the sweep.
+// off when it has a backlog (recompute loop).
 func (s *server) pace() {
 	if s.lv == nil || s.lag == nil {
 		return
@@ -151,6 +184,9 @@ func (s *server) pace() {
 	}
 }
 
+// setLive turns the live path on or off. Off gives what was gathered back
+// to the recompute loop and drops the cache (the live rows written are
+// left to the sweep).
 func (s *server) setLive(on bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -158,12 +194,12 @@ func (s *server) setLive(on bool) {
 		return
 	}
 	s.lv.on = on
-	s.lv.reset = true
-	s.lv.facts = schema.Facts{}
-	for sec, n := range s.lv.delays {
-		s.delays[sec] += n // the recompute loop reports them
+	if !on {
+		s.giveBack()
+		s.lv.mu.Lock()
+		s.lv.state = nil
+		s.lv.mu.Unlock()
 	}
-	s.lv.delays = map[int64]int{}
 }
 
 // assignmentChanged drops the live cache at the next live round: accounts
@@ -177,34 +213,26 @@ func (s *server) assignmentChanged() {
 	s.mu.Unlock()
 }
 
-// endLive turns the live path off for good (shutdown, the final rounds of
-// an --until-caught-up run; after both loops stopped) and queues every
-// cached account, and every live row the sweep left to confirm, for a
-// recompute: no live row of this process may stay the greatest when no
-// process runs.
+// endLive turns the live path off for good (shutdown; after both loops
+// stopped) and queues every account with a live row by this process, and
+// every live row the sweep left to confirm, for a recompute: no live row
+// of this process may stay the greatest when no process runs.
 func (s *server) endLive() {
 	if s.lv == nil {
 		return
 	}
 	s.setLive(false)
 	s.lv.mu.Lock()
-	state := s.lv.state
-	s.lv.state = nil
+	written := s.lv.written
+	s.lv.written = map[string]int32{}
 	s.lv.mu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	queue := func(a string, q int32) {
-		if old, ok := s.pending[a]; !ok || q < old {
-			s.pending[a] = q
-		}
-	}
-	if state != nil {
-		for _, a := range state.Accounts() {
-			queue(a, state.Quarter())
-		}
+	for a, q := range written {
+		s.queue(a, q)
 	}
 	for a, q := range s.confirm {
-		queue(a, q)
+		s.queue(a, q)
 	}
 	s.confirm = map[string]int32{}
 }
@@ -224,7 +252,7 @@ func (s *server) liveLoop(ctx context.Context) {
 			}
 			s.lv.errors.Inc()
 			s.lwarn.Do(func(n int) {
-				s.log.Warn("served rollups: live rows failed; recomputing instead", "err", err, "backoff", backoff, "repeats", n)
+				s.log.Warn("served rollups: live round failed; its accounts are recomputed", "err", err, "backoff", backoff, "repeats", n)
 			})
 			select {
 			case <-ctx.Done():
@@ -232,10 +260,6 @@ func (s *server) liveLoop(ctx context.Context) {
 			case <-time.After(backoff):
 			}
 			backoff = min(2*backoff, 5*time.Second)
-			select { // try again without waiting for a flush
-			case s.lv.kick <- struct{}{}:
-			default:
-			}
 			continue
 		}
 		backoff = 100 * time.Millisecond
@@ -244,46 +268,84 @@ func (s *server) liveLoop(ctx context.Context) {
 
 // liveRound merges the gathered facts, loads the accounts they touch that
 // are not cached (while the cache has room), writes the live rows of every
-// changed account and refreshes the reader tables. The records' delays
-// are reported here when every account they touched got its live row,
-// else by the recompute loop.
-func (s *server) liveRound(ctx context.Context) error {
+// changed account and refreshes the reader tables. Owed marks whose row it
+// did not write go back to the recompute loop; the records' delays are
+// reported here when none did, else by the recompute loop.
+func (s *server) liveRound(ctx context.Context) (err error) {
 	l := s.lv
 	s.mu.Lock()
 	on, reset, lastQ := l.on, l.reset, s.lastQ
-	facts, delays := l.facts, l.delays
-	l.facts, l.delays, l.reset = schema.Facts{}, map[int64]int{}, false
+	facts, owed, delays := l.facts, l.owed, l.delays
+	l.facts, l.owed, l.delays, l.reset = schema.Facts{}, map[string]int32{}, map[int64]int{}, false
 	s.mu.Unlock()
-	missed := false // an account of these facts gets no live row
+	var done map[string]bool // accounts whose live row this round wrote
 	defer func() {
-		if !missed {
-			s.observe(delays)
-			return
-		}
 		s.mu.Lock()
-		for sec, n := range delays {
-			s.delays[sec] += n
+		missed := false
+		for a, q := range owed {
+			if !done[a] {
+				s.queue(a, q)
+				missed = true
+			}
+		}
+		if missed || err != nil {
+			for sec, n := range delays {
+				s.delays[sec] += n
+			}
+			select {
+			case s.kick <- struct{}{}:
+			default:
+			}
 		}
 		s.mu.Unlock()
+		if !missed && err == nil {
+			s.observe(delays)
+		}
 	}()
-
-	// fail drops the cache: the recompute loop then recomputes these
-	// accounts (covers is false), and the next round loads them again.
-	fail := func(err error) error {
-		missed = true
+	if !on || lastQ == 0 {
+		return nil
+	}
+	rows, err := s.liveRows(ctx, &facts, lastQ, reset)
+	if err != nil {
+		l.mu.Lock()
+		l.state = nil // start over: the next round loads again
+		l.mu.Unlock()
+		return err
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	if err := s.sv.WriteLive(ctx, rows); err != nil {
 		l.mu.Lock()
 		l.state = nil
 		l.mu.Unlock()
 		return err
 	}
-
+	l.rows.Add(float64(len(rows)))
+	l.dirty = map[string]bool{}
+	done = make(map[string]bool, len(rows))
 	l.mu.Lock()
-	if !on || lastQ == 0 {
-		l.state, l.dirty = nil, map[string]bool{}
-		l.mu.Unlock()
-		missed = true
-		return nil
+	for _, r := range rows {
+		done[r.Rollup.AccountID] = true
+		l.written[r.Rollup.AccountID] = lastQ
 	}
+	l.mu.Unlock()
+	// Readers see the rows once the reader tables have them, where they
+	// are tables and this process keeps them. A failure is the recompute
+	// loop's to retry: its next round refreshes every due quarter.
+	if err := s.keepCopy(ctx, false); err != nil && ctx.Err() == nil {
+		s.errs.Inc()
+		s.cwarn.Do(func(n int) { s.log.Warn("reader tables: refresh failed; retrying", "err", err, "repeats", n) })
+	}
+	return nil
+}
+
+// liveRows brings the cache to quarter lastQ, loads the accounts facts
+// touch that it lacks (while it has room), merges facts and returns the
+// live rows of the changed accounts.
+func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32, reset bool) ([]schema.LiveRow, error) {
+	l := s.lv
+	l.mu.Lock()
 	var carried []string
 	switch {
 	case reset || l.state == nil || l.state.Quarter() > lastQ:
@@ -298,18 +360,13 @@ func (s *server) liveRound(ctx context.Context) error {
 	}
 	now := time.Now()
 	var need []string
-	for a := range touchedAccounts(&facts) {
-		if l.state.Unkeyed(a) {
-			missed = true
-			continue
-		}
+	for a := range touchedAccounts(facts) {
 		at, ok := l.state.LoadedAt(a)
 		switch {
+		case l.state.Unkeyed(a):
 		case !ok && int64(l.state.Bytes()) < l.maxBytes:
 			need = append(need, a)
-		case !ok:
-			missed = true // beyond the cache: recomputed
-		case now.Sub(at) > liveMaxAge+time.Duration(nameHash(a)%uint64(liveMaxAge/2)):
+		case ok && now.Sub(at) > liveMaxAge+time.Duration(nameHash(a)%uint64(liveMaxAge/2)):
 			need = append(need, a)
 		}
 	}
@@ -318,7 +375,7 @@ func (s *server) liveRound(ctx context.Context) error {
 	if len(carried) > 0 {
 		ld, err := s.sv.LoadLive(ctx, carried, lastQ, false)
 		if err != nil {
-			return fail(fmt.Errorf("live cache: %w", err))
+			return nil, err
 		}
 		l.mu.Lock()
 		l.state.Merge(ld)
@@ -330,10 +387,13 @@ func (s *server) liveRound(ctx context.Context) error {
 	if len(need) > 0 {
 		ld, err := s.sv.LoadLive(ctx, need, lastQ, true)
 		if err != nil {
-			return fail(fmt.Errorf("live cache: %w", err))
+			return nil, err
 		}
 		l.mu.Lock()
 		l.state.Load(need, ld, now)
+		for i := len(need) - 1; i >= 0 && int64(l.state.Bytes()) > l.maxBytes; i-- {
+			l.state.Drop(need[i]) // over the cache: recomputed instead
+		}
 		l.mu.Unlock()
 		l.loads.Add(float64(len(need)))
 		for _, a := range need {
@@ -341,30 +401,15 @@ func (s *server) liveRound(ctx context.Context) error {
 		}
 	}
 	l.mu.Lock()
-	l.state.Apply(&facts, func(a string) { l.dirty[a] = true })
+	defer l.mu.Unlock()
+	l.state.Apply(facts, func(a string) { l.dirty[a] = true })
 	rows := make([]schema.LiveRow, 0, len(l.dirty))
 	for a := range l.dirty {
 		if r, ok := l.state.Row(a); ok {
 			rows = append(rows, r)
 		}
 	}
-	l.mu.Unlock()
-	if len(rows) == 0 {
-		return nil
-	}
-	if err := s.sv.WriteLive(ctx, rows); err != nil {
-		return fail(fmt.Errorf("live rows: %w", err))
-	}
-	l.rows.Add(float64(len(rows)))
-	l.dirty = map[string]bool{}
-	// Readers see the rows once the reader tables have them, where they
-	// are tables and this process keeps them. A failure is the recompute
-	// loop's to retry (its next round refreshes every due quarter).
-	if err := s.keepCopyLocked(ctx, false); err != nil {
-		missed = true
-		return fmt.Errorf("reader tables: %w", err)
-	}
-	return nil
+	return rows, nil
 }
 
 // touchedAccounts lists the accounts of f's rows that a live cache merges.

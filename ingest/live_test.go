@@ -1,13 +1,20 @@
 package ingest_test
 
 import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagepipe/usagepipe/ingest"
 	"github.com/usagepipe/usagepipe/ingest/kafkatest"
+	"github.com/usagepipe/usagepipe/schema"
+	"github.com/usagepipe/usagepipe/schema/store"
 )
 
 // TestLiveRows: a running consumer serves its flushes through live rows
@@ -67,4 +74,64 @@ func TestLiveRows(t *testing.T) {
 			p.wantLogins(280)
 		})
 	}
+}
+
+// failLive is a store whose serve loop's live INSERTs fail while armed
+// (recomputes, which are INSERT … SELECT statements, still work).
+type failLive struct {
+	*store.Store
+	conn *failConn
+}
+
+func (w failLive) Topology() *schema.Topology { return schema.SingleServer(w.conn) }
+
+type failConn struct {
+	driver.Conn
+	armed atomic.Bool
+	fired atomic.Int32
+}
+
+func (c *failConn) PrepareBatch(ctx context.Context, q string, opts ...driver.PrepareBatchOption) (driver.Batch, error) {
+	if c.armed.Load() && strings.Contains(q, ".served_rollups ") {
+		c.fired.Add(1)
+		return nil, errors.New("injected: live INSERT failed")
+	}
+	return c.Conn.PrepareBatch(ctx, q, opts...)
+}
+
+// TestLiveRoundFails: while live INSERTs fail (each failure drops the
+// cache), the marks the live loop answered for go back to the recompute
+// loop, so the readers still get every batch, and a stop leaves no live
+// row as the greatest.
+func TestLiveRoundFails(t *testing.T) {
+	b := kafkatest.Brokers(t)[0] // kfake
+	p := newRealTopic(t, b)
+	conn := &failConn{}
+	p.tweak = func(cfg *ingest.Config) { cfg.SweepInterval = time.Hour }
+	p.writer = func(w ingest.Writer) ingest.Writer {
+		st := w.(*store.Store)
+		conn.Conn = st.Conn()
+		return failLive{st, conn}
+	}
+	reg := prometheus.NewRegistry()
+	stop := p.start("g", reg)
+	logins := func(from, n int) { p.produceMinutes(from, n, 7, 13) }
+	logins(0, 70)
+	p.waitLogins(70)
+	logins(70, 70)
+	p.waitLogins(140)
+	if counter(t, reg, "usagepipe_serve_live_rows_total") == 0 {
+		t.Fatal("no live rows written before the failures")
+	}
+	conn.armed.Store(true)
+	logins(140, 70)
+	p.waitLogins(210) // recomputed: the marks came back
+	if conn.fired.Load() == 0 || counter(t, reg, "usagepipe_serve_live_errors_total") == 0 {
+		t.Fatalf("live INSERTs failed %d times, live errors %v: the test would prove nothing", conn.fired.Load(), counter(t, reg, "usagepipe_serve_live_errors_total"))
+	}
+	stop()
+	if stale := p.servedStale(); len(stale) != 0 {
+		t.Fatalf("stale after a stop: %v (live rows left as the greatest)", stale)
+	}
+	p.wantLogins(210)
 }

@@ -37,8 +37,7 @@ type server struct {
 	conn    driver.Conn                        // the server of the reader tables (one server)
 	scfg    schema.Config                      // database and calendar
 	copy    *schema.Copy                       // reader tables (servers before 20.1); nil: views or not known yet
-	live    func() bool                        // the consumer is about caught up (nil: never)
-	lag     func() (records int64, known bool) // the consumer's lag (nil: not known)
+	lag     func() (records int64, known bool) // the consumer's lag (nil: never caught up)
 	lv      *liveServe                         // the live path (nil: off)
 	copyAt  time.Time                          // the last keepCopy (serve loop only)
 	copyDue bool                               // served rows changed since the last successful keepCopy
@@ -51,11 +50,11 @@ type server struct {
 	warn    rateLimiter
 	lwarn   rateLimiter
 
-	copyMu sync.Mutex // one keepCopy at a time (recompute and live loops)
+	copyMu sync.Mutex // one keepCopy or syncCopy at a time (recompute and live loops)
 
 	mu      sync.Mutex
 	pending map[string]int32 // account → earliest quarter to recompute
-	confirm map[string]int32 // live rows the sweep found: recomputed confirmChunk per round (recompute loop only)
+	confirm map[string]int32 // live rows the sweep found: recomputed confirmChunk per round (recompute loop; endLive after it stopped)
 	delays  map[int64]int    // record second → new records of the pending accounts
 	lastQ   int32            // the greatest quarter this process has seen served or touched
 	sweep   bool             // sweep at the next round (rollover, start)
@@ -123,21 +122,31 @@ func (s *server) touch(f *schema.Facts, delays map[int64]int) {
 		return
 	}
 	s.mu.Lock()
-	if s.lv == nil || !s.lv.gather(f, delays) {
+	for _, r := range am {
+		s.sv.NoteMonth(r.Month)
+		if q := s.sv.QuarterOf(r.Month); q > s.lastQ {
+			// The stream entered a new quarter: every account needs its
+			// row for it (contract section 4's grid).
+			s.lastQ, s.sweep = q, true
+		}
+	}
+	gathered := s.gather(f, delays)
+	if !gathered {
 		for sec, n := range delays {
 			s.delays[sec] += n
 		}
 	}
 	for _, r := range am {
-		s.sv.NoteMonth(r.Month)
 		q := s.sv.QuarterOf(r.Month)
+		if gathered && q >= s.lastQ {
+			// The live loop writes this row, or gives the mark back.
+			if old, ok := s.lv.owed[r.Account]; !ok || q < old {
+				s.lv.owed[strings.Clone(r.Account)] = q
+			}
+			continue
+		}
 		if old, ok := s.pending[r.Account]; !ok || q < old {
 			s.pending[strings.Clone(r.Account)] = q
-		}
-		if q > s.lastQ {
-			// The stream entered a new quarter: every account needs its
-			// row for it (contract section 4's grid).
-			s.lastQ, s.sweep = q, true
 		}
 	}
 	s.mu.Unlock()
@@ -145,6 +154,16 @@ func (s *server) touch(f *schema.Facts, delays map[int64]int) {
 	case s.kick <- struct{}{}:
 	default:
 	}
+}
+
+// caughtUp reports whether the consumer's lag is known and under
+// liveLag.
+func (s *server) caughtUp() bool {
+	if s.lag == nil {
+		return false
+	}
+	lag, known := s.lag()
+	return known && lag < liveLag
 }
 
 // liveLag: a consumer whose lag (records, all its partitions) is under
@@ -187,7 +206,7 @@ func (s *server) run(ctx context.Context) {
 		// (the sweep's confirmations, late events) pace themselves as
 		// during a backlog, leaving ClickHouse to the live rows.
 		pause, rctx := took, schema.OneThread(ctx)
-		if s.live != nil && s.live() && !s.liveOn() {
+		if s.caughtUp() && !s.liveOn() {
 			pause, rctx = 0, ctx
 		}
 		if wait := pause - time.Since(last); !last.IsZero() && wait > 0 {
@@ -241,14 +260,6 @@ func (s *server) round(ctx context.Context, sweepDue, refresh bool) error {
 	batch, delays := s.pending, s.delays
 	s.pending, s.delays, s.sweep = map[string]int32{}, map[int64]int{}, false
 	s.mu.Unlock()
-	if s.lv != nil {
-		// The live loop writes these accounts' rows of the live quarter.
-		for a, q := range batch {
-			if s.lv.covers(a, q) {
-				delete(batch, a)
-			}
-		}
-	}
 	if sweep {
 		stale, err := s.sv.Stale(ctx)
 		if err != nil {
@@ -308,7 +319,7 @@ func (s *server) round(ctx context.Context, sweepDue, refresh bool) error {
 		// the lease of a holder that went away.) A failure here is not a
 		// failed recompute: the next round tries again (also the round at
 		// shutdown, after a refresh the stop interrupted).
-		if err := s.keepCopyLocked(ctx, sweep); err != nil {
+		if err := s.keepCopy(ctx, sweep); err != nil {
 			if ctx.Err() == nil {
 				s.errs.Inc()
 				s.cwarn.Do(func(n int) {
@@ -364,13 +375,6 @@ func (s *server) held(c *schema.Copy) {
 	}
 }
 
-// keepCopyLocked is keepCopy under copyMu.
-func (s *server) keepCopyLocked(ctx context.Context, full bool) error {
-	s.copyMu.Lock()
-	defer s.copyMu.Unlock()
-	return s.keepCopy(ctx, full)
-}
-
 // keepCopy brings the reader tables up to date where they are tables
 // (docs/design.md, "Reader tables where views cannot filter"): if this
 // process holds the copy lease, or takes it because nobody keeps them, it
@@ -378,6 +382,8 @@ func (s *server) keepCopyLocked(ctx context.Context, full bool) error {
 // install; full also compares every quarter (what a crash between a
 // recompute and its copy_dirty row leaves).
 func (s *server) keepCopy(ctx context.Context, full bool) error {
+	s.copyMu.Lock()
+	defer s.copyMu.Unlock()
 	if s.copy == nil {
 		tables, err := s.sv.ReaderTablesOn()
 		if err != nil || !tables {
@@ -458,6 +464,8 @@ func (s *server) keepCopy(ctx context.Context, full bool) error {
 // syncCopy makes the reader tables equal the served rows (taking the
 // lease), for an --until-caught-up exit.
 func (s *server) syncCopy(ctx context.Context) error {
+	s.copyMu.Lock()
+	defer s.copyMu.Unlock()
 	if s.copy == nil {
 		tables, err := s.sv.ReaderTablesOn()
 		if err != nil || !tables {
@@ -502,10 +510,11 @@ func (s *server) requeue(batch map[string]int32, delays map[int64]int, sweep boo
 // says so; their own runs complete their accounts).
 func (s *server) complete(ctx context.Context) error {
 	const maxRounds = 10
-	s.endLive() // every live row is replaced by a recompute below
-	// Strict: another writer's live rows are recomputed too (a crashed
+	// Strict: every live row is stale, also another writer's (a crashed
 	// writer's last live row may miss its last flush, whose mark a young
-	// live row of another writer would otherwise satisfy).
+	// live row would otherwise satisfy). Beside instances that write live
+	// rows, that recomputes theirs every round, and the loop below ends
+	// after maxRounds with a warning.
 	s.sv.LiveConfirmAge = 0
 	// The serve loop's heartbeat stopped with it: beat for the copy lease
 	// here too, or long final sweeps would let another process take it.

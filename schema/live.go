@@ -207,7 +207,8 @@ func (s *Served) loadLive(ctx context.Context, conn driver.Conn, expr string, q 
 // WriteLive stores live rows: on each shard, the server clock S is read,
 // then the rollup rows and then the feature sets are inserted with
 // updated_at S and a live version of S and s.LiveWriter. A failed write
-// leaves the previous rows (stale, never wrong); the caller writes again.
+// leaves the previous rows (stale, never wrong) and may have landed some
+// rows.
 func (s *Served) WriteLive(ctx context.Context, rows []LiveRow) error {
 	if len(rows) == 0 {
 		return nil

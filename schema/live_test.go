@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -47,8 +48,10 @@ func TestLiveRulesMatchTheContract(t *testing.T) {
 		}
 		fy := quarter.Fiscal{StartMonth: fiscalStart}
 		var last int32
+		first := int32(1 << 30)
 		for _, e := range evs {
 			last = max(last, quarter.MonthIndex(e.ms))
+			first = min(first, quarter.MonthIndex(e.ms))
 		}
 		lastQ := fy.QuarterIndex(last)
 		wantR, wantF := expect(evs, fiscalStart)
@@ -95,10 +98,25 @@ func TestLiveRulesMatchTheContract(t *testing.T) {
 			}
 		}
 		now := time.Now()
-		st.Load(loaded, &schema.LiveLoad{Facts: *writes[0]}, now)
+		st.Load(loaded, loadOf(writes[0]), now)
 		st.Load(empty, &schema.LiveLoad{}, now)
 		for _, w := range writes {
 			st.Apply(w, nil)
+		}
+		if seed%3 == 0 && lastQ > fy.QuarterIndex(first) {
+			// Through a rollover: a state of the quarter before, with
+			// every write merged (its seat parts keep what is dated
+			// before that quarter's end), then the live quarter's
+			// State with the writes merged again.
+			prev := live.New(fy, lastQ-3)
+			prev.Load(slices.Collect(maps.Keys(accounts)), &schema.LiveLoad{}, now)
+			for _, w := range writes {
+				prev.Apply(w, nil)
+			}
+			st = prev.Rollover(lastQ)
+			for _, w := range writes {
+				st.Apply(w, nil)
+			}
 		}
 
 		var gotR []schema.Rollup
@@ -138,6 +156,41 @@ func TestLiveRulesMatchTheContract(t *testing.T) {
 			t.Fatalf("seed %d: %d rows of the last quarter for %d accounts", seed, len(lastR), len(accounts))
 		}
 	}
+}
+
+// loadOf is f in the shape LoadLive returns: each count key's greatest
+// bucket (at its greatest covered_end) and the sum of its other buckets.
+func loadOf(f *schema.Facts) *schema.LiveLoad {
+	type key struct {
+		a, feature, topic string
+		m                 int32
+		kind              uint8
+		p                 int32
+	}
+	buckets := map[key]map[uint64]schema.EventCount{}
+	for _, r := range f.EventCounts {
+		k := key{r.Account, r.Feature, r.Topic, r.Month, r.Kind, r.Partition}
+		if buckets[k] == nil {
+			buckets[k] = map[uint64]schema.EventCount{}
+		}
+		if old, ok := buckets[k][r.Bucket]; !ok || r.CoveredEnd > old.CoveredEnd {
+			buckets[k][r.Bucket] = r
+		}
+	}
+	ld := &schema.LiveLoad{Facts: *f}
+	ld.Facts.EventCounts = nil
+	for _, bs := range buckets {
+		top := slices.Max(slices.Collect(maps.Keys(bs)))
+		var sum uint64
+		for b, r := range bs {
+			if b != top {
+				sum += r.Events
+			}
+		}
+		ld.Facts.EventCounts = append(ld.Facts.EventCounts, bs[top])
+		ld.CountSums = append(ld.CountSums, sum)
+	}
+	return ld
 }
 
 // TestLiveLoadWriteVerify: facts of the last quarter written by flushes

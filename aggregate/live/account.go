@@ -20,6 +20,7 @@ type account struct {
 	ids         map[string]uint32 // user → its number in users
 	users       []user            // by number
 	eids        []byte            // the users' seat event IDs, back to back
+	eidLive     int               // bytes of eids that are current IDs
 	counts      []countVal        // the quarter's counts, per key of one partition (a few dozen: searched in order)
 	bought      seat              // latest seats_purchased (seats in seats)
 	hasPurchase bool
@@ -133,7 +134,8 @@ func (a *account) user(name string) uint32 {
 }
 
 func (a *account) activity(name string, ms int64) {
-	u := &a.users[a.user(name)]
+	id := a.user(name) // (before indexing: it may grow users)
+	u := &a.users[id]
 	if !u.active {
 		u.active = true
 		a.active++
@@ -231,7 +233,8 @@ func (a *account) unkeyed() bool {
 }
 
 func (a *account) seat(r *schema.SeatEvent) {
-	u := &a.users[a.user(r.User)]
+	id := a.user(r.User) // (before indexing: it may grow users)
+	u := &a.users[id]
 	if u.hasSeat {
 		if r.OccurredMs < u.seatMs {
 			return
@@ -240,11 +243,15 @@ func (a *account) seat(r *schema.SeatEvent) {
 			return
 		}
 	}
-	if uint64(len(a.eids))+uint64(len(r.EventID)) > 1<<32-1 {
-		a.compactEIDs()
+	if len(a.eids) > 2*a.eidLive+4096 {
+		a.compactEIDs() // the IDs of superseded events are garbage
+	}
+	if u.hasSeat {
+		a.eidLive -= int(u.eidLen)
 	}
 	u.seatMs, u.eidOff, u.eidLen, u.hasSeat = r.OccurredMs, uint32(len(a.eids)), uint32(len(r.EventID)), true
 	a.eids = append(a.eids, r.EventID...)
+	a.eidLive += len(r.EventID)
 	a.bytes += len(r.EventID)
 	if u.assigned == r.Assigned {
 		return
@@ -276,7 +283,7 @@ func (a *account) compactEIDs() {
 		}
 	}
 	a.bytes += len(eids) - len(a.eids)
-	a.eids = eids
+	a.eids, a.eidLive = eids, len(eids)
 }
 
 func (a *account) purchase(r *schema.SeatPurchase) {

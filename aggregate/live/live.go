@@ -10,8 +10,9 @@
 // durable facts, so a row it computes can be stale but never counts an
 // event that is not stored.
 //
-// A State is owned by one goroutine (the serve loop) and is not safe for
-// concurrent use. It exports no metrics; its owner reports Bytes and Len.
+// A State is not safe for concurrent use: its owner (the live loop,
+// ingest/live.go) guards it. It exports no metrics; its owner reports
+// Bytes.
 package live
 
 import (
@@ -63,7 +64,8 @@ func (s *State) LoadedAt(a string) (t time.Time, ok bool) {
 // Unkeyed reports whether account a left the cache because its counts came
 // from two partitions of one topic: its events are not keyed by account
 // (contract section 1 says they SHOULD be), so another process may write
-// its facts, which the cache would miss. It is never loaded again.
+// its facts, which the cache would miss. It is not loaded again into this
+// State (a rollover's State judges the new quarter's counts afresh).
 func (s *State) Unkeyed(a string) bool { return s.unkeyed[a] }
 
 // Drop forgets account a.
@@ -174,15 +176,14 @@ func (s *State) Merge(ld *schema.LiveLoad) { s.apply(&ld.Facts, ld.CountSums, ni
 
 // Rollover returns the state of the next live quarter q: every cached
 // account keeps its seat and purchase parts (the latest events of its
-// whole history, which the new quarter's row needs as well) and the
-// partitions it was seen in, and starts with no activity; the caller
+// whole history, which the new quarter's row needs as well) and starts
+// with no activity and no counts (so no partitions seen); the caller
 // loads the new quarter's activity (Merge) before using the rows.
 func (s *State) Rollover(q int32) *State {
 	n := New(s.fiscal, q)
-	n.unkeyed = s.unkeyed
 	for a, acc := range s.accounts {
 		c := *acc
-		c.counts, c.features = nil, nil
+		c.counts, c.features, c.parts = nil, nil, map[string][]int32{}
 		c.active, c.activeAssigned, c.lastMs, c.logins, c.featureEvents = 0, 0, 0, 0, 0
 		c.users = slices.Clone(acc.users)
 		for i := range c.users {
