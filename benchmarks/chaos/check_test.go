@@ -127,8 +127,12 @@ func (sc *scenario) check(ctx context.Context) {
 	if ps.impure > 0 {
 		t.Errorf("%d (key, covered_end) pairs of fact_event_counts were written with different counts: a count is not a pure function of its offsets", ps.impure)
 	}
-	if ps.replayRows == 0 {
-		t.Errorf("no fact_event_counts row repeats an earlier (key, events): the replays wrote nothing twice, so this run proves nothing")
+	if ps.replayRows == 0 && f.zombieRows == 0 {
+		// Identical count rows need a replay that flushes exactly the
+		// range of an earlier flush: by chance (0 in one full Apache
+		// Kafka run). A zombie's flush after SIGCONT writes facts the
+		// new owner writes too: either shows facts written twice.
+		t.Errorf("no fact_event_counts row repeats an earlier (key, events) and the zombie wrote nothing: no fact was written twice, so this run proves nothing")
 	}
 	wantCounts := quarterCounts{}
 	for _, r := range want.Rollups {
