@@ -254,12 +254,9 @@ func (s *server) liveLoop(ctx context.Context) {
 			s.lwarn.Do(func(n int) {
 				s.log.Warn("served rollups: live round failed; its accounts are recomputed", "err", err, "backoff", backoff, "repeats", n)
 			})
-			select {
-			case <-ctx.Done():
+			if !backOff(ctx, &backoff) {
 				return
-			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, 5*time.Second)
 			continue
 		}
 		backoff = 100 * time.Millisecond

@@ -229,12 +229,9 @@ func (s *server) run(ctx context.Context) {
 			s.warn.Do(func(n int) {
 				s.log.Warn("served rollups: recompute failed; retrying", "err", err, "backoff", backoff, "repeats", n)
 			})
-			select {
-			case <-ctx.Done():
+			if !backOff(ctx, &backoff) {
 				return
-			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, 5*time.Second)
 			continue
 		}
 		backoff = 100 * time.Millisecond
@@ -559,12 +556,21 @@ func (s *server) complete(ctx context.Context) error {
 			s.warn.Do(func(n int) {
 				s.log.Warn("served rollups: final recompute failed; retrying", "err", err, "backoff", backoff, "repeats", n)
 			})
-			select {
-			case <-ctx.Done():
+			if !backOff(ctx, &backoff) {
 				return fmt.Errorf("served rollups: %w", err)
-			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, 5*time.Second)
 		}
 	}
+}
+
+// backOff waits *d after a failure and doubles it (up to 5 s) for the
+// next; false when ctx ended first.
+func backOff(ctx context.Context, d *time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(*d):
+	}
+	*d = min(2**d, 5*time.Second)
+	return true
 }
