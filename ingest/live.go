@@ -339,7 +339,9 @@ func (s *server) liveRound(ctx context.Context) (err error) {
 
 // liveRows brings the cache to quarter lastQ, loads the accounts facts
 // touch that it lacks (while it has room), merges facts and returns the
-// live rows of the changed accounts.
+// live rows of the changed accounts. It returns no rows when the cache
+// was dropped while it loaded (setLive turned the path off: the caller
+// gives the marks back).
 func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32, reset bool) ([]schema.LiveRow, error) {
 	l := s.lv
 	l.mu.Lock()
@@ -354,6 +356,17 @@ func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32,
 		// of every account.
 		l.state, l.dirty = l.state.Rollover(lastQ), map[string]bool{}
 		carried = l.state.Accounts()
+	}
+	st := l.state
+	// relock takes mu again after a load; false (unlocked) if the cache
+	// was dropped meanwhile.
+	relock := func() bool {
+		l.mu.Lock()
+		if l.state != st {
+			l.mu.Unlock()
+			return false
+		}
+		return true
 	}
 	now := time.Now()
 	var need []string
@@ -374,8 +387,10 @@ func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32,
 		if err != nil {
 			return nil, err
 		}
-		l.mu.Lock()
-		l.state.Merge(ld)
+		if !relock() {
+			return nil, nil
+		}
+		st.Merge(ld)
 		l.mu.Unlock()
 		for _, a := range carried {
 			l.dirty[a] = true
@@ -386,10 +401,12 @@ func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32,
 		if err != nil {
 			return nil, err
 		}
-		l.mu.Lock()
-		l.state.Load(need, ld, now)
-		for i := len(need) - 1; i >= 0 && int64(l.state.Bytes()) > l.maxBytes; i-- {
-			l.state.Drop(need[i]) // over the cache: recomputed instead
+		if !relock() {
+			return nil, nil
+		}
+		st.Load(need, ld, now)
+		for i := len(need) - 1; i >= 0 && int64(st.Bytes()) > l.maxBytes; i-- {
+			st.Drop(need[i]) // over the cache: recomputed instead
 		}
 		l.mu.Unlock()
 		l.loads.Add(float64(len(need)))
@@ -397,12 +414,14 @@ func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32,
 			l.dirty[a] = true
 		}
 	}
-	l.mu.Lock()
+	if !relock() {
+		return nil, nil
+	}
 	defer l.mu.Unlock()
-	l.state.Apply(facts, func(a string) { l.dirty[a] = true })
+	st.Apply(facts, func(a string) { l.dirty[a] = true })
 	rows := make([]schema.LiveRow, 0, len(l.dirty))
 	for a := range l.dirty {
-		if r, ok := l.state.Row(a); ok {
+		if r, ok := st.Row(a); ok {
 			rows = append(rows, r)
 		}
 	}
