@@ -115,7 +115,7 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 	for p := range parts {
 		r := res[p]
 		st := &partState{p: p, topicID: topicID, committed: r.pos, aggFrom: r.pos, next: -1, flushed: r.group,
-			from: r.from, hasFrom: r.hasFrom, tsBucket: -1, dedup: dedup.New(c.cfg.DedupWindow), delays: map[int64]int{}}
+			from: r.from, hasFrom: r.hasFrom, tsBucket: -1, dedup: dedup.New(c.cfg.DedupWindow), delays: map[delayKey]int{}}
 		if d := c.disk.Load(); d != nil {
 			st.dedup.UseDisk(d, 0) // limits: setDedupLimits below
 		}

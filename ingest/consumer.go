@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/usagepipe/usagepipe/aggregate"
+	"github.com/usagepipe/usagepipe/aggregate/quarter"
 	"github.com/usagepipe/usagepipe/ingest/decode"
 	"github.com/usagepipe/usagepipe/ingest/dedup"
 	"github.com/usagepipe/usagepipe/schema"
@@ -152,9 +153,19 @@ type partState struct {
 	hwm       int64 // last stable offset seen
 	hwmKnown  bool  // hwm is known (listed at assignment, or fetched)
 	dlq       []*kgo.Record
-	delays    map[int64]int // record second → records, since the last flush
-	delaySec  int64         // the second being counted into delayN (records of a partition mostly share it)
+	delays    map[delayKey]int // records since the last flush by record second and event month
+	delayAt   delayKey         // the key being counted into delayN (records of a partition mostly share it)
 	delayN    int
+}
+
+// delayKey is a record's second (Kafka timestamp) and its event's month
+// index (-1: rejected), by which a flush counts its records: the serve
+// loop reports each record's served delay when its quarter's rows are
+// rewritten (a live round for the live quarter, a recompute for late
+// events).
+type delayKey struct {
+	sec   int64
+	month int32
 }
 
 type commitPos struct {
@@ -167,7 +178,7 @@ type flushJob struct {
 	facts   *schema.Facts
 	dlq     []*kgo.Record
 	commits map[int32]commitPos
-	delays  map[int64]int
+	delays  map[delayKey]int
 	started time.Time
 	err     error
 }
@@ -509,11 +520,15 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 		}
 		if fresh {
 			consumed++
-			if sec := ts / 1000; sec == st.delaySec {
+			k := delayKey{sec: ts / 1000, month: -1}
+			if d.rej == nil {
+				k.month = quarter.MonthIndex(d.ev.OccurredAtMs)
+			}
+			if k == st.delayAt {
 				st.delayN++
 			} else {
 				st.foldDelays()
-				st.delaySec, st.delayN = sec, 1
+				st.delayAt, st.delayN = k, 1
 			}
 		}
 		if d.rej != nil {
@@ -597,7 +612,7 @@ func (w *worker) prepare(st *partState, r *kgo.Record, d *decoded) {
 // foldDelays moves the records counted for the current second into delays.
 func (st *partState) foldDelays() {
 	if st.delayN > 0 {
-		st.delays[st.delaySec] += st.delayN
+		st.delays[st.delayAt] += st.delayN
 		st.delayN = 0
 	}
 }
@@ -662,7 +677,7 @@ func (c *Consumer) startFlush(async bool) error {
 	if waited := time.Since(waitStart); waited > 10*time.Millisecond {
 		c.log.Debug("flush waited for the previous one", "seconds", waited.Seconds())
 	}
-	job := &flushJob{facts: &c.bufs[c.buf], commits: make(map[int32]commitPos), delays: make(map[int64]int), started: time.Now()}
+	job := &flushJob{facts: &c.bufs[c.buf], commits: make(map[int32]commitPos), delays: make(map[delayKey]int), started: time.Now()}
 	c.buf ^= 1
 	job.facts.Reset()
 	// Room for the previous flush's rows, scaled by how many more events
@@ -891,8 +906,8 @@ func (c *Consumer) flusher(ctx context.Context) {
 			c.m.lastFlush.Set(float64(now.UnixNano()) / 1e9)
 			c.lastFlushOK.Store(now.UnixNano())
 			c.log.Debug("flushed", "rows", job.facts.Rows(), "dlq", len(job.dlq), "seconds", now.Sub(job.started).Seconds())
-			for s, n := range job.delays {
-				c.m.delay.ObserveN(now.Sub(time.Unix(s, 0)).Seconds()-0.5, uint64(n))
+			for k, n := range job.delays {
+				c.m.delay.ObserveN(now.Sub(time.Unix(k.sec, 0)).Seconds()-0.5, uint64(n))
 			}
 			if c.srv != nil {
 				c.srv.touch(job.facts, job.delays)

@@ -46,8 +46,9 @@
 // (serve.go), which recomputes the served rollups of the accounts each
 // flush wrote, off the ingest path, and sweeps for stale ones; the serve
 // loop owns the live loop (live.go), which writes the live quarter's rows
-// from a cache of the accounts' facts after each flush while the consumer
-// is caught up, and the copy lease's heartbeat; all stop
+// (for 10 minutes after a rollover also the quarter before's) from a
+// cache of the accounts' facts after each flush while the consumer is
+// caught up, and the copy lease's heartbeat; all stop
 // before Run returns (with --until-caught-up, after the served rows are
 // complete). Partitions of one poll are spread over per-worker goroutines
 // (Config.Workers, each with its own Aggregator) that the poll loop starts

@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,16 +24,20 @@ import (
 // holds a live row back. Live rows are for freshness only: marks stay
 // unsatisfied until a recompute, which the recompute loop's sweep runs.
 //
-// Who recomputes a mark: touch gives the marks of the live quarter of a
-// gathered flush to the live loop (owed) instead of the recompute loop
-// (pending). A live round that does not write an owed account's row
-// (not loaded, beyond the cache, unkeyed, a failure, the path turned off)
-// gives the mark back to pending. So every mark is either recomputed or
-// has a live row that the sweep confirms.
+// After a rollover the cache keeps the quarter before for a while
+// (prev), so that its late facts get live rows too.
 //
-// on, facts, owed, delays and reset are guarded by server.mu; state and
-// written by mu (taken after server.mu, never before); dirty is the live
-// loop's.
+// Who recomputes a mark: touch gives the marks of a gathered flush from
+// the quarters the cache answers for (from: the live quarter, and the
+// one before while it is kept) to the live loop (owed) instead of the
+// recompute loop (pending). A live round that does not write an owed
+// account's rows (not loaded, beyond the cache, unkeyed, not in prev, a
+// failure, the path turned off) gives the mark back to pending. So every
+// mark is either recomputed or has live rows that the sweep confirms.
+//
+// on, facts, owed, delays and reset are guarded by server.mu; state,
+// prev, prevUntil and written by mu (taken after server.mu, never
+// before); dirty and prevDirty are the live loop's.
 type liveServe struct {
 	maxBytes int64
 	fiscal   quarter.Fiscal
@@ -40,15 +45,22 @@ type liveServe struct {
 
 	on     bool             // gathering: the live path runs
 	facts  schema.Facts     // rows of the flushes acknowledged since the last live round
-	owed   map[string]int32 // their accounts whose marks of the live quarter the live loop answers for
+	owed   map[string]int32 // their accounts whose marks (from the quarter noted) the live loop answers for
 	delays map[int64]int    // their records by record second
-	reset  bool             // an assignment changed: drop the cache at the next round
+	reset  bool             // an assignment changed or the path turned off: drop the cache at the next round
 
-	mu      sync.Mutex
-	state   *live.State      // nil until the first live round
-	written map[string]int32 // accounts with a live row by this process → its quarter
+	mu        sync.Mutex
+	state     *live.State // the live quarter's; nil until the first live round
+	prev      *live.State // the quarter before, kept for its late facts until prevUntil after a rollover; nil: none
+	prevUntil time.Time
+	written   map[string]int32 // accounts with a live row by this process → its earliest quarter
 
-	dirty map[string]bool // changed accounts whose live row is not written yet
+	// The quarters of state and prev (0: none), for touch, which must not
+	// wait for mu.
+	curQ, prevQ atomic.Int32
+
+	dirty     map[string]bool // changed accounts whose live row is not written yet
+	prevDirty map[string]bool // those whose row of prev's quarter changed too
 
 	rows   prometheus.Counter
 	loads  prometheus.Counter
@@ -80,27 +92,76 @@ const liveMaxGathered = 2_000_000
 
 func newLiveServe(maxBytes int64, fiscalStart int, reg prometheus.Registerer) *liveServe {
 	l := &liveServe{maxBytes: maxBytes, fiscal: quarter.Fiscal{StartMonth: max(fiscalStart, 1)}, kick: make(chan struct{}, 1),
-		owed: map[string]int32{}, delays: map[int64]int{}, written: map[string]int32{}, dirty: map[string]bool{}}
+		owed: map[string]int32{}, delays: map[int64]int{}, written: map[string]int32{}, dirty: map[string]bool{}, prevDirty: map[string]bool{}}
 	f := promauto.With(reg)
-	l.rows = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_live_rows_total", Help: "Live rows written: rollup rows of the live quarter computed from the cached facts after a flush (docs/design.md, \"Live quarter\")."})
+	l.rows = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_live_rows_total", Help: "Live rows written: rollup rows of the live quarter (and, for 10 minutes after a rollover, of the quarter before) computed from the cached facts after a flush (docs/design.md, \"Live quarter\")."})
 	l.loads = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_live_loads_total", Help: "Accounts loaded into the live cache from the fact tables."})
 	l.errors = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_live_errors_total", Help: "Live rounds that failed (the cache is dropped and their accounts are recomputed)."})
-	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_serve_live_cache_bytes", Help: "Estimated memory of the live cache (bounded by --live-cache-mib)."}, func() float64 {
+	f.NewGaugeFunc(prometheus.GaugeOpts{Name: "usagepipe_serve_live_cache_bytes", Help: "Estimated memory of the live cache (the live quarter's part bounded by --live-cache-mib; for 10 minutes after a rollover the quarter before is kept beside it)."}, func() float64 {
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		if l.state == nil {
-			return 0
-		}
-		return float64(l.state.Bytes())
+		return float64(l.bytes())
 	})
 	return l
 }
 
-// gather takes the rows of an acknowledged flush and its records' delays
-// for the live loop, if the live path runs (under server.mu); it reports
-// whether it took them. The strings are the flush's own, never
-// rewritten, so only the row structs are copied.
-func (s *server) gather(f *schema.Facts, delays map[int64]int) bool {
+// livePrevFor is how long after a rollover the cache keeps the quarter
+// before for its late facts (the last flushes before the boundary, events
+// a little out of order): their rows are then live rows too, not
+// recomputes. Later facts of it are recomputed. It is kept beside the
+// live quarter's cache, which --live-cache-mib bounds (so the cache may
+// hold up to twice that for this long).
+const livePrevFor = liveMaxAge
+
+// bytes is the estimated memory of the cache (under mu).
+func (l *liveServe) bytes() int {
+	n := 0
+	if l.state != nil {
+		n += l.state.Bytes()
+	}
+	if l.prev != nil {
+		n += l.prev.Bytes()
+	}
+	return n
+}
+
+// set replaces the cache's states (under mu; the live loop clears dirty
+// and prevDirty as it replaces them).
+func (l *liveServe) set(state, prev *live.State) {
+	l.state, l.prev = state, prev
+	var cq, pq int32
+	if state != nil {
+		cq = state.Quarter()
+	}
+	if prev != nil {
+		pq = prev.Quarter()
+	}
+	l.curQ.Store(cq)
+	l.prevQ.Store(pq)
+}
+
+// drop drops the cache: the next round starts over.
+func (l *liveServe) drop() {
+	l.mu.Lock()
+	l.set(nil, nil)
+	l.mu.Unlock()
+}
+
+// from is the earliest quarter whose marks the live loop can answer for
+// while the stream's last quarter is lastQ: lastQ, or the quarter before
+// while the cache keeps it, or will at its next round's rollover.
+func (l *liveServe) from(lastQ int32) int32 {
+	if l.curQ.Load() == lastQ-3 || l.prevQ.Load() == lastQ-3 {
+		return lastQ - 3
+	}
+	return lastQ
+}
+
+// gather takes the rows of an acknowledged flush for the live loop, if
+// the live path runs (under server.mu); it reports whether it took them.
+// The strings are the flush's own, never rewritten, so only the row
+// structs are copied.
+func (s *server) gather(f *schema.Facts) bool {
 	l := s.lv
 	if l == nil || !l.on {
 		return false
@@ -117,9 +178,6 @@ func (s *server) gather(f *schema.Facts, delays map[int64]int) bool {
 	g.EventCounts = append(g.EventCounts, f.EventCounts...)
 	g.SeatEvents = append(g.SeatEvents, f.SeatEvents...)
 	g.SeatPurchases = append(g.SeatPurchases, f.SeatPurchases...)
-	for sec, n := range delays {
-		l.delays[sec] += n
-	}
 	select {
 	case l.kick <- struct{}{}:
 	default:
@@ -195,10 +253,12 @@ func (s *server) setLive(on bool) {
 	}
 	s.lv.on = on
 	if !on {
+		// A round that read on before this may build a cache after the
+		// drop; reset keeps the next round from using it (it would lack
+		// the flushes acknowledged while the path is off).
 		s.giveBack()
-		s.lv.mu.Lock()
-		s.lv.state = nil
-		s.lv.mu.Unlock()
+		s.lv.drop()
+		s.lv.reset = true
 	}
 }
 
@@ -265,7 +325,7 @@ func (s *server) liveLoop(ctx context.Context) {
 
 // liveRound merges the gathered facts, loads the accounts they touch that
 // are not cached (while the cache has room), writes the live rows of every
-// changed account and refreshes the reader tables. Owed marks whose row it
+// changed account and refreshes the reader tables. Owed marks whose rows it
 // did not write go back to the recompute loop; the records' delays are
 // reported here when none did, else by the recompute loop.
 func (s *server) liveRound(ctx context.Context) (err error) {
@@ -275,12 +335,16 @@ func (s *server) liveRound(ctx context.Context) (err error) {
 	facts, owed, delays := l.facts, l.owed, l.delays
 	l.facts, l.owed, l.delays, l.reset = schema.Facts{}, map[string]int32{}, map[int64]int{}, false
 	s.mu.Unlock()
-	var done map[string]bool // accounts whose live row this round wrote
+	// Accounts whose rows this round wrote: of the live quarter (done),
+	// and of the quarter before (donePrev, a subset).
+	var done, donePrev map[string]bool
 	defer func() {
 		s.mu.Lock()
 		missed := false
 		for a, q := range owed {
-			if !done[a] {
+			// A mark from quarter q is answered by the rows of q and of
+			// every quarter after it, up to lastQ.
+			if !done[a] || q < lastQ && !(q == lastQ-3 && donePrev[a]) {
 				s.queue(a, q)
 				missed = true
 			}
@@ -302,31 +366,44 @@ func (s *server) liveRound(ctx context.Context) (err error) {
 	if !on || lastQ == 0 {
 		return nil
 	}
-	rows, err := s.liveRows(ctx, &facts, lastQ, reset)
+	rows, prevRows, err := s.liveRows(ctx, &facts, lastQ, reset)
 	if err != nil {
-		l.mu.Lock()
-		l.state = nil // start over: the next round loads again
-		l.mu.Unlock()
+		l.drop() // start over: the next round loads again
 		return err
 	}
 	if len(rows) == 0 {
 		return nil
 	}
-	if err := s.sv.WriteLive(ctx, rows); err != nil {
+	// One quarter per write (each marks its quarter of the reader
+	// tables); the live quarter's last, so that no account's row of it
+	// is written while its row of the quarter before is not. Each
+	// account is in written before its row may land (a stop recomputes
+	// them: a failed write may have landed rows).
+	for _, w := range []struct {
+		rows []schema.LiveRow
+		q    int32
+	}{{prevRows, lastQ - 3}, {rows, lastQ}} {
 		l.mu.Lock()
-		l.state = nil
+		for _, r := range w.rows {
+			if q, ok := l.written[r.Rollup.AccountID]; !ok || q > w.q {
+				l.written[r.Rollup.AccountID] = w.q
+			}
+		}
 		l.mu.Unlock()
-		return err
+		if err := s.sv.WriteLive(ctx, w.rows); err != nil {
+			l.drop()
+			return err
+		}
 	}
-	l.rows.Add(float64(len(rows)))
-	l.dirty = map[string]bool{}
-	done = make(map[string]bool, len(rows))
-	l.mu.Lock()
+	l.rows.Add(float64(len(rows) + len(prevRows)))
+	l.dirty, l.prevDirty = map[string]bool{}, map[string]bool{}
+	done, donePrev = make(map[string]bool, len(rows)), make(map[string]bool, len(prevRows))
+	for _, r := range prevRows {
+		donePrev[r.Rollup.AccountID] = true
+	}
 	for _, r := range rows {
 		done[r.Rollup.AccountID] = true
-		l.written[r.Rollup.AccountID] = lastQ
 	}
-	l.mu.Unlock()
 	// Readers see the rows once the reader tables have them, where they
 	// are tables and this process keeps them. A failure is the recompute
 	// loop's to retry: its next round refreshes every due quarter.
@@ -339,25 +416,43 @@ func (s *server) liveRound(ctx context.Context) (err error) {
 
 // liveRows brings the cache to quarter lastQ, loads the accounts facts
 // touch that it lacks (while it has room), merges facts and returns the
-// live rows of the changed accounts. It returns no rows when the cache
-// was dropped while it loaded (setLive turned the path off: the caller
-// gives the marks back).
-func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32, reset bool) ([]schema.LiveRow, error) {
+// live rows of the changed accounts: of the live quarter, and of the
+// quarter before where the cache keeps it (prevRows, for accounts that
+// also have a row in rows). It returns no rows when the cache was dropped
+// while it loaded (setLive turned the path off: the caller gives the
+// marks back).
+func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32, reset bool) (rows, prevRows []schema.LiveRow, err error) {
 	l := s.lv
+	now := time.Now()
 	l.mu.Lock()
-	var carried []string
 	switch {
 	case reset || l.state == nil || l.state.Quarter() > lastQ:
-		l.state, l.dirty = live.New(l.fiscal, lastQ), map[string]bool{}
+		l.set(live.New(l.fiscal, lastQ), nil)
+		l.dirty, l.prevDirty = map[string]bool{}, map[string]bool{}
 	case l.state.Quarter() < lastQ:
-		// Rollover: the cached accounts keep their seats and get their
-		// row of the new quarter from a load of its (short) activity,
-		// written at once: the new quarter's grid without a recompute
-		// of every account.
-		l.state, l.dirty = l.state.Rollover(lastQ), map[string]bool{}
-		carried = l.state.Accounts()
+		// Rollover: the cached accounts keep their seats and start the
+		// new quarter with no activity. No load: this round's facts hold
+		// the first of the new quarter this process wrote (touch moves
+		// lastQ with the flush that first has it, and the cache merged
+		// every flush before), so the new quarter's grid is written at
+		// once, without a recompute or a read of every account. The old
+		// quarter stays for its late facts (livePrevFor), if it is the
+		// one before.
+		old := l.state
+		var prev *live.State
+		if old.Quarter() == lastQ-3 {
+			prev, l.prevUntil = old, now.Add(livePrevFor)
+		}
+		l.set(old.Rollover(lastQ), prev)
+		l.dirty, l.prevDirty = map[string]bool{}, map[string]bool{}
+		for _, a := range l.state.Accounts() {
+			l.dirty[a] = true
+		}
+	case l.prev != nil && now.After(l.prevUntil):
+		l.set(l.state, nil)
+		l.prevDirty = map[string]bool{}
 	}
-	st := l.state
+	st, pv := l.state, l.prev
 	// relock takes mu again after a load; false (unlocked) if the cache
 	// was dropped meanwhile.
 	relock := func() bool {
@@ -368,13 +463,12 @@ func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32,
 		}
 		return true
 	}
-	now := time.Now()
 	var need []string
 	for a := range touchedAccounts(facts) {
-		at, ok := l.state.LoadedAt(a)
+		at, ok := st.LoadedAt(a)
 		switch {
-		case l.state.Unkeyed(a):
-		case !ok && int64(l.state.Bytes()) < l.maxBytes:
+		case st.Unkeyed(a):
+		case !ok && int64(st.Bytes()) < l.maxBytes:
 			need = append(need, a)
 		case ok && now.Sub(at) > liveMaxAge+time.Duration(nameHash(a)%uint64(liveMaxAge/2)):
 			need = append(need, a)
@@ -382,27 +476,13 @@ func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32,
 	}
 	l.mu.Unlock()
 
-	if len(carried) > 0 {
-		ld, err := s.sv.LoadLive(ctx, carried, lastQ, false)
-		if err != nil {
-			return nil, err
-		}
-		if !relock() {
-			return nil, nil
-		}
-		st.Merge(ld)
-		l.mu.Unlock()
-		for _, a := range carried {
-			l.dirty[a] = true
-		}
-	}
 	if len(need) > 0 {
-		ld, err := s.sv.LoadLive(ctx, need, lastQ, true)
+		ld, err := s.sv.LoadLive(ctx, need, lastQ)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if !relock() {
-			return nil, nil
+			return nil, nil, nil
 		}
 		st.Load(need, ld, now)
 		for i := len(need) - 1; i >= 0 && int64(st.Bytes()) > l.maxBytes; i-- {
@@ -415,17 +495,30 @@ func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32,
 		}
 	}
 	if !relock() {
-		return nil, nil
+		return nil, nil, nil
 	}
 	defer l.mu.Unlock()
 	st.Apply(facts, func(a string) { l.dirty[a] = true })
-	rows := make([]schema.LiveRow, 0, len(l.dirty))
+	if pv != nil {
+		// An account whose row of the quarter before changes gets its
+		// live quarter's row written too (a mark from that quarter is
+		// answered by both).
+		pv.Apply(facts, func(a string) { l.prevDirty[a], l.dirty[a] = true, true })
+	}
+	rows = make([]schema.LiveRow, 0, len(l.dirty))
 	for a := range l.dirty {
-		if r, ok := st.Row(a); ok {
-			rows = append(rows, r)
+		r, ok := st.Row(a)
+		if !ok {
+			continue
+		}
+		rows = append(rows, r)
+		if l.prevDirty[a] {
+			if r, ok := pv.Row(a); ok {
+				prevRows = append(prevRows, r)
+			}
 		}
 	}
-	return rows, nil
+	return rows, prevRows, nil
 }
 
 // touchedAccounts lists the accounts of f's rows that a live cache merges.

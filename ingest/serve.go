@@ -115,8 +115,8 @@ func newServer(w Writer, cfg Config, log *slog.Logger, reg prometheus.Registerer
 
 // touch queues the accounts of a flush that was just written (and, on the
 // live path, its fact rows); delays counts its new records by record
-// second.
-func (s *server) touch(f *schema.Facts, delays map[int64]int) {
+// second and event month.
+func (s *server) touch(f *schema.Facts, delays map[delayKey]int) {
 	am := f.AccountMonths
 	if len(am) == 0 {
 		return
@@ -130,15 +130,22 @@ func (s *server) touch(f *schema.Facts, delays map[int64]int) {
 			s.lastQ, s.sweep = q, true
 		}
 	}
-	gathered := s.gather(f, delays)
-	if !gathered {
-		for sec, n := range delays {
-			s.delays[sec] += n
+	// The live loop answers for the marks from quarter from on (and
+	// reports their records' delays); the recompute loop for the rest.
+	from, gathered := s.lastQ, s.gather(f)
+	if gathered {
+		from = s.lv.from(s.lastQ)
+	}
+	for k, n := range delays {
+		if gathered && (k.month < 0 || s.sv.QuarterOf(k.month) >= from) {
+			s.lv.delays[k.sec] += n
+		} else {
+			s.delays[k.sec] += n
 		}
 	}
 	for _, r := range am {
 		q := s.sv.QuarterOf(r.Month)
-		if gathered && q >= s.lastQ {
+		if gathered && q >= from {
 			// The live loop writes this row, or gives the mark back.
 			if old, ok := s.lv.owed[r.Account]; !ok || q < old {
 				s.lv.owed[strings.Clone(r.Account)] = q

@@ -72,11 +72,11 @@ type LiveLoad struct {
 
 // LoadLive reads, for accounts, the facts a live cache of the quarter
 // starting at month index q holds (package aggregate/live): the
-// quarter's activity, feature users and counts, and with seats the latest
-// seat event per user and latest purchase of the whole history up to the
+// quarter's activity, feature users and counts, and the latest seat
+// event per user and latest purchase of the whole history up to the
 // quarter's end. Every fact acknowledged before the call is in it. On a
 // cluster each shard's accounts are read on a replica that has caught up.
-func (s *Served) LoadLive(ctx context.Context, accounts []string, q int32, seats bool) (*LiveLoad, error) {
+func (s *Served) LoadLive(ctx context.Context, accounts []string, q int32) (*LiveLoad, error) {
 	ld := &LiveLoad{}
 	set := make(map[string]int32, len(accounts))
 	for _, a := range accounts {
@@ -96,7 +96,7 @@ func (s *Served) LoadLive(ctx context.Context, accounts []string, q int32, seats
 			}
 			for len(list) > 0 {
 				n, expr := s.chunk(list)
-				if err := s.loadLive(ctx, r.Conn, expr, q, seats, ld); err != nil {
+				if err := s.loadLive(ctx, r.Conn, expr, q, ld); err != nil {
 					return err
 				}
 				list = list[n:]
@@ -116,7 +116,7 @@ func monthSQL(col string) string {
 }
 
 // loadLive appends to ld the facts of the accounts expr selects.
-func (s *Served) loadLive(ctx context.Context, conn driver.Conn, expr string, q int32, seats bool, ld *LiveLoad) error {
+func (s *Served) loadLive(ctx context.Context, conn driver.Conn, expr string, q int32, ld *LiveLoad) error {
 	f := &ld.Facts
 	db := s.cfg.Database
 	from, end := quarterDate(q), quarterDate(q+3)
@@ -181,9 +181,6 @@ func (s *Served) loadLive(ctx context.Context, conn driver.Conn, expr string, q 
 				f.SeatPurchases = append(f.SeatPurchases, r)
 				return err
 			}},
-	}
-	if !seats {
-		reads = reads[:3]
 	}
 	for _, rd := range reads {
 		rows, err := conn.Query(ctx, rd.sql)

@@ -257,7 +257,7 @@ func TestLiveLoadWriteVerify(t *testing.T) {
 		for a := range accounts {
 			list = append(list, a)
 		}
-		ld, err := sv.LoadLive(ctx, list, lastQ, true)
+		ld, err := sv.LoadLive(ctx, list, lastQ)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -327,7 +327,7 @@ func TestLivePartialFlush(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := int32(2026*12 + 3)
-	ld, err := sv.LoadLive(ctx, []string{"a"}, q, true)
+	ld, err := sv.LoadLive(ctx, []string{"a"}, q)
 	if err != nil {
 		t.Fatal(err)
 	}

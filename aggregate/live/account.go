@@ -118,6 +118,30 @@ func newAccount(now time.Time) *account {
 	}
 }
 
+// next returns the account's state for the next quarter: its users with
+// a seat event (numbered anew, their event IDs in a new arena) and its
+// purchase, without activity, features, counts or partitions. It shares
+// nothing that either account changes (names are never changed).
+func (a *account) next() *account {
+	n := newAccount(a.loaded)
+	n.bought, n.hasPurchase = a.bought, a.hasPurchase
+	for name, id := range a.ids {
+		u := &a.users[id]
+		if !u.hasSeat {
+			continue
+		}
+		n.ids[name] = uint32(len(n.users))
+		n.users = append(n.users, user{seatMs: u.seatMs, eidOff: uint32(len(n.eids)), eidLen: u.eidLen, hasSeat: true, assigned: u.assigned})
+		n.eids = append(n.eids, a.eids[u.eidOff:u.eidOff+u.eidLen]...)
+		n.bytes += entryBytes + len(name) + int(unsafe.Sizeof(user{})) + int(u.eidLen)
+		if u.assigned {
+			n.seatsAssigned++
+		}
+	}
+	n.eidLive = len(n.eids)
+	return n
+}
+
 // Names that enter the state are cloned: a fact's strings share a flush's
 // arena, which a retained name would keep alive whole.
 

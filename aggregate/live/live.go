@@ -16,9 +16,7 @@
 package live
 
 import (
-	"slices"
 	"time"
-	"unsafe"
 
 	"github.com/usagepipe/usagepipe/aggregate/quarter"
 	"github.com/usagepipe/usagepipe/schema"
@@ -93,7 +91,9 @@ func (s *State) Load(accounts []string, ld *schema.LiveLoad, now time.Time) {
 }
 
 // Apply merges the rows of f that belong to cached accounts, calling
-// changed (when not nil) for the cached accounts f names (an account may
+// changed (when not nil) for the cached accounts whose row f changes: f
+// holds rows of the state's quarter for them (activity, feature users,
+// counts), or seat or purchase facts dated before its end (an account may
 // be named more than once).
 func (s *State) Apply(f *schema.Facts, changed func(account string)) {
 	s.apply(f, nil, changed)
@@ -103,25 +103,28 @@ func (s *State) apply(f *schema.Facts, sums []uint64, changed func(account strin
 	// A flush's rows come in account order (aggregate.DrainAll): the
 	// account is looked up, and changed called, once per run of rows.
 	var (
-		name   string
-		acc    *account
-		before int
-		seen   bool
+		name       string
+		acc        *account
+		before     int
+		seen, told bool
 	)
 	at := func(a string) *account {
 		if !seen || a != name {
 			if acc != nil {
 				s.bytes += acc.bytes - before
 			}
-			name, acc, seen = a, s.accounts[a], true
+			name, acc, seen, told = a, s.accounts[a], true, false
 			if acc != nil {
 				before = acc.bytes
-				if changed != nil {
-					changed(a)
-				}
 			}
 		}
 		return acc
+	}
+	tell := func() {
+		if !told && changed != nil {
+			told = true
+			changed(name)
+		}
 	}
 	defer func() {
 		if acc != nil {
@@ -131,18 +134,21 @@ func (s *State) apply(f *schema.Facts, sums []uint64, changed func(account strin
 	for i := range f.UserActivity {
 		r := &f.UserActivity[i]
 		if acc := at(r.Account); acc != nil && s.in(r.Month) {
+			tell()
 			acc.activity(r.User, r.LastMs)
 		}
 	}
 	for i := range f.FeatureUsers {
 		r := &f.FeatureUsers[i]
 		if acc := at(r.Account); acc != nil && s.in(r.Month) {
+			tell()
 			acc.featureUser(r.Feature, r.User)
 		}
 	}
 	for i := range f.EventCounts {
 		r := &f.EventCounts[i]
 		if a := at(r.Account); a != nil && s.in(r.Month) {
+			tell()
 			var sum uint64
 			if sums != nil {
 				sum = sums[i]
@@ -159,41 +165,30 @@ func (s *State) apply(f *schema.Facts, sums []uint64, changed func(account strin
 	for i := range f.SeatEvents {
 		r := &f.SeatEvents[i]
 		if acc := at(r.Account); acc != nil && s.upTo(r.Month) {
+			tell()
 			acc.seat(r)
 		}
 	}
 	for i := range f.SeatPurchases {
 		r := &f.SeatPurchases[i]
 		if acc := at(r.Account); acc != nil && s.upTo(r.Month) {
+			tell()
 			acc.purchase(r)
 		}
 	}
 }
 
-// Merge merges a load of the activity parts only (schema.Served.LoadLive
-// without seats) into the accounts cached, as after Rollover.
-func (s *State) Merge(ld *schema.LiveLoad) { s.apply(&ld.Facts, ld.CountSums, nil) }
-
 // Rollover returns the state of the next live quarter q: every cached
-// account keeps its seat and purchase parts (the latest events of its
+// account keeps its seat holders and purchase (the latest events of its
 // whole history, which the new quarter's row needs as well) and starts
 // with no activity and no counts (so no partitions seen); the caller
-// loads the new quarter's activity (Merge) before using the rows.
+// merges the new quarter's flushes (Apply). The two States share nothing
+// that either changes, so s stays usable (for the quarter's late facts).
 func (s *State) Rollover(q int32) *State {
 	n := New(s.fiscal, q)
 	for a, acc := range s.accounts {
-		c := *acc
-		c.counts, c.features, c.parts = nil, nil, map[string][]int32{}
-		c.active, c.activeAssigned, c.lastMs, c.logins, c.featureEvents = 0, 0, 0, 0, 0
-		c.users = slices.Clone(acc.users)
-		for i := range c.users {
-			c.users[i].active, c.users[i].lastMs = false, 0
-		}
-		c.bytes = 4*entryBytes + len(c.eids)
-		for name := range c.ids {
-			c.bytes += entryBytes + len(name) + int(unsafe.Sizeof(user{}))
-		}
-		n.accounts[a] = &c
+		c := acc.next()
+		n.accounts[a] = c
 		n.bytes += c.bytes
 	}
 	return n

@@ -90,7 +90,7 @@ func TestUnkeyedAccountLeaves(t *testing.T) {
 
 // TestRollover: the next quarter's state keeps each account's seats and
 // purchase (its whole history) and starts with no activity; merging the
-// new quarter's activity gives its row.
+// new quarter's flushes gives its row.
 func TestRollover(t *testing.T) {
 	s := New(quarter.Fiscal{StartMonth: 1}, q)
 	f := &schema.Facts{
@@ -113,13 +113,33 @@ func TestRollover(t *testing.T) {
 	}
 	next := count("a", 0, 0, 20, 5)
 	next.Month = q + 3
-	n.Merge(&schema.LiveLoad{Facts: schema.Facts{
+	n.Apply(&schema.Facts{
 		UserActivity: []schema.UserActivity{{Account: "a", User: "u2", Month: q + 3, LastMs: 9000}},
 		EventCounts:  []schema.EventCount{next},
-	}, CountSums: []uint64{0}})
+	}, nil)
 	row, _ = n.Row("a")
 	r = row.Rollup
 	if r.ActiveUsers != 1 || r.ActiveAssignedUsers != 1 || r.Logins != 5 || r.SeatsAssigned != 2 {
+		t.Fatalf("the new quarter's row: %+v", r)
+	}
+
+	// The two states share nothing: late facts of the old quarter (a new
+	// user, a seat event) change its row only, the new quarter's a row
+	// of its own.
+	s.Apply(&schema.Facts{
+		UserActivity: []schema.UserActivity{{Account: "a", User: "u3", Month: q + 2, LastMs: 3000}},
+		SeatEvents:   []schema.SeatEvent{{Account: "a", User: "u3", Month: q + 2, OccurredMs: 12, EventID: "s3", Assigned: true}},
+	}, nil)
+	n.Apply(&schema.Facts{
+		UserActivity: []schema.UserActivity{{Account: "a", User: "u4", Month: q + 3, LastMs: 9500}, {Account: "a", User: "u3", Month: q + 3, LastMs: 9600}},
+		SeatEvents:   []schema.SeatEvent{{Account: "a", User: "u1", Month: q + 3, OccurredMs: 20, EventID: "s4", Assigned: false}},
+	}, nil)
+	row, _ = s.Row("a")
+	if r := row.Rollup; r.SeatsAssigned != 3 || r.ActiveUsers != 3 || r.ActiveAssignedUsers != 3 || r.Logins != 2 {
+		t.Fatalf("the old quarter's row after its late facts: %+v", r)
+	}
+	row, _ = n.Row("a")
+	if r := row.Rollup; r.SeatsAssigned != 1 || r.ActiveUsers != 3 || r.ActiveAssignedUsers != 1 || r.Logins != 5 {
 		t.Fatalf("the new quarter's row: %+v", r)
 	}
 }
