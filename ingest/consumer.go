@@ -609,7 +609,8 @@ func (w *worker) prepare(st *partState, r *kgo.Record, d *decoded) {
 	}
 }
 
-// foldDelays moves the records counted for the current second into delays.
+// foldDelays moves the records counted under the current key (second and
+// event month) into delays.
 func (st *partState) foldDelays() {
 	if st.delayN > 0 {
 		st.delays[st.delayAt] += st.delayN

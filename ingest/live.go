@@ -333,7 +333,13 @@ func (s *server) liveRound(ctx context.Context) (err error) {
 	s.mu.Lock()
 	on, reset, lastQ := l.on, l.reset, s.lastQ
 	facts, owed, delays := l.facts, l.owed, l.delays
-	l.facts, l.owed, l.delays, l.reset = schema.Facts{}, map[string]int32{}, map[int64]int{}, false
+	l.facts, l.owed, l.delays = schema.Facts{}, map[string]int32{}, map[int64]int{}
+	if on {
+		// (Off, the reset stays for the first round after the path
+		// turns on again: a round that read it on just before it turned
+		// off may have built a cache after the drop.)
+		l.reset = false
+	}
 	s.mu.Unlock()
 	// Accounts whose rows this round wrote: of the live quarter (done),
 	// and of the quarter before (donePrev, a subset).
@@ -464,7 +470,7 @@ func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32,
 		return true
 	}
 	var need []string
-	for a := range touchedAccounts(facts) {
+	for a := range touchedAccounts(facts, lastQ) {
 		at, ok := st.LoadedAt(a)
 		switch {
 		case st.Unkeyed(a):
@@ -521,17 +527,25 @@ func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32,
 	return rows, prevRows, nil
 }
 
-// touchedAccounts lists the accounts of f's rows that a live cache merges.
-func touchedAccounts(f *schema.Facts) map[string]bool {
+// touchedAccounts lists the accounts whose row of the live quarter q f
+// changes (activity of q on, seat facts of any month): an account with
+// late facts only is not worth a load (its marks are recomputed).
+func touchedAccounts(f *schema.Facts, q int32) map[string]bool {
 	out := map[string]bool{}
 	for i := range f.UserActivity {
-		out[f.UserActivity[i].Account] = true
+		if f.UserActivity[i].Month >= q {
+			out[f.UserActivity[i].Account] = true
+		}
 	}
 	for i := range f.FeatureUsers {
-		out[f.FeatureUsers[i].Account] = true
+		if f.FeatureUsers[i].Month >= q {
+			out[f.FeatureUsers[i].Account] = true
+		}
 	}
 	for i := range f.EventCounts {
-		out[f.EventCounts[i].Account] = true
+		if f.EventCounts[i].Month >= q {
+			out[f.EventCounts[i].Account] = true
+		}
 	}
 	for i := range f.SeatEvents {
 		out[f.SeatEvents[i].Account] = true

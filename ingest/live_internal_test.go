@@ -200,9 +200,9 @@ func TestLiveRollover(t *testing.T) {
 	}
 
 	// After the rollover round: a late fact of Q2 for b (cached in both
-	// quarters) is answered by live rows of both; one for c, loaded now
-	// into Q3 only, goes back to the recompute loop, with the round's
-	// delays.
+	// quarters) is answered by live rows of both; one for c (not cached,
+	// and not worth a load for late facts only) goes back to the
+	// recompute loop, with the round's delays.
 	flush(&schema.Facts{
 		AccountMonths: []schema.AccountMonth{{Account: "b", Month: jun}, {Account: "c", Month: jun}},
 		UserActivity:  []schema.UserActivity{{Account: "b", User: "u7", Month: jun, LastMs: ms(jun, 29)}, {Account: "c", User: "u9", Month: jun, LastMs: ms(jun, 28)}},
@@ -215,6 +215,9 @@ func TestLiveRollover(t *testing.T) {
 	s.mu.Unlock()
 	if len(pending) != 1 || pending["c"] != apr || delays[now] != 2 {
 		t.Fatalf("after a late round: marks %v, delays %v left to the recompute loop; want c from Q2 only (b's rows of Q2 and Q3 live) and the round's 2 records", pending, delays)
+	}
+	if err := s.lv.loads.Write(&loads); err != nil || loads.GetCounter().GetValue() != 2 {
+		t.Fatalf("%v accounts loaded, want still 2 (c has late facts only): %v", loads.GetCounter().GetValue(), err)
 	}
 	diffs = nil
 	if _, err := s.sv.Verify(ctx, []string{"a", "b"}, func(d schema.Difference) { diffs = append(diffs, d.Key+": served "+d.Served+", computed "+d.Computed) }); err != nil {
@@ -240,9 +243,10 @@ func TestLiveRollover(t *testing.T) {
 }
 
 // TestLiveOffRebuilt: a round that read the path on builds its cache just
-// after the path turned off (which dropped the cache). Flushes of the off
-// period are not gathered, so once the path is on again the next round
-// must start over and load the account again rather than use that cache.
+// after the path turned off (which dropped the cache), and another round
+// then finds the path off. Flushes of the off period are not gathered, so
+// once the path is on again the next round must start over and load the
+// account again rather than use that cache.
 func TestLiveOffRebuilt(t *testing.T) {
 	ctx := context.Background()
 	st := liveStore(t)
@@ -263,6 +267,10 @@ func TestLiveOffRebuilt(t *testing.T) {
 	s.setLive(false)
 	// The round that read "on" before the drop goes on to build a cache.
 	if _, _, err := s.liveRows(ctx, f, m, false); err != nil {
+		t.Fatal(err)
+	}
+	// A round kicked before the drop finds the path off.
+	if err := s.liveRound(ctx); err != nil {
 		t.Fatal(err)
 	}
 	flush("u2") // while off: not gathered

@@ -203,9 +203,11 @@ func (s *State) upTo(m int32) bool { return m < s.q+3 }
 // Row computes account a's live rows of the live quarter by the
 // contract's rules (section 4) over its merged facts: its rollup row and
 // its feature set (features in name order); ok is false when a is not
-// cached. For the stream's last quarter they equal what
-// schema/sql/compute_rollups.sql and compute_features.sql compute from
-// the same facts: no fact lies after its end.
+// cached. They equal what schema/sql/compute_rollups.sql and
+// compute_features.sql compute for the state's quarter from the same
+// facts: activity is merged for that quarter only, and seat facts only
+// when dated before its end (so also for the quarter before the live one,
+// which the live loop keeps for a while after a rollover).
 func (s *State) Row(a string) (row schema.LiveRow, ok bool) {
 	acc := s.accounts[a]
 	if acc == nil {
