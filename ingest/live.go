@@ -40,6 +40,7 @@ import (
 // before); dirty and prevDirty are the live loop's.
 type liveServe struct {
 	maxBytes int64
+	prevFor  time.Duration // livePrevFor (tests shorten it)
 	fiscal   quarter.Fiscal
 	kick     chan struct{}
 
@@ -91,7 +92,7 @@ const liveOffLag = 10 * liveLag
 const liveMaxGathered = 2_000_000
 
 func newLiveServe(maxBytes int64, fiscalStart int, reg prometheus.Registerer) *liveServe {
-	l := &liveServe{maxBytes: maxBytes, fiscal: quarter.Fiscal{StartMonth: max(fiscalStart, 1)}, kick: make(chan struct{}, 1),
+	l := &liveServe{maxBytes: maxBytes, prevFor: livePrevFor, fiscal: quarter.Fiscal{StartMonth: max(fiscalStart, 1)}, kick: make(chan struct{}, 1),
 		owed: map[string]int32{}, delays: map[int64]int{}, written: map[string]int32{}, dirty: map[string]bool{}, prevDirty: map[string]bool{}}
 	f := promauto.With(reg)
 	l.rows = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_serve_live_rows_total", Help: "Live rows written: rollup rows of the live quarter (and, for 10 minutes after a rollover, of the quarter before) computed from the cached facts after a flush (docs/design.md, \"Live quarter\")."})
@@ -447,7 +448,7 @@ func (s *server) liveRows(ctx context.Context, facts *schema.Facts, lastQ int32,
 		old := l.state
 		var prev *live.State
 		if old.Quarter() == lastQ-3 {
-			prev, l.prevUntil = old, now.Add(livePrevFor)
+			prev, l.prevUntil = old, now.Add(l.prevFor)
 		}
 		l.set(old.Rollover(lastQ), prev)
 		l.dirty, l.prevDirty = map[string]bool{}, map[string]bool{}

@@ -291,3 +291,64 @@ func TestLiveOffRebuilt(t *testing.T) {
 		t.Fatalf("live rows differ from a recompute (the off period's flush is missing):\n%s", strings.Join(diffs, "\n"))
 	}
 }
+
+// TestLivePrevExpires: once the kept quarter expired, a late fact of it
+// whose mark touch already gave the live loop (the kept quarter was still
+// published) goes back to the recompute loop with its delay, and the
+// next flush's late marks go there directly.
+func TestLivePrevExpires(t *testing.T) {
+	ctx := context.Background()
+	st := liveStore(t)
+	s := liveServer(t, st)
+	s.lv.prevFor = 0 // expired at the first round after the rollover
+	jun, jul := int32(2026*12+5), int32(2026*12+6)
+	now := time.Now().Unix()
+	flush := func(m int32, user string) {
+		t.Helper()
+		f := &schema.Facts{
+			AccountMonths: []schema.AccountMonth{{Account: "a", Month: m}},
+			UserActivity:  []schema.UserActivity{{Account: "a", User: user, Month: m, LastMs: time.Date(int(m/12), time.Month(m%12+1), 3, 0, 0, 0, 0, time.UTC).UnixMilli()}},
+		}
+		if err := st.Write(ctx, f); err != nil {
+			t.Fatal(err)
+		}
+		s.touch(f, map[delayKey]int{{sec: now, month: m}: 1})
+	}
+	round := func() {
+		t.Helper()
+		if err := s.liveRound(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flush(jun, "u1")
+	round()
+	flush(jul, "u2")
+	round() // the rollover: keeps Q2 until now
+	flush(jun, "u3")
+	s.mu.Lock()
+	owed := s.lv.owed["a"]
+	s.mu.Unlock()
+	if owed != jun-2 {
+		t.Fatalf("owed a from %d, want %d: the kept quarter was published at touch", owed, jun-2)
+	}
+	round() // drops the expired quarter: writes a's Q3 row only
+	s.mu.Lock()
+	q, ok := s.pending["a"]
+	n := s.delays[now]
+	s.pending, s.delays = map[string]int32{}, map[int64]int{}
+	s.mu.Unlock()
+	if !ok || q != jun-2 || n != 1 {
+		t.Fatalf("after the expiry: pending a %v (%v), delays %d; want a from Q2 and its record given back", q, ok, n)
+	}
+	if s.lv.prevQ.Load() != 0 {
+		t.Fatalf("kept quarter %d still published after its expiry", s.lv.prevQ.Load())
+	}
+	flush(jun, "u4")
+	s.mu.Lock()
+	q, ok = s.pending["a"]
+	_, owedA := s.lv.owed["a"]
+	s.mu.Unlock()
+	if !ok || q != jun-2 || owedA {
+		t.Fatalf("late fact after the expiry: pending a %v (%v), owed %v; want it recomputed", q, ok, owedA)
+	}
+}
