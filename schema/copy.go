@@ -359,9 +359,19 @@ func (c *Copy) checkStages(ctx context.Context, q string) error {
 			}
 			return err
 		}
-		var old uint64 // keys (a reader partition may hold a key twice after a crash)
-		if err := c.conn.QueryRow(ctx, fmt.Sprintf("SELECT uniqExact(%s) FROM %s.%s WHERE quarter_start = '%s'", k.key, c.db, k.table, q)).Scan(&old); err != nil {
-			return fmt.Errorf("copy: count keys of %s: %w", k.table, err)
+		// The reader partition's rows bound its keys, and counting them
+		// reads one small column. Only when the stage holds fewer rows
+		// (a partition holding keys twice after a crash) are the keys
+		// counted: uniqExact over 200k feature rows took 90 ms of a live
+		// round's refresh.
+		old, err := c.count(ctx, fmt.Sprintf("%s.%s WHERE quarter_start = '%s'", c.db, k.table, q))
+		if err != nil {
+			return err
+		}
+		if have < old {
+			if err := c.conn.QueryRow(ctx, fmt.Sprintf("SELECT uniqExact(%s) FROM %s.%s WHERE quarter_start = '%s'", k.key, c.db, k.table, q)).Scan(&old); err != nil {
+				return fmt.Errorf("copy: count keys of %s: %w", k.table, err)
+			}
 		}
 		if have == 0 && k.stage == "r" || have < old || have > 0 && parts != 1 {
 			return fmt.Errorf("copy: stage for %s quarter %s holds %d rows in %d parts, the table %d: not installed", k.table, q, have, parts, old)
@@ -406,6 +416,12 @@ type copyStatement struct {
 // (a rollup row whose values the reader table does not hold yet gets
 // updated_at ≥ sec - copyBump; no row's updated_at goes back), merge each
 // into one part, then replace the quarter's partitions.
+//
+// The snapshots filter in PREWHERE: 18.16 does not move a condition of a
+// FINAL read there, so WHERE merges the versions of every quarter of the
+// calendar before it filters. fy and quarter_start are columns of the
+// sorting key, so a PREWHERE on them keeps or drops all versions of a key
+// together and FINAL still picks each key's greatest one.
 func (c *Copy) statements(q string, sec uint32) []copyStatement {
 	f, r := c.stage("f"), c.stage("r")
 	cols := strings.Join(featureNames, ", ")
@@ -420,7 +436,7 @@ func (c *Copy) statements(q string, sec uint32) []copyStatement {
 		"INSERT INTO %s (account_id, quarter_start, %s, updated_at) "+
 			"SELECT account_id, quarter_start, %s, "+
 			"if(c_present = 1 AND %s, greatest(updated_at, c_updated_at), greatest(updated_at, toDateTime(%d, 'UTC'))) "+
-			"FROM (SELECT account_id, quarter_start, %s, updated_at FROM %s.served_rollups FINAL WHERE fy = %d AND quarter_start = %s) "+
+			"FROM (SELECT account_id, quarter_start, %s, updated_at FROM %s.served_rollups FINAL PREWHERE fy = %d AND quarter_start = %s) "+
 			"ANY LEFT JOIN (SELECT account_id, quarter_start, %s, updated_at AS c_updated_at, toUInt8(1) AS c_present FROM %s.%s WHERE quarter_start = %s) "+
 			"USING (account_id, quarter_start)",
 		r, vals, vals, strings.Join(same, " AND "), sec-copyBump,
@@ -428,7 +444,7 @@ func (c *Copy) statements(q string, sec uint32) []copyStatement {
 	return []copyStatement{
 		{"empty stage", "TRUNCATE TABLE " + f},
 		{"empty stage", "TRUNCATE TABLE " + r},
-		{"snapshot features", fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s WHERE fy = %d AND quarter_start = %s", f, cols, cols, servedFeatures(c.db), c.fy, part)},
+		{"snapshot features", fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s PREWHERE fy = %d AND quarter_start = %s", f, cols, cols, servedFeatures(c.db), c.fy, part)},
 		{"snapshot rollups", rollups},
 		{"install features", fmt.Sprintf("ALTER TABLE %s.%s REPLACE PARTITION %s FROM %s", c.db, c.features, part, f)},
 		{"install rollups", fmt.Sprintf("ALTER TABLE %s.%s REPLACE PARTITION %s FROM %s", c.db, c.rollups, part, r)},
