@@ -286,6 +286,44 @@ func TestCopyFindsWhatNoMarkNamed(t *testing.T) {
 	}
 }
 
+// TestCopyRefusesShortStage: a stage holding fewer keys than the reader
+// partition is not installed, whether the partition holds a key once (the
+// rows bound the keys) or twice (the keys are counted); the readers keep
+// what they had.
+func TestCopyRefusesShortStage(t *testing.T) {
+	for _, copies := range []int{1, 2} {
+		t.Run(fmt.Sprintf("key %d times", copies), func(t *testing.T) {
+			st, db := copyDB(t)
+			conn := st.Conn()
+			ctx := context.Background()
+			q := "2026-01-01"
+			putServed(t, conn, db, q, 20, 2, 1, 100)
+			c := schema.NewCopy(conn, schema.Config{Database: db, FiscalStartMonth: 1})
+			if err := c.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			defer c.Release(ctx)
+			// A key the served rows lack (they never lose one; a stage
+			// missing keys is what the check stands between).
+			for range copies {
+				if err := conn.Exec(ctx, "INSERT INTO "+db+".account_quarter_rollups (account_id, quarter_start) SELECT 'ghost', toDate('"+q+"')"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := c.Refresh(ctx, q)
+			if err == nil || !strings.Contains(err.Error(), "not installed") {
+				t.Fatalf("Refresh = %v, want a refusal", err)
+			}
+			if !strings.Contains(err.Error(), "the table 21 keys") {
+				t.Errorf("Refresh = %v, want it to count 21 keys", err)
+			}
+			if n := one(t, conn, "SELECT count() FROM "+db+".account_quarter_rollups WHERE account_id = 'ghost'"); n != uint64(copies) {
+				t.Errorf("ghost has %d rows, want %d (nothing replaced)", n, copies)
+			}
+		})
+	}
+}
+
 // TestCopyCalendar: a process configured for another fiscal calendar than
 // the reader tables' does not install.
 func TestCopyCalendar(t *testing.T) {
