@@ -287,6 +287,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.cl.Close()
 		return err
 	}
+	c.useDisk(disk)
 	defer func() {
 		c.cl.AllowRebalance() // Close waits for a blocked rebalance (even after a panic)
 		c.cl.Close()
@@ -1169,6 +1170,23 @@ func (c *Consumer) openDisk() (*dedup.Disk, error) {
 	}
 	c.disk.Store(d)
 	return d, nil
+}
+
+// useDisk gives the partitions assigned before the store opened their
+// on-disk tier: franz-go joins the group as soon as the client exists, so
+// an assignment can come before Run opened the store, and such a
+// partition's filter would never spill (memory past --dedup-memory-mib;
+// found by CI on a busy machine). An assignment after the store opened
+// finds it (c.disk, read under c.mu).
+func (c *Consumer) useDisk(d *dedup.Disk) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.parts {
+		if !st.dedup.HasDisk() {
+			st.dedup.UseDisk(d, 0)
+		}
+	}
+	c.setDedupLimits()
 }
 
 // setDedupLimits shares the filters' memory among the owned partitions: a

@@ -97,6 +97,14 @@ func (p *pipeline) logins(prefix string, n int, start time.Time, txn string, com
 // runReg runs the consumer until caught up, with its metrics in reg.
 func (p *pipeline) runReg(group string, reg prometheus.Registerer) {
 	p.t.Helper()
+	p.runWith(group, reg, false)
+}
+
+// runWith is runReg; with assigned, Run starts only once the group has
+// assigned the consumer its partitions (franz-go joins as soon as the
+// client exists, so an assignment may come before Run's setup).
+func (p *pipeline) runWith(group string, reg prometheus.Registerer, assigned bool) {
+	p.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	st, err := store.Open(ctx, p.storeConfig(), nil, nil)
@@ -108,6 +116,13 @@ func (p *pipeline) runReg(group string, reg prometheus.Registerer) {
 		p.t.Fatal(err)
 	}
 	c := p.newConsumer(st, group, true, reg)
+	for assigned && c.OwnedPartitions() == 0 {
+		select {
+		case <-ctx.Done():
+			p.t.Fatal("no partition assigned before Run")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 	if err := c.Run(ctx); err != nil {
 		p.t.Fatalf("run: %v", err)
 	}

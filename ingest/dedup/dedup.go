@@ -124,6 +124,9 @@ func (s *Set) UseDisk(d *Disk, limit int) {
 	s.epochMs = max((s.window+hourMs-1)/hourMs*hourMs, hourMs)
 }
 
+// HasDisk reports whether s has an on-disk tier (UseDisk).
+func (s *Set) HasDisk() bool { return s.disk != nil }
+
 // SetLimit changes the entries s keeps in memory before spilling (0: no
 // limit); it takes effect at the next insert.
 func (s *Set) SetLimit(limit int) { s.limit = limit }
