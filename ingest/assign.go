@@ -114,7 +114,7 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 	out := make(map[int32]kgo.Offset, len(parts))
 	for p := range parts {
 		r := res[p]
-		st := &partState{p: p, topicID: topicID, committed: r.pos, aggFrom: r.pos, next: -1, flushed: r.group,
+		st := &partState{p: p, topicID: topicID, committed: r.pos, aggFrom: r.pos, next: -1, flushed: r.flushed(),
 			from: r.from, hasFrom: r.hasFrom, tsBucket: -1, dedup: dedup.New(c.cfg.DedupWindow), delays: map[delayKey]int{}}
 		if d := c.disk.Load(); d != nil {
 			st.dedup.UseDisk(d, 0) // limits: setDedupLimits below
@@ -178,6 +178,23 @@ func (c *Consumer) forgetUnset() {
 			delete(c.owned, p)
 		}
 	}
+}
+
+// flushed is the position a partition starts as flushed at: below it, a
+// flush writes no progress row and commits nothing. With a durable
+// position, the lesser of it and the group's commit (a group behind is
+// brought up to date by the first flush). Without one, nothing of this
+// partition is durable in this database, whatever the group committed (a
+// new database, the same group): -1, so that the first flush writes the
+// position even with no record read (before, the group's offset was
+// taken: the partition re-read the log written to nowhere durable up to
+// it, its facts waited there unflushed, and --until-caught-up never
+// exited on an idle topic; TestFreshDatabaseSameGroup).
+func (r resume) flushed() int64 {
+	if !r.hasFrom {
+		return -1
+	}
+	return min(r.group, r.pos)
 }
 
 // resumes finds each assigned partition's durable position: its progress

@@ -143,7 +143,7 @@ type partState struct {
 	committed int64  // the durable position at assignment: records below it were handled before
 	aggFrom   int64  // offsets below this only rebuild the dedup set
 	next      int64  // next offset to process; -1 before the first record
-	flushed   int64  // position as of the last flush handed to the flusher (the group's commit at assignment)
+	flushed   int64  // position as of the last flush handed to the flusher (at assignment: resume.flushed)
 	dedup     *dedup.Set
 	tsBucket  int64 // bucket start whose first record's timestamp is bucketTs
 	bucketTs  int64
@@ -311,7 +311,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// writes what was read.
 	flushCtx, cancelFlush := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelFlush()
-	c.flushCtx = flushCtx
+	c.mu.Lock()
+	c.flushCtx = flushCtx // from now on a revoke flushes (onRevoked)
+	c.mu.Unlock()
 	stopWatch := context.AfterFunc(ctx, func() {
 		t := time.AfterFunc(c.cfg.ShutdownTimeout, cancelFlush)
 		context.AfterFunc(flushCtx, func() { t.Stop() })
@@ -1126,7 +1128,10 @@ func (c *Consumer) onAssigned(_ context.Context, _ *kgo.Client, assigned map[str
 func (c *Consumer) onRevoked(_ context.Context, _ *kgo.Client, revoked map[string][]int32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.broken && !c.closed {
+	// Before Run set up its flusher (the group may assign and revoke as
+	// soon as the client exists, and Run may return before its loop),
+	// nothing was read: there is nothing to flush.
+	if !c.broken && !c.closed && c.flushCtx != nil {
 		if err := c.startFlush(false); err != nil {
 			c.log.Warn("flush on revoke failed; the next owner replays", "err", err)
 		}

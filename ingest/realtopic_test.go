@@ -126,6 +126,11 @@ func (p *pipeline) runWith(group string, reg prometheus.Registerer, assigned boo
 	if err := c.Run(ctx); err != nil {
 		p.t.Fatalf("run: %v", err)
 	}
+	if ctx.Err() != nil {
+		// Run exits cleanly when its context ends (a SIGTERM): that is
+		// not catching up.
+		p.t.Fatal("run --until-caught-up: not caught up within 3 minutes")
+	}
 }
 
 func (p *pipeline) admin() *kadm.Client {
@@ -235,6 +240,70 @@ func TestRetentionKeepsCounts(t *testing.T) {
 			p.runReg("g-other", nil)
 			p.wantLogins(2970 + 495 + 396)
 			p.checkDeadLetters(reference.Compute(p.produced, reference.Options{}))
+		})
+	}
+}
+
+// TestStopDuringStartup: a run stopped before its loop started (a SIGTERM
+// while it lists the end offsets), after the group assigned its
+// partitions, returns the stop's error. Closing the client revokes the
+// partitions, and the revoke flushed through a flusher that did not exist
+// yet (a nil dereference in franz-go's goroutine: the process died).
+func TestStopDuringStartup(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			p.logins("a", 100, time.Now().Add(-time.Hour).Truncate(time.Second), "", false, p.topic)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			st, err := store.Open(ctx, p.storeConfig(), nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if err := schema.MigrateOn(ctx, st.Topology(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal}, nil); err != nil {
+				t.Fatal(err)
+			}
+			c := p.newConsumer(st, "g", true, nil)
+			for c.OwnedPartitions() == 0 {
+				select {
+				case <-ctx.Done():
+					t.Fatal("no partition assigned")
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+			stopped, stop := context.WithCancel(ctx)
+			stop()
+			if err := c.Run(stopped); !errors.Is(err, context.Canceled) {
+				t.Fatalf("Run = %v, want the stop's error", err)
+			}
+			// Nothing was read: the next run counts everything.
+			p.runReg("g", nil)
+			p.wantLogins(99)
+		})
+	}
+}
+
+// TestFreshDatabaseSameGroup: a group whose committed offsets are ahead of
+// the database's progress (a new or emptied database, the same group name)
+// counts every retained record into the new database and exits caught up:
+// the database, not the group, knows what was counted there.
+func TestFreshDatabaseSameGroup(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			start := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
+			p.logins("a", 1000, start, "", false, p.topic)
+			p.runReg("g", nil)
+			p.wantLogins(990)
+
+			p.db = chtest.NewDatabase(t)
+			p.runReg("g", nil)
+			p.wantLogins(990)
+
+			p.logins("b", 200, start.Add(2000*time.Second), "", false, p.topic)
+			p.runReg("g", nil)
+			p.wantLogins(990 + 198)
 		})
 	}
 }
