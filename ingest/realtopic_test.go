@@ -244,6 +244,17 @@ func TestRetentionKeepsCounts(t *testing.T) {
 	}
 }
 
+// countedLogins produces 1000 logins (990 valid) from 30 days ago and
+// counts them with group g; it returns their first record's time.
+func (p *pipeline) countedLogins() time.Time {
+	p.t.Helper()
+	start := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
+	p.logins("a", 1000, start, "", false, p.topic)
+	p.runReg("g", nil)
+	p.wantLogins(990)
+	return start
+}
+
 // TestStopDuringStartup: a run stopped before its loop started (a SIGTERM
 // while it lists the end offsets), after the group assigned its
 // partitions, returns the stop's error. Closing the client revokes the
@@ -292,10 +303,7 @@ func TestFreshDatabaseSameGroup(t *testing.T) {
 	for _, b := range kafkatest.Brokers(t) {
 		t.Run(b.Kind, func(t *testing.T) {
 			p := newRealTopic(t, b)
-			start := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
-			p.logins("a", 1000, start, "", false, p.topic)
-			p.runReg("g", nil)
-			p.wantLogins(990)
+			start := p.countedLogins()
 
 			p.db = chtest.NewDatabase(t)
 			p.runReg("g", nil)
@@ -315,10 +323,7 @@ func TestRecreatedTopicCountsBothIncarnations(t *testing.T) {
 	for _, b := range kafkatest.Brokers(t) {
 		t.Run(b.Kind, func(t *testing.T) {
 			p := newRealTopic(t, b)
-			start := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
-			p.logins("a", 1000, start, "", false, p.topic)
-			p.runReg("g", nil)
-			p.wantLogins(990)
+			start := p.countedLogins()
 
 			adm := p.admin()
 			ctx := context.Background()

@@ -286,6 +286,24 @@ func TestCopyFindsWhatNoMarkNamed(t *testing.T) {
 	}
 }
 
+// copyQ is the quarter installedCopy installs.
+const copyQ = "2026-01-01"
+
+// installedCopy is a Copy holding the lease over a fresh database whose
+// quarter copyQ (20 accounts' served rows, 2 features each) it installed.
+func installedCopy(t *testing.T) (driver.Conn, string, *schema.Copy) {
+	t.Helper()
+	st, db := copyDB(t)
+	conn := st.Conn()
+	putServed(t, conn, db, copyQ, 20, 2, 1, 100)
+	c := schema.NewCopy(conn, schema.Config{Database: db, FiscalStartMonth: 1})
+	if err := c.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Release(context.Background()) })
+	return conn, db, c
+}
+
 // TestCopyRefusesShortStage: a stage holding fewer keys than the reader
 // partition is not installed, whether the partition holds a key once (the
 // rows bound the keys) or twice (the keys are counted); the readers keep
@@ -293,16 +311,8 @@ func TestCopyFindsWhatNoMarkNamed(t *testing.T) {
 func TestCopyRefusesShortStage(t *testing.T) {
 	for _, copies := range []int{1, 2} {
 		t.Run(fmt.Sprintf("key %d times", copies), func(t *testing.T) {
-			st, db := copyDB(t)
-			conn := st.Conn()
-			ctx := context.Background()
-			q := "2026-01-01"
-			putServed(t, conn, db, q, 20, 2, 1, 100)
-			c := schema.NewCopy(conn, schema.Config{Database: db, FiscalStartMonth: 1})
-			if err := c.Sync(ctx); err != nil {
-				t.Fatal(err)
-			}
-			defer c.Release(ctx)
+			conn, db, c := installedCopy(t)
+			ctx, q := context.Background(), copyQ
 			// A key the served rows lack (they never lose one; a stage
 			// missing keys is what the check stands between).
 			for range copies {
@@ -395,16 +405,8 @@ func TestCopyHealsReplacedPartsAfterRestart(t *testing.T) {
 // a crash between a REPLACE and the deletion of the replaced part leaves)
 // is due, and the next refresh leaves one part, one row per key.
 func TestCopyHealsExtraParts(t *testing.T) {
-	st, db := copyDB(t)
-	conn := st.Conn()
-	ctx := context.Background()
-	q := "2026-01-01"
-	putServed(t, conn, db, q, 20, 2, 1, 100)
-	c := schema.NewCopy(conn, schema.Config{Database: db, FiscalStartMonth: 1})
-	if err := c.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Release(ctx)
+	conn, db, c := installedCopy(t)
+	ctx, q := context.Background(), copyQ
 	if err := conn.Exec(ctx, "INSERT INTO "+db+".account_quarter_rollups SELECT * FROM "+db+".account_quarter_rollups WHERE account_id = 'a-1'"); err != nil {
 		t.Fatal(err)
 	}
