@@ -187,9 +187,10 @@ func (c *Consumer) forgetUnset() {
 // partition is durable in this database, whatever the group committed (a
 // new database, the same group): -1, so that the first flush writes the
 // position even with no record read (before, the group's offset was
-// taken: the partition re-read the log written to nowhere durable up to
-// it, its facts waited there unflushed, and --until-caught-up never
-// exited on an idle topic; TestFreshDatabaseSameGroup).
+// taken: the partition re-read the log and wrote its facts, but no
+// progress row until it passed that offset, so --until-caught-up never
+// exited on an idle topic and every restart read it all again;
+// TestFreshDatabaseSameGroup).
 func (r resume) flushed() int64 {
 	if !r.hasFrom {
 		return -1
