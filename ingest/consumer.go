@@ -183,8 +183,9 @@ type flushJob struct {
 	err     error
 }
 
-// New connects to Kafka (without joining the group yet: that happens in
-// Run) and prepares a consumer. extra are additional client options (TLS,
+// New connects to Kafka and prepares a consumer. franz-go joins the group
+// as soon as the client exists, so partitions can be assigned before Run
+// (which opens the duplicate filter's disk and starts flushing). extra are additional client options (TLS,
 // SASL, logging) built by the caller.
 func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extra ...kgo.Opt) (*Consumer, error) {
 	if err := cfg.Validate(); err != nil {
@@ -205,6 +206,9 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 		warn:      rateLimiter{every: 30 * time.Second},
 		built:     make(chan struct{}),
 	}
+	// The stall clock starts now, not at the epoch: the client joins the
+	// group as soon as it exists, so Ready can see lag before Run starts.
+	c.lastFlushOK.Store(time.Now().UnixNano())
 	srv, err := newServer(w, cfg, log, reg)
 	if err != nil {
 		return nil, err

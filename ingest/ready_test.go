@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 
 	"github.com/usagepipe/usagepipe/aggregate"
 	"github.com/usagepipe/usagepipe/ingest/dedup"
+	"github.com/usagepipe/usagepipe/ingest/kafkatest"
 )
 
 // TestLagKnownThroughRebalances walks one member through the assignments a
@@ -66,5 +68,36 @@ func TestLagKnownThroughRebalances(t *testing.T) {
 		if got := c.lagKnown.Load(); got != s.known {
 			t.Fatalf("%s: lag known %v, want %v (owned %v, %d set up)", s.step, got, s.known, c.owned, len(c.parts))
 		}
+	}
+}
+
+// TestReadyBeforeRun: franz-go joins the group as soon as New made the
+// client, so the lag can be known before Run starts. The stall clock
+// starts in New: /readyz then says ok, and once the stall timeout passed
+// without a flush it names a stall as long as the process has been up
+// (before the fix: "no flush for 491000h", counted from the epoch).
+func TestReadyBeforeRun(t *testing.T) {
+	cl := kafkatest.Kfake(t)
+	cfg := Defaults()
+	cfg.FiscalStartMonth = 1
+	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = cl.ListenAddrs(), "events", "events-dlq", "g"
+	cfg.ReadyStallTimeout = 200 * time.Millisecond
+	c, err := New(cfg, liveStore(t), nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.cl.Close()
+	c.totalLag.Store(100) // what updateReady stores once an assignment's offsets are set up
+	if ok, why := c.Ready(); !ok || why != "ok" {
+		t.Fatalf("right after New with lag: ready %v %q, want ok", ok, why)
+	}
+	time.Sleep(400 * time.Millisecond)
+	ok, why := c.Ready()
+	const prefix = "lag 100 records and no flush for "
+	if ok || !strings.HasPrefix(why, prefix) {
+		t.Fatalf("past the stall timeout: ready %v %q, want not ready, %q…", ok, why, prefix)
+	}
+	if d, err := time.ParseDuration(strings.TrimPrefix(why, prefix)); err != nil || d > time.Minute {
+		t.Fatalf("stall %q: want the time since New (< 1m), got %v (%v)", why, d, err)
 	}
 }

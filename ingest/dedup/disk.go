@@ -137,6 +137,7 @@ func OpenDisk(cfg DiskConfig) (*Disk, error) {
 	}
 	db, err := pebble.Open(filepath.Clean(cfg.Dir), opts)
 	if err != nil {
+		_ = os.RemoveAll(cfg.Dir) // what Close would remove: nothing is left behind
 		return nil, fmt.Errorf("dedup disk: open %s: %w", cfg.Dir, err)
 	}
 	return &Disk{db: db, dir: cfg.Dir, tableBytes: tableBytes}, nil
