@@ -20,6 +20,7 @@ type resume struct {
 	pos     int64 // durable position: every record below it is in ClickHouse
 	from    int64 // dedup replay start (record time), if hasFrom
 	hasFrom bool
+	stored  bool  // pos is this database's progress row (not a v1 commit)
 	group   int64 // the group's committed offset, -1 if none
 }
 
@@ -181,18 +182,23 @@ func (c *Consumer) forgetUnset() {
 }
 
 // flushed is the position a partition starts as flushed at: below it, a
-// flush writes no progress row and commits nothing. With a durable
-// position, the lesser of it and the group's commit (a group behind is
-// brought up to date by the first flush). Without one, nothing of this
-// partition is durable in this database, whatever the group committed (a
-// new database, the same group): -1, so that the first flush writes the
-// position even with no record read (before, the group's offset was
-// taken: the partition re-read the log and wrote its facts, but no
-// progress row until it passed that offset, so --until-caught-up never
-// exited on an idle topic and every restart read it all again;
-// TestFreshDatabaseSameGroup).
+// flush writes no progress row and commits nothing. With a progress row in
+// this database, the lesser of it and the group's commit (a group behind
+// is brought up to date by the first flush). Without one, -1, so that the
+// first flush writes the position even with no record read:
+//   - a new database, the same group: nothing of this partition is durable
+//     here, whatever the group committed. Before, the group's offset was
+//     taken: the partition re-read the log and wrote its facts, but no
+//     progress row until it passed that offset, so --until-caught-up never
+//     exited on an idle topic and every restart read it all again
+//     (TestFreshDatabaseSameGroup).
+//   - an upgrade from a release that committed v1 metadata: the position is
+//     the group's offset, but no row says so. Taking it as flushed wrote
+//     none until a record arrived: --until-caught-up never exited on an
+//     idle partition, and every restart took the v1 path again
+//     (TestUpgradeFromV1Idle).
 func (r resume) flushed() int64 {
-	if !r.hasFrom {
+	if !r.stored {
 		return -1
 	}
 	return min(r.group, r.pos)
@@ -223,7 +229,7 @@ func (c *Consumer) resumes(ctx context.Context, progressIDs []string, parts map[
 			r.group = -1
 		}
 		if pr, ok := prog[p]; ok {
-			r.pos, r.from, r.hasFrom = pr.NextOffset, pr.DedupFromMs, true
+			r.pos, r.from, r.hasFrom, r.stored = pr.NextOffset, pr.DedupFromMs, true, true
 		} else if m, ok := meta.Lookup(c.cfg.Topic, p); ok && m.Err == nil && r.group >= 0 {
 			if from, ok := parseMetaV1(m.Metadata); ok {
 				r.pos, r.from, r.hasFrom = r.group, from, true

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -307,6 +308,69 @@ func TestFreshDatabaseSameGroup(t *testing.T) {
 
 			p.db = chtest.NewDatabase(t)
 			p.runReg("g", nil)
+			p.wantLogins(990)
+
+			p.logins("b", 200, start.Add(2000*time.Second), "", false, p.topic)
+			p.runReg("g", nil)
+			p.wantLogins(990 + 198)
+		})
+	}
+}
+
+// TestUpgradeFromV1Idle: a release before progress rows kept its position
+// in the group's commits (metadata "usagepipe/v1 dedup_from_ms=…"). The
+// first run of this release on such a database resumes from that offset
+// and writes the position as a progress row at once, even with no new
+// record: before, it took the v1 offset as already written, wrote no row
+// until a record arrived, and --until-caught-up never exited on an idle
+// partition (runReg fails when a run does not exit).
+func TestUpgradeFromV1Idle(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			start := p.countedLogins()
+			ctx := context.Background()
+
+			// What an upgraded database looks like: facts, no progress
+			// rows, the group's offset committed with v1 metadata.
+			conn := chtest.Open(t, p.db)
+			if err := conn.Exec(ctx, "ALTER TABLE "+p.db+".ingest_progress DELETE WHERE 1"); err != nil {
+				t.Fatal(err)
+			}
+			progress := func() (rows, next uint64) {
+				t.Helper()
+				if err := conn.QueryRow(ctx, "SELECT count(), max(next_offset) FROM "+p.db+".ingest_progress").Scan(&rows, &next); err != nil {
+					t.Fatal(err)
+				}
+				return rows, next
+			}
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+				if n, _ := progress(); n == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("progress rows still there 30s after ALTER TABLE … DELETE")
+				}
+			}
+			adm := p.admin()
+			v1 := kadm.Offsets{}
+			v1.Add(kadm.Offset{Topic: p.topic, Partition: 0, At: 1000, LeaderEpoch: -1,
+				Metadata: "usagepipe/v1 dedup_from_ms=" + strconv.FormatInt(start.UnixMilli(), 10)})
+			if resp, err := adm.CommitOffsets(ctx, "g", v1); err != nil || resp.Error() != nil {
+				t.Fatalf("commit v1 offsets: %v %v", err, resp.Error())
+			}
+
+			p.runReg("g", nil) // no new record: must exit
+			if rows, next := progress(); rows == 0 || next != 1000 {
+				t.Fatalf("after the upgrade run: %d progress rows, next_offset %d; want the v1 position 1000 written", rows, next)
+			}
+			committed, err := adm.FetchOffsets(ctx, "g")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o, ok := committed.Lookup(p.topic, 0); !ok || o.At != 1000 || !strings.HasPrefix(o.Metadata, "usagepipe/v2 ") {
+				t.Fatalf("group offset after the upgrade run: %+v, want 1000 with v2 metadata", o)
+			}
 			p.wantLogins(990)
 
 			p.logins("b", 200, start.Add(2000*time.Second), "", false, p.topic)
