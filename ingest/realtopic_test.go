@@ -615,6 +615,53 @@ func TestTopicRecreatedWhileRunning(t *testing.T) {
 	}
 }
 
+// TestCleanStopLeavesGroup: a consumer stopped cleanly (SIGTERM: Run's
+// context ends) writes what it read, commits, and leaves the group, so
+// the next member gets the partitions at once instead of after the
+// stopped one's session timeout (60 s here): right after Run returned the
+// group has no member. The next run counts what came after, once.
+func TestCleanStopLeavesGroup(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			p.tweak = func(c *ingest.Config) { c.SessionTimeout = time.Minute }
+			start := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
+			p.logins("a", 300, start, "", false, p.topic)
+			reg := prometheus.NewRegistry()
+			_, stop := p.startConsumer("g", reg)
+			for deadline := time.Now().Add(time.Minute); counter(t, reg, "usagepipe_records_consumed_total") < 300; time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the 300 records were not consumed within a minute")
+				}
+			}
+			stop()
+			p.wantLoginsWritten(297)
+			ctx := context.Background()
+			groups, err := p.admin().DescribeGroups(ctx, "g")
+			if err == nil {
+				err = groups.Error()
+			}
+			if err != nil {
+				t.Fatalf("describe group: %v", err)
+			}
+			if g := groups["g"]; len(g.Members) != 0 {
+				t.Fatalf("group g after a clean stop: state %s, %d members; want none (the stopped consumer left)", g.State, len(g.Members))
+			}
+			committed, err := p.admin().FetchOffsets(ctx, "g")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o, ok := committed.Lookup(p.topic, 0); !ok || o.At != 300 {
+				t.Fatalf("committed after a clean stop: %+v, want offset 300", o)
+			}
+
+			p.logins("b", 100, start.Add(1000*time.Second), "", false, p.topic)
+			p.runReg("g", nil)
+			p.wantLogins(297 + 99)
+		})
+	}
+}
+
 // wantLoginsWritten checks that exactly the first incarnation's logins were
 // written before the consumer stopped.
 func (p *pipeline) wantLoginsWritten(n uint64) {
