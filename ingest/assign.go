@@ -191,12 +191,12 @@ func (c *Consumer) forgetUnset() {
 //     taken: the partition re-read the log and wrote its facts, but no
 //     progress row until it passed that offset, so --until-caught-up never
 //     exited on an idle topic and every restart read it all again
-//     (TestFreshDatabaseSameGroup).
+//     (TestNoProgressRowYet).
 //   - an upgrade from a release that committed v1 metadata: the position is
 //     the group's offset, but no row says so. Taking it as flushed wrote
 //     none until a record arrived: --until-caught-up never exited on an
 //     idle partition, and every restart took the v1 path again
-//     (TestUpgradeFromV1Idle).
+//     (TestNoProgressRowYet).
 func (r resume) flushed() int64 {
 	if !r.stored {
 		return -1

@@ -256,6 +256,17 @@ func (p *pipeline) countedLogins() time.Time {
 	return start
 }
 
+// countsMore checks that the 990 logins of countedLogins are counted
+// once, produces 200 more (198 valid) after them, and checks that a run of
+// group g counts those once too.
+func (p *pipeline) countsMore(start time.Time) {
+	p.t.Helper()
+	p.wantLogins(990)
+	p.logins("b", 200, start.Add(2000*time.Second), "", false, p.topic)
+	p.runReg("g", nil)
+	p.wantLogins(990 + 198)
+}
+
 // TestStopDuringStartup: a run stopped before its loop started (a SIGTERM
 // while it lists the end offsets), after the group assigned its
 // partitions, returns the stop's error. Closing the client revokes the
@@ -296,88 +307,85 @@ func TestStopDuringStartup(t *testing.T) {
 	}
 }
 
-// TestFreshDatabaseSameGroup: a group whose committed offsets are ahead of
-// the database's progress (a new or emptied database, the same group name)
-// counts every retained record into the new database and exits caught up:
-// the database, not the group, knows what was counted there.
-func TestFreshDatabaseSameGroup(t *testing.T) {
+// TestNoProgressRowYet: a partition without a progress row in the
+// database writes its position at the first flush, even with no record to
+// read, so that --until-caught-up exits (runReg fails when a run does not)
+// and the next run resumes from the row. Both ways to get there:
+//   - "new database, same group": the group's commits are ahead of the
+//     database (a new or emptied database, the same group name). Every
+//     retained record is counted into the new database: the database, not
+//     the group, knows what was counted there.
+//   - "upgrade from v1 commits": a release before progress rows kept its
+//     position in the group's commits (metadata "usagepipe/v1
+//     dedup_from_ms=…"); the first run resumes from that offset. Before,
+//     it took the offset as already written, wrote no row until a record
+//     arrived, never exited on an idle partition, and every restart took
+//     the v1 path again.
+//
+// Either way the run ends with progress 1000, the group at 1000 with v2
+// metadata, every login counted once, and the next records counted.
+func TestNoProgressRowYet(t *testing.T) {
 	for _, b := range kafkatest.Brokers(t) {
-		t.Run(b.Kind, func(t *testing.T) {
-			p := newRealTopic(t, b)
-			start := p.countedLogins()
+		for _, tc := range []struct {
+			name  string
+			setup func(t *testing.T, p *pipeline, start time.Time)
+		}{
+			{"new database, same group", func(t *testing.T, p *pipeline, _ time.Time) {
+				p.db = chtest.NewDatabase(t)
+			}},
+			{"upgrade from v1 commits", func(t *testing.T, p *pipeline, start time.Time) {
+				// Facts, no progress rows, the group's offset committed
+				// with v1 metadata.
+				conn := chtest.Open(t, p.db)
+				ctx := context.Background()
+				if err := conn.Exec(ctx, "ALTER TABLE "+p.db+".ingest_progress DELETE WHERE 1"); err != nil {
+					t.Fatal(err)
+				}
+				for deadline := time.Now().Add(30 * time.Second); p.progress().rows > 0; time.Sleep(100 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatal("progress rows still there 30s after ALTER TABLE … DELETE")
+					}
+				}
+				v1 := kadm.Offsets{}
+				v1.Add(kadm.Offset{Topic: p.topic, Partition: 0, At: 1000, LeaderEpoch: -1,
+					Metadata: "usagepipe/v1 dedup_from_ms=" + strconv.FormatInt(start.UnixMilli(), 10)})
+				if resp, err := p.admin().CommitOffsets(ctx, "g", v1); err != nil || resp.Error() != nil {
+					t.Fatalf("commit v1 offsets: %v %v", err, resp.Error())
+				}
+			}},
+		} {
+			t.Run(b.Kind+"/"+tc.name, func(t *testing.T) {
+				p := newRealTopic(t, b)
+				start := p.countedLogins()
+				tc.setup(t, p, start)
 
-			p.db = chtest.NewDatabase(t)
-			p.runReg("g", nil)
-			p.wantLogins(990)
-
-			p.logins("b", 200, start.Add(2000*time.Second), "", false, p.topic)
-			p.runReg("g", nil)
-			p.wantLogins(990 + 198)
-		})
+				p.runReg("g", nil) // no new record: must exit
+				if pr := p.progress(); pr.rows == 0 || pr.next != 1000 {
+					t.Fatalf("after the run: %d progress rows, next_offset %d; want 1000 written", pr.rows, pr.next)
+				}
+				committed, err := p.admin().FetchOffsets(context.Background(), "g")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if o, ok := committed.Lookup(p.topic, 0); !ok || o.At != 1000 || !strings.HasPrefix(o.Metadata, "usagepipe/v2 ") {
+					t.Fatalf("group offset after the run: %+v, want 1000 with v2 metadata", o)
+				}
+				p.countsMore(start)
+			})
+		}
 	}
 }
 
-// TestUpgradeFromV1Idle: a release before progress rows kept its position
-// in the group's commits (metadata "usagepipe/v1 dedup_from_ms=…"). The
-// first run of this release on such a database resumes from that offset
-// and writes the position as a progress row at once, even with no new
-// record: before, it took the v1 offset as already written, wrote no row
-// until a record arrived, and --until-caught-up never exited on an idle
-// partition (runReg fails when a run does not exit).
-func TestUpgradeFromV1Idle(t *testing.T) {
-	for _, b := range kafkatest.Brokers(t) {
-		t.Run(b.Kind, func(t *testing.T) {
-			p := newRealTopic(t, b)
-			start := p.countedLogins()
-			ctx := context.Background()
-
-			// What an upgraded database looks like: facts, no progress
-			// rows, the group's offset committed with v1 metadata.
-			conn := chtest.Open(t, p.db)
-			if err := conn.Exec(ctx, "ALTER TABLE "+p.db+".ingest_progress DELETE WHERE 1"); err != nil {
-				t.Fatal(err)
-			}
-			progress := func() (rows, next uint64) {
-				t.Helper()
-				if err := conn.QueryRow(ctx, "SELECT count(), max(next_offset) FROM "+p.db+".ingest_progress").Scan(&rows, &next); err != nil {
-					t.Fatal(err)
-				}
-				return rows, next
-			}
-			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-				if n, _ := progress(); n == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("progress rows still there 30s after ALTER TABLE … DELETE")
-				}
-			}
-			adm := p.admin()
-			v1 := kadm.Offsets{}
-			v1.Add(kadm.Offset{Topic: p.topic, Partition: 0, At: 1000, LeaderEpoch: -1,
-				Metadata: "usagepipe/v1 dedup_from_ms=" + strconv.FormatInt(start.UnixMilli(), 10)})
-			if resp, err := adm.CommitOffsets(ctx, "g", v1); err != nil || resp.Error() != nil {
-				t.Fatalf("commit v1 offsets: %v %v", err, resp.Error())
-			}
-
-			p.runReg("g", nil) // no new record: must exit
-			if rows, next := progress(); rows == 0 || next != 1000 {
-				t.Fatalf("after the upgrade run: %d progress rows, next_offset %d; want the v1 position 1000 written", rows, next)
-			}
-			committed, err := adm.FetchOffsets(ctx, "g")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if o, ok := committed.Lookup(p.topic, 0); !ok || o.At != 1000 || !strings.HasPrefix(o.Metadata, "usagepipe/v2 ") {
-				t.Fatalf("group offset after the upgrade run: %+v, want 1000 with v2 metadata", o)
-			}
-			p.wantLogins(990)
-
-			p.logins("b", 200, start.Add(2000*time.Second), "", false, p.topic)
-			p.runReg("g", nil)
-			p.wantLogins(990 + 198)
-		})
+// progress is the database's ingest_progress: rows and greatest position.
+func (p *pipeline) progress() (pr struct{ rows, next uint64 }) {
+	p.t.Helper()
+	st := p.openStore()
+	defer st.Close()
+	q := "SELECT count(), max(next_offset) FROM " + p.db + ".ingest_progress"
+	if err := st.Conn().QueryRow(context.Background(), q).Scan(&pr.rows, &pr.next); err != nil {
+		p.t.Fatal(err)
 	}
+	return pr
 }
 
 // TestRecreatedTopicCountsBothIncarnations: a topic deleted and re-created
