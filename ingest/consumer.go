@@ -144,6 +144,7 @@ type partState struct {
 	aggFrom   int64  // offsets below this only rebuild the dedup set
 	next      int64  // next offset to process; -1 before the first record
 	flushed   int64  // position as of the last flush handed to the flusher (at assignment: resume.flushed)
+	advanced  bool   // a flush of this assignment wrote a position (finish commits it again, synchronously)
 	dedup     *dedup.Set
 	tsBucket  int64 // bucket start whose first record's timestamp is bucketTs
 	bucketTs  int64
@@ -713,7 +714,7 @@ func (c *Consumer) startFlush(async bool) error {
 			job.commits[p] = commitPos{offset: pos, meta: commitMeta(st.topicID, from)}
 			job.facts.Progress = append(job.facts.Progress, schema.Progress{
 				Topic: c.cfg.Topic, TopicID: st.topicID, Partition: p, NextOffset: pos, DedupFromMs: from})
-			st.flushed = pos
+			st.flushed, st.advanced = pos, true
 		}
 	}
 	c.lastRun = time.Now()
@@ -870,11 +871,28 @@ func (c *Consumer) commit(commits map[int32]commitPos, sync bool) {
 }
 
 // finish flushes and commits what is left (shutdown). Called with mu held.
+// Then it commits every position this run flushed once more,
+// synchronously: when the last flush had nothing new, the commit of the
+// one before may still be in flight (asynchronous, bounded by
+// asyncCommitWait), and the group would be left behind this database
+// (lag tools would show records that are counted). A synchronous commit
+// waits for the ones before it; the offsets are the same, so it is
+// harmless when they landed.
 func (c *Consumer) finish() error {
 	if c.broken {
 		return c.waitFlight(true)
 	}
-	return c.startFlush(false)
+	if err := c.startFlush(false); err != nil {
+		return err
+	}
+	again := make(map[int32]commitPos)
+	for p, st := range c.parts {
+		if st.advanced {
+			again[p] = commitPos{offset: st.flushed, meta: commitMeta(st.topicID, c.dedupFrom(st))}
+		}
+	}
+	c.commit(again, true)
+	return nil
 }
 
 // updateReady recomputes the lag total and the ready gauge.
