@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/usagepipe/usagepipe/aggregate/reference"
 	"github.com/usagepipe/usagepipe/ingest"
@@ -667,6 +669,53 @@ func TestCleanStopLeavesGroup(t *testing.T) {
 			p.runReg("g", nil)
 			p.wantLogins(297 + 99)
 		})
+	}
+}
+
+// TestCleanStopCommitsAgain: when the last flush before a stop has nothing
+// new, the commit of the flush before it may not have landed (it is
+// asynchronous and given up after a second, e.g. while the coordinator
+// moves). The stop commits every position it flushed once more,
+// synchronously, so the group is not left behind the database. kfake
+// fails every commit while the records are read and flushed, then lets
+// them through; the group must end at 300.
+func TestCleanStopCommitsAgain(t *testing.T) {
+	cl := kafkatest.Kfake(t)
+	var failing atomic.Bool
+	var failed300 atomic.Int32
+	failing.Store(true)
+	cl.ControlKey(int16(kmsg.OffsetCommit), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		cl.KeepControl()
+		if !failing.Load() {
+			return nil, nil, false
+		}
+		req := kreq.(*kmsg.OffsetCommitRequest)
+		for _, rt := range req.Topics {
+			for _, rp := range rt.Partitions {
+				if rp.Offset == 300 {
+					failed300.Add(1)
+				}
+			}
+		}
+		return kafkatest.FailCommit(req, kerr.OffsetMetadataTooLarge.Code), nil, true
+	})
+	p := newRealTopic(t, &kafkatest.Broker{Addrs: cl.ListenAddrs(), Kind: kafkatest.KindKfake})
+	p.logins("a", 300, time.Now().Add(-30*24*time.Hour).Truncate(time.Second), "", false, p.topic)
+	_, stop := p.startConsumer("g", nil)
+	for deadline := time.Now().Add(time.Minute); failed300.Load() == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no commit of offset 300 within a minute")
+		}
+	}
+	failing.Store(false)
+	stop()
+	p.wantLoginsWritten(297)
+	committed, err := p.admin().FetchOffsets(context.Background(), "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, ok := committed.Lookup(p.topic, 0); !ok || o.At != 300 {
+		t.Fatalf("committed after a clean stop whose earlier commits failed: %+v (found %v), want offset 300", o, ok)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // Broker kinds, as in [Broker.Kind].
@@ -140,4 +141,21 @@ func topicUsable(ctx context.Context, adm *kadm.Client, topic string, partitions
 // clone returns a copy of b that the caller may change.
 func (b *Broker) clone() *Broker {
 	return &Broker{Addrs: slices.Clone(b.Addrs), Kind: b.Kind}
+}
+
+// FailCommit is the response of a broker that refuses every partition of
+// an offset commit with code (for kfake control functions).
+func FailCommit(req *kmsg.OffsetCommitRequest, code int16) *kmsg.OffsetCommitResponse {
+	resp := req.ResponseKind().(*kmsg.OffsetCommitResponse)
+	for _, t := range req.Topics {
+		rt := kmsg.NewOffsetCommitResponseTopic()
+		rt.Topic, rt.TopicID = t.Topic, t.TopicID
+		for _, p := range t.Partitions {
+			rp := kmsg.NewOffsetCommitResponseTopicPartition()
+			rp.Partition, rp.ErrorCode = p.Partition, code
+			rt.Partitions = append(rt.Partitions, rp)
+		}
+		resp.Topics = append(resp.Topics, rt)
+	}
+	return resp
 }
