@@ -186,8 +186,8 @@ type flushJob struct {
 
 // New connects to Kafka and prepares a consumer. franz-go joins the group
 // as soon as the client exists, so partitions can be assigned before Run
-// (which opens the duplicate filter's disk and starts flushing). extra are additional client options (TLS,
-// SASL, logging) built by the caller.
+// (which opens the duplicate filter's disk and starts flushing). extra are
+// additional client options (TLS, SASL, logging) built by the caller.
 func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extra ...kgo.Opt) (*Consumer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
