@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -28,7 +27,6 @@ import (
 	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
@@ -255,40 +253,37 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	kmetrics := kprom.NewMetrics("usagepipe", kprom.Subsystem("kafka"), kprom.Registerer(reg))
 	icfg.ConnOpts = append(kopts, extra...)
+	// /healthz answers while startup waits (ClickHouse, the older release's
+	// instances, a backfill); /readyz says what for.
+	hs := startHealth(ln, reg)
+	defer hs.stop()
 
+	hs.starting("connecting to ClickHouse")
 	st, err := openStore(ctx, scfg, log, reg, true)
 	if err != nil {
-		if ln != nil {
-			ln.Close()
-		}
 		return err
 	}
 	defer st.Close()
 	mcfg := p.ch.schemaConfig()
 	if pending, err := schema.BackfillPending(ctx, st.Conn(), mcfg); err != nil || pending {
 		if err == nil {
+			hs.starting("waiting for the older release's instances to leave the consumer group")
 			err = waitGroupEmpty(ctx, kopts, icfg.Brokers, icfg.Group, log)
 		}
 		if err != nil {
-			if ln != nil {
-				ln.Close()
-			}
 			return err
 		}
 	}
+	hs.starting("migrating the ClickHouse objects (a backfill of served rows logs its progress)")
 	if err := schema.MigrateOn(ctx, st.Topology(), mcfg, log); err != nil {
-		if ln != nil {
-			ln.Close()
-		}
 		return fmt.Errorf("migrate: %w", err)
 	}
+	hs.starting("joining the consumer group")
 	cons, err := ingest.New(icfg, st, log, reg, kgo.WithHooks(kmetrics))
 	if err != nil {
-		if ln != nil {
-			ln.Close()
-		}
 		return err
 	}
+	hs.running(cons)
 
 	var g run.Group
 	runCtx, cancel := context.WithCancel(ctx)
@@ -297,38 +292,12 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 		// GOMEMLIMIT is set: the dedup tables outside the Go heap count too.
 		addMemLimit(&g, base)
 	}
-	if ln != nil {
-		srv := &http.Server{Handler: httpHandler(reg, cons), ReadHeaderTimeout: 5 * time.Second}
-		g.Add(func() error {
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("metrics server: %w", err)
-			}
-			return nil
-		}, func(error) {
-			sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
-			defer c()
-			_ = srv.Shutdown(sctx)
-		})
+	if hs != nil {
+		g.Add(func() error { return hs.wait(runCtx) }, func(error) { cancel() })
 	}
 	log.Info("usagepipe running", "brokers", icfg.Brokers, "topic", icfg.Topic, "group", icfg.Group,
 		"clickhouse", scfg.Addr, "database", scfg.Database, "metrics", p.metricsAddr, "until_caught_up", icfg.UntilCaughtUp)
 	return g.Run()
-}
-
-func httpHandler(reg *prometheus.Registry, cons *ingest.Consumer) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		ok, why := cons.Ready()
-		if !ok {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		fmt.Fprintln(w, why)
-	})
-	return mux
 }
 
 // waitGroupEmpty waits until the consumer group has no members. Before

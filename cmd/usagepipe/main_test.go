@@ -288,6 +288,44 @@ func TestLiveMetricsAndReadiness(t *testing.T) {
 	t.Logf("served rows verified %s after the outage's records were written: %s", took.Round(100*time.Millisecond), strings.TrimSpace(out))
 }
 
+// TestHealthWhileStarting: while `usagepipe run` waits for ClickHouse at
+// startup, /healthz answers (an orchestrator's liveness probe must not
+// restart a process that waits: before, nothing answered on the metrics
+// address until the migrate had run), /readyz fails saying what it waits
+// for, /metrics answers, and a stop ends the wait.
+func TestHealthWhileStarting(t *testing.T) {
+	cluster := kafkatest.Kfake(t, kfake.SeedTopics(1, "usage-events"))
+	metrics := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		code, _, _ := exec(ctx, "run", "--kafka-brokers", strings.Join(cluster.ListenAddrs(), ","),
+			"--clickhouse-addr", freeAddr(t), "--metrics-addr", metrics)
+		done <- code
+	}()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("run did not stop within 30 s of its context")
+		}
+	}()
+	base := "http://" + metrics
+	waitFor(t, "/healthz 200 while ClickHouse is unreachable", 10*time.Second, func() bool { c, _ := get(base + "/healthz"); return c == 200 })
+	if c, body := get(base + "/readyz"); c != http.StatusServiceUnavailable || !strings.Contains(body, "starting: connecting to ClickHouse") {
+		t.Errorf("/readyz = %d %q, want 503 saying it is connecting to ClickHouse", c, body)
+	}
+	if c, body := get(base + "/metrics"); c != 200 || !strings.Contains(body, "go_goroutines") {
+		t.Errorf("/metrics = %d, go_goroutines present: %v", c, strings.Contains(body, "go_goroutines"))
+	}
+	select {
+	case code := <-done:
+		t.Fatalf("run exited (code %d) while ClickHouse was unreachable; it should wait", code)
+	default:
+	}
+}
+
 // TestKafkaSCRAMOverTLS runs gen and run against a kfake broker that demands
 // SCRAM-SHA-256 over TLS, with the CA and password given as files.
 func TestKafkaSCRAMOverTLS(t *testing.T) {
