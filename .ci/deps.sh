@@ -9,6 +9,8 @@ command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 # ZooKeeper for the test cluster (schema/chcluster); the package starts no service.
 test -f /usr/share/java/zookeeper.jar || need_apt+=(zookeeper)
+# pip for chDB (Debian's python3 comes without it).
+python3 -c 'import chdb' >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -20,7 +22,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 if ! python3 -c 'import chdb' >/dev/null 2>&1; then
   echo "deps: pip install chdb (a current ClickHouse engine, for the DDL compatibility test)"
-  python3 -m pip install -q 'chdb==4.4.0'
+  # Debian's own python3 refuses installs outside a venv (PEP 668): then
+  # into the user's site-packages, where python3 finds it.
+  python3 -m pip install -q 'chdb==4.4.0' 2>/dev/null ||
+    python3 -m pip install -q --user --break-system-packages 'chdb==4.4.0'
 fi
 go mod download
 if [ -x ingest/kafkatest/fetch-kafka.sh ] || [ -f ingest/kafkatest/fetch-kafka.sh ]; then

@@ -1,8 +1,8 @@
 // Package aggregate turns accepted, non-duplicate events into the facts one
 // flush writes to ClickHouse (schema.Facts). It keeps only what changed
-// since the last flush — the rollups themselves are computed by ClickHouse
-// views over all facts ever written (see package schema) — plus, per owned
-// partition, the event counts of the current offset bucket.
+// since the last flush — the served rollups are recomputed from all facts
+// ever written (see package schema and ingest's serve loop) — plus, per
+// owned partition, the event counts of the current offset bucket.
 //
 // Why this is exact under crashes, replays and zombie writers: every fact is
 // either a set member (account-month, feature user), a maximum (latest
@@ -10,7 +10,7 @@
 // function of a fixed offset range of one partition ([bucket start,
 // covered end)), stored with covered_end as its ReplacingMergeTree version.
 // Writing any of them twice, or writing a count computed from more of the
-// same offsets, cannot change what the views compute. A new owner of a
+// same offsets, cannot change what a recompute computes. A new owner of a
 // partition does not recount the open bucket from Kafka (retention may have
 // deleted its start): it restores the bucket's stored counts (Restore) and
 // goes on from the durable position, skipping, per count key, the events
@@ -30,9 +30,11 @@
 // ClickHouse inserts a block that is already in key order without sorting
 // it (in the benchmark ClickHouse's CPU per event fell by ~40%).
 //
-// An Aggregator is owned by one goroutine (the consumer loop) and is not
-// safe for concurrent use; DrainAll takes several (one per worker) from
-// the goroutine that owns them all. It exports no metrics.
+// An Aggregator is not safe for concurrent use: the consumer uses each
+// from one goroutine at a time (a poll's worker, or the Kafka client's
+// goroutine for Restore and Drop at a rebalance, serialised by the
+// consumer's mutex and its wait for the workers); DrainAll takes several
+// (one per worker) at once. It exports no metrics.
 package aggregate
 
 import (

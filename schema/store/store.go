@@ -176,7 +176,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Regi
 	}
 	rows := promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
 		Name: "usagepipe_clickhouse_rows_written_total",
-		Help: "Fact rows ClickHouse acknowledged, by table.",
+		Help: "Rows ClickHouse acknowledged, by table: the fact tables, rollup_marks and ingest_progress.",
 	}, []string{"table"})
 	s := &Store{conn: conn, topo: topo, db: db, timeout: cfg.WriteTimeout, log: log}
 	for i, t := range tables {
