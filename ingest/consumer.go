@@ -261,8 +261,19 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 	c.cl = cl
 	c.adm = kadm.NewClient(cl)
 	close(c.built)
-	c.chUp.Store(true)
+	c.setClickHouseUp(true)
 	return c, nil
+}
+
+// setClickHouseUp records whether ClickHouse answered the last write or
+// ping (for Ready and usagepipe_clickhouse_up).
+func (c *Consumer) setClickHouseUp(up bool) {
+	c.chUp.Store(up)
+	if up {
+		c.m.clickhouseUp.Set(1)
+	} else {
+		c.m.clickhouseUp.Set(0)
+	}
 }
 
 // Client is the underlying Kafka client (for metrics plugins and tests).
@@ -933,7 +944,9 @@ func (c *Consumer) flusher(ctx context.Context) {
 			c.lastFlushOK.Store(now.UnixNano())
 			c.log.Debug("flushed", "rows", job.facts.Rows(), "dlq", len(job.dlq), "seconds", now.Sub(job.started).Seconds())
 			for k, n := range job.delays {
-				c.m.delay.ObserveN(now.Sub(time.Unix(k.sec, 0)).Seconds()-0.5, uint64(n))
+				// (0 for a record stamped after now: a producer's clock
+				// ahead, or synthetic times.)
+				c.m.delay.ObserveN(max(now.Sub(time.Unix(k.sec, 0)).Seconds()-0.5, 0), uint64(n))
 			}
 			if c.srv != nil {
 				c.srv.touch(job.facts, job.delays)
@@ -951,10 +964,10 @@ func (c *Consumer) write(ctx context.Context, job *flushJob) error {
 		if err == nil {
 			err = c.w.Write(ctx, job.facts)
 			if err == nil {
-				c.chUp.Store(true)
+				c.setClickHouseUp(true)
 				return nil
 			}
-			c.chUp.Store(false)
+			c.setClickHouseUp(false)
 		}
 		c.m.flushErr.Inc()
 		if ctx.Err() != nil {
@@ -1042,7 +1055,7 @@ func (c *Consumer) pinger(ctx context.Context) {
 		pctx, cancel := context.WithTimeout(ctx, c.cfg.PingInterval)
 		err := c.w.Ping(pctx)
 		cancel()
-		c.chUp.Store(err == nil)
+		c.setClickHouseUp(err == nil)
 		if ok, _ := c.Ready(); ok {
 			c.m.ready.Set(1)
 		} else {

@@ -9,7 +9,8 @@ import (
 )
 
 // progress logs how a run advances (contract section 5): every
-// Config.ProgressInterval while there is a backlog, a "progress" line with
+// Config.ProgressInterval while there is a backlog (in an --until-caught-up
+// run, until it exits), a "progress" line with
 // the records done, the rate over the interval, the records left (the lag
 // to the last stable offset of the partitions this instance owns) and an
 // estimate of the time left; and when the run ends, one "run summary" line.
@@ -54,11 +55,17 @@ func (p *progress) loop() {
 }
 
 // tick logs a progress line while records are left, and once more when
-// the backlog has just been worked off.
+// the backlog has just been worked off. An --until-caught-up run logs one
+// every tick until it exits: after the last record is read it may still
+// wait for its writes (ClickHouse down) and the served rows, and says so.
 func (p *progress) tick(now time.Time) {
 	done := counterValue(p.c.m.consumed)
 	left := gaugeSum(p.c.m.lag)
 	if left <= 0 && p.lastLeft <= 0 {
+		if p.c.cfg.UntilCaughtUp {
+			p.c.log.Info("progress", "records_done", done, "rate_per_s", 0, "records_left", 0, "eta", "unknown",
+				"waiting_for", "the last writes to ClickHouse and the served rows")
+		}
 		p.lastDone, p.lastAt = done, now
 		return
 	}

@@ -23,6 +23,8 @@ type logCapture struct {
 	lines       []logLine
 	once        sync.Once
 	sawProgress chan struct{}
+	onceWait    sync.Once
+	sawWaiting  chan struct{} // closed at the first "progress" line that says what it waits for (if not nil)
 }
 
 type logLine struct {
@@ -45,6 +47,9 @@ func (h *logCapture) Handle(_ context.Context, r slog.Record) error {
 	h.mu.Unlock()
 	if l.msg == "progress" && l.attrs["records_left"].Int64() > 0 {
 		h.once.Do(func() { close(h.sawProgress) })
+	}
+	if _, ok := l.attrs["waiting_for"]; ok && l.msg == "progress" && h.sawWaiting != nil {
+		h.onceWait.Do(func() { close(h.sawWaiting) })
 	}
 	return nil
 }
@@ -158,4 +163,50 @@ func TestProgressAndSummary(t *testing.T) {
 		t.Errorf("summary wall_time %v, rate_per_s %v", s["wall_time"], s["rate_per_s"])
 	}
 	t.Logf("%d progress lines, first %v; summary %v", len(progress), first, s)
+}
+
+// TestProgressWhileWriting: an --until-caught-up run that has read every
+// record but still waits for its writes (here held until it says so; in
+// life ClickHouse down, or the final served rows) goes on logging progress
+// lines, records left 0, saying what it waits for. Before, its log was
+// silent from the last record read until the exit.
+func TestProgressWhileWriting(t *testing.T) {
+	b := kafkatest.Brokers(t)[0]
+	p := newPipeline(t, b, 1)
+	p.produce(gen.Config{Seed: 15, Events: 500, Accounts: 10, Users: 50, Features: 5, Quarters: 1})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal}, nil); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logCapture{sawProgress: make(chan struct{}), sawWaiting: make(chan struct{})}
+	cfg := ingest.Defaults()
+	cfg.FiscalStartMonth = p.fiscal
+	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, "g-progress-writing"
+	cfg.UntilCaughtUp = true
+	cfg.ProgressInterval = 10 * time.Millisecond
+	c, err := ingest.New(cfg, gatedWriter{Store: st, gate: logs.sawWaiting, deadline: time.Now().Add(20 * time.Second)}, slog.New(logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Run(ctx); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	p.check()
+	select {
+	case <-logs.sawWaiting:
+	default:
+		t.Fatal("no progress line while the run waited for its writes (the writes went on after 20 s)")
+	}
+	for _, l := range logs.find("progress") {
+		if _, ok := l.attrs["waiting_for"]; ok && (l.attrs["records_left"].Int64() != 0 || l.attrs["records_done"].Uint64() == 0) {
+			t.Errorf("waiting progress line %v: want records_left 0 and records done", l.attrs)
+		}
+	}
 }

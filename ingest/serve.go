@@ -345,7 +345,7 @@ func (s *server) observe(delays map[int64]int) {
 	now := time.Now()
 	for sec, n := range delays {
 		// As usagepipe_event_delay_seconds: from the middle of the second.
-		s.delay.ObserveN(now.Sub(time.Unix(sec, 0)).Seconds()-0.5, uint64(n))
+		s.delay.ObserveN(max(now.Sub(time.Unix(sec, 0)).Seconds()-0.5, 0), uint64(n))
 	}
 }
 

@@ -31,7 +31,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var events, rows int
 	var dataDir string
 	var keep bool
-	f := newFlags("demo", "The embedded default: an in-process Kafka broker (kfake), a private local ClickHouse\n(unless --clickhouse-addr is given), synthetic telemetry from gen, the pipeline until\ncaught up, then a rollup table checked against the independent reference.", stderr)
+	f := newFlags("demo", "The embedded default: an in-process Kafka broker (kfake), a private local ClickHouse\n(unless --clickhouse-addr is given), synthetic telemetry from gen, the pipeline until\ncaught up, then a rollup table checked against the independent reference.", stdout)
 	p.register(f)
 	f.intv(&events, "events", 200_000, "synthetic records to produce")
 	f.intv(&rows, "rows", 8, "accounts to print in each table")

@@ -33,7 +33,7 @@ func (g *genSettings) register(f *flags) {
 	g.kafka.register(f, false)
 	g.log.register(f)
 	f.int64v(&g.cfg.Seed, "seed", 1, "random seed: the same seed and sizes give the same records")
-	f.intv(&g.cfg.Events, "events", 100_000, "records to produce")
+	f.intv(&g.cfg.Events, "events", 100_000, "records to produce (--edge-cases adds its few dozen hard cases)")
 	f.intv(&g.cfg.Accounts, "accounts", 300, "distinct accounts")
 	f.intv(&g.cfg.Users, "users", 10_000, "distinct users (about; the realistic population's shapes need about 10 events per user)")
 	f.str(&g.cfg.Population, "population", gen.PopulationRealistic, "realistic (a customer base: a handful to thousands of seats, under-assigned, low-activation, growing and shrinking accounts) or uniform (every account alike; what the benchmarks use)")
@@ -52,7 +52,7 @@ func (g *genSettings) register(f *flags) {
 
 func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var g genSettings
-	f := newFlags("gen", "Produce deterministic synthetic usage telemetry to Kafka (keyed by account_id, zstd batches).", stderr)
+	f := newFlags("gen", "Produce deterministic synthetic usage telemetry to Kafka (keyed by account_id, zstd batches).", stdout)
 	g.register(f)
 	if err := f.parse(args); err != nil {
 		return err
@@ -64,8 +64,13 @@ func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if g.cfg.Start, err = time.Parse(time.RFC3339, g.start); err != nil {
 		return usagef("start: %v", err)
 	}
-	if g.cfg.Events < 0 || g.cfg.Accounts <= 0 || g.cfg.Users <= 0 || g.cfg.Features <= 0 || g.cfg.Quarters <= 0 {
-		return usagef("events, accounts, users, features and quarters must be positive")
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"events", g.cfg.Events}, {"accounts", g.cfg.Accounts}, {"users", g.cfg.Users}, {"features", g.cfg.Features}, {"quarters", g.cfg.Quarters}} {
+		if n.v <= 0 {
+			return usagef("%s: must be positive, got %d", n.name, n.v)
+		}
 	}
 	if g.cfg.BadRatio < 0 || g.cfg.BadRatio > 1 || g.cfg.DupRatio < 0 || g.cfg.DupRatio > 1 {
 		return usagef("bad-ratio and dup-ratio must be between 0 and 1")

@@ -84,9 +84,9 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	switch args[0] {
 	case "run":
-		return cmdRun(ctx, args[1:], stderr)
+		return cmdRun(ctx, args[1:], stdout, stderr)
 	case "migrate":
-		return cmdMigrate(ctx, args[1:], stderr)
+		return cmdMigrate(ctx, args[1:], stdout, stderr)
 	case "verify":
 		return cmdVerify(ctx, args[1:], stdout, stderr)
 	case "demo":
@@ -100,9 +100,9 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return usagef("unknown command %q (want run, migrate, verify, demo or gen)", args[0])
 }
 
-func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var p pipelineSettings
-	f := newFlags("run", "Consume usage events, aggregate them and write facts to ClickHouse; the views\naccount_quarter_rollups and account_quarter_features give the rollups.", stderr)
+	f := newFlags("run", "Consume usage events, aggregate them and write facts to ClickHouse; the views\naccount_quarter_rollups and account_quarter_features give the rollups.", stdout)
 	p.register(f)
 	f.boolv(&p.untilCaughtUp, "until-caught-up", false, "stop (exit 0) once every record that existed at start is processed and flushed")
 	if err := f.parse(args); err != nil {
@@ -136,9 +136,9 @@ func chCommand(ctx context.Context, f *flags, ch *chSettings, args []string, std
 	return st, log, err
 }
 
-func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
+func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var ch chSettings
-	f := newFlags("migrate", "Create or upgrade the ClickHouse database, fact tables and rollup views (idempotent).", stderr)
+	f := newFlags("migrate", "Create or upgrade the ClickHouse database, fact tables and rollup views (idempotent).", stdout)
 	st, log, err := chCommand(ctx, f, &ch, args, stderr)
 	if err != nil {
 		return err
@@ -154,7 +154,7 @@ func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
 func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var ch chSettings
 	var accounts string
-	f := newFlags("verify", "Recompute the rollups of every account (or --accounts) from the fact tables and compare\nevery column with the served rows of account_quarter_rollups and account_quarter_features.\nPrints each difference; exit code 1 if there is any. Run it once the pipeline has caught up.", stderr)
+	f := newFlags("verify", "Recompute the rollups of every account (or --accounts) from the fact tables and compare\nevery column with the served rows of account_quarter_rollups and account_quarter_features.\nPrints each difference; exit code 1 if there is any. Run it once the pipeline has caught up.", stdout)
 	f.str(&accounts, "accounts", "", "comma-separated account IDs to check (default: every account)")
 	st, _, err := chCommand(ctx, f, &ch, args, stderr)
 	if err != nil {

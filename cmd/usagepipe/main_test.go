@@ -51,8 +51,8 @@ func check(t *testing.T, env map[string]string, want string, args []string) {
 	}
 	lines := strings.Split(strings.TrimSpace(stderr), "\n")
 	last := lines[len(lines)-1]
-	if !strings.HasPrefix(last, "usagepipe: ") || !strings.Contains(last, want) {
-		t.Fatalf("%v %v: last line %q, want one naming %q", env, args, last, want)
+	if len(lines) != 1 || !strings.HasPrefix(last, "usagepipe: ") || !strings.Contains(last, want) {
+		t.Fatalf("%v %v: stderr %q, want one line naming %q", env, args, stderr, want)
 	}
 }
 
@@ -87,6 +87,33 @@ func TestBadSettingIsOneLineNamingItAndExit2(t *testing.T) {
 	f(nil, "kafka-session-timeout", "run", "--kafka-session-timeout", "10ms")
 	f(nil, "unknown command", "frobnicate")
 	f(nil, "flag provided but not defined: -nope", "run", "--nope")
+	// (Before, a flag the flag package could not parse printed the whole
+	// usage too, and a bad database name made run retry a connection
+	// forever.)
+	f(nil, "max-clock-skew: parse error (want a duration", "run", "--max-clock-skew", "5parsecs")
+	f(map[string]string{"USAGEPIPE_DEDUP_WINDOW": "a day"}, "USAGEPIPE_DEDUP_WINDOW: invalid value \"a day\": parse error (want a duration", "run")
+	f(nil, "flag -fiscal-year-start-month", "run", "--fiscal-year-start-month", "april")
+	f(nil, "clickhouse-database", "run", "--clickhouse-database", "bad-name")
+	f(nil, "clickhouse-database", "migrate", "--clickhouse-database", "")
+	f(nil, "events: must be positive", "gen", "--events", "0")
+}
+
+// TestHelpGoesToStdout: -h prints the command's flags on stdout (so that
+// `usagepipe run --help | less` shows them), durations as the contract
+// writes them, and exits 0.
+func TestHelpGoesToStdout(t *testing.T) {
+	for _, cmd := range []string{"run", "migrate", "verify", "demo", "gen"} {
+		code, stdout, stderr := exec(context.Background(), cmd, "--help")
+		if code != 0 || stderr != "" || !strings.HasPrefix(stdout, "usage: usagepipe "+cmd) {
+			t.Errorf("%s --help: exit %d, stderr %q, stdout starts %.40q", cmd, code, stderr, stdout)
+		}
+	}
+	_, stdout, _ := exec(context.Background(), "run", "--help")
+	for _, want := range []string{"--dedup-window  [$USAGEPIPE_DEDUP_WINDOW] (default 24h)\n", "--max-clock-skew  [$USAGEPIPE_MAX_CLOCK_SKEW] (default 1h)\n"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("run --help lacks %q", want)
+		}
+	}
 }
 
 func TestFlagWinsOverEnvironment(t *testing.T) {
@@ -242,10 +269,22 @@ func TestLiveMetricsAndReadiness(t *testing.T) {
 	if c, _ := get(base + "/healthz"); c != 200 {
 		t.Fatalf("/healthz = %d", c)
 	}
+	// usagepipe_clickhouse_up and usagepipe_ready follow ClickHouse (the
+	// first was never set: UsagepipeClickHouseDown fired on every healthy
+	// instance).
+	for _, want := range []string{"usagepipe_clickhouse_up 1", "usagepipe_ready 1"} {
+		if !strings.Contains(m, want+"\n") {
+			t.Errorf("/metrics lacks %q while ClickHouse is up", want)
+		}
+	}
 
 	srv.Stop()
 	took := waitFor(t, "/readyz non-200 after ClickHouse stopped", 30*time.Second, func() bool { c, _ := get(base + "/readyz"); return c != 200 && c != 0 })
 	t.Logf("readyz failed %s after ClickHouse stopped", took.Round(100*time.Millisecond))
+	waitFor(t, "usagepipe_clickhouse_up 0 and usagepipe_ready 0 after ClickHouse stopped", 10*time.Second, func() bool {
+		_, m := get(base + "/metrics")
+		return strings.Contains(m, "usagepipe_clickhouse_up 0\n") && strings.Contains(m, "usagepipe_ready 0\n")
+	})
 	// New data arrives while ClickHouse is down; the process keeps running.
 	if code, _, stderr := exec(ctx, "gen", "--kafka-brokers", brokers, "--seed", "2", "--events", "1000", "--accounts", "20", "--users", "200"); code != 0 {
 		t.Fatalf("gen: %s", stderr)
@@ -268,6 +307,10 @@ func TestLiveMetricsAndReadiness(t *testing.T) {
 	t.Cleanup(func() { srv2.Stop() })
 	took = waitFor(t, "/readyz 200 after ClickHouse restarted", 60*time.Second, func() bool { c, _ := get(base + "/readyz"); return c == 200 })
 	t.Logf("readyz recovered %s after ClickHouse restarted", took.Round(100*time.Millisecond))
+	waitFor(t, "usagepipe_clickhouse_up 1 after ClickHouse restarted", 10*time.Second, func() bool {
+		_, m := get(base + "/metrics")
+		return strings.Contains(m, "usagepipe_clickhouse_up 1\n")
+	})
 	waitFor(t, "records of the outage written", 60*time.Second, func() bool {
 		_, m := get(base + "/metrics")
 		return strings.Contains(m, "usagepipe_consumer_lag_records{partition=\"0\"} 0") && strings.Contains(m, "usagepipe_records_consumed_total 40")

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -36,25 +37,60 @@ func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(form
 // (USAGEPIPE_ + the flag name in upper snake case); a flag given on the
 // command line wins.
 type flags struct {
-	fs  *flag.FlagSet
-	env map[string]string // flag name → env var
+	fs   *flag.FlagSet
+	env  map[string]string // flag name → env var
+	help func()            // prints the command's usage (on -h/--help)
 }
 
-func newFlags(name, summary string, out io.Writer) *flags {
+// newFlags makes the flags of command name; its usage goes to help (the
+// command's stdout) on -h or --help only: a bad flag is one line, as every
+// bad setting is.
+func newFlags(name, summary string, help io.Writer) *flags {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(out)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	f := &flags{fs: fs, env: map[string]string{}}
-	fs.Usage = func() {
-		fmt.Fprintf(out, "usage: usagepipe %s [flags]\n\n%s\n\nFlags (each also settable by the environment variable shown; the flag wins):\n", name, summary)
+	f.help = func() {
+		fmt.Fprintf(help, "usage: usagepipe %s [flags]\n\n%s\n\nFlags (each also settable by the environment variable shown; the flag wins):\n", name, summary)
 		fs.VisitAll(func(fl *flag.Flag) {
-			def := ""
-			if fl.DefValue != "" && fl.DefValue != "false" && fl.DefValue != "0" && fl.DefValue != "[]" {
-				def = fmt.Sprintf(" (default %s)", fl.DefValue)
+			def := fl.DefValue
+			if d, ok := durationOf(fl); ok {
+				def = shortDuration(d)
 			}
-			fmt.Fprintf(out, "  --%s  [$%s]%s\n      %s\n", fl.Name, f.env[fl.Name], def, fl.Usage)
+			if def != "" && def != "false" && def != "0" && def != "[]" {
+				def = fmt.Sprintf(" (default %s)", def)
+			} else {
+				def = ""
+			}
+			fmt.Fprintf(help, "  --%s  [$%s]%s\n      %s\n", fl.Name, f.env[fl.Name], def, fl.Usage)
 		})
 	}
 	return f
+}
+
+// durationOf is the default of a duration flag.
+func durationOf(fl *flag.Flag) (time.Duration, bool) {
+	g, ok := fl.Value.(flag.Getter)
+	if !ok {
+		return 0, false
+	}
+	if _, ok := g.Get().(time.Duration); !ok {
+		return 0, false
+	}
+	d, err := time.ParseDuration(fl.DefValue)
+	return d, err == nil
+}
+
+// shortDuration writes 24h for 24h0m0s and 1h30m for 1h30m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // setDefault changes a registered flag's default (environment and command
@@ -100,9 +136,14 @@ func (f *flags) parse(args []string) error {
 	set := map[string]bool{}
 	if err := f.fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			f.help()
 			return err
 		}
-		return usagef("%v", err)
+		msg := err.Error()
+		if m := flagInError.FindStringSubmatch(msg); m != nil {
+			msg += f.hint(m[1])
+		}
+		return usagef("%s", msg)
 	}
 	if f.fs.NArg() > 0 {
 		return usagef("unexpected argument %q", f.fs.Arg(0))
@@ -115,11 +156,25 @@ func (f *flags) parse(args []string) error {
 		}
 		if v, ok := os.LookupEnv(f.env[fl.Name]); ok {
 			if e := fl.Value.Set(v); e != nil {
-				err = usagef("%s: invalid value %q: %v", f.env[fl.Name], v, unwrapFlagErr(e))
+				err = usagef("%s: invalid value %q: %v%s", f.env[fl.Name], v, unwrapFlagErr(e), f.hint(fl.Name))
 			}
 		}
 	})
 	return err
+}
+
+// flagInError finds the flag a FlagSet's parse error names.
+var flagInError = regexp.MustCompile(`for flag -([A-Za-z0-9-]+):`)
+
+// hint says what a duration flag accepts (the flag package only says
+// "parse error").
+func (f *flags) hint(name string) string {
+	if fl := f.fs.Lookup(name); fl != nil {
+		if _, ok := durationOf(fl); ok {
+			return " (want a duration such as 500ms, 90s, 15m or 24h)"
+		}
+	}
+	return ""
 }
 
 func unwrapFlagErr(err error) error {
@@ -296,6 +351,11 @@ func (c *chSettings) storeConfig() (store.Config, error) {
 	}
 	if len(addrs) == 0 {
 		return store.Config{}, usagef("clickhouse-addr: must not be empty")
+	}
+	// Checked here, not only when connecting: run retries a connection
+	// forever, and would retry a bad name with it.
+	if err := schema.ValidateDatabase(c.database); err != nil {
+		return store.Config{}, usagef("clickhouse-database: must match %s, got %q", "^[A-Za-z_][A-Za-z0-9_]{0,63}$", c.database)
 	}
 	pass, err := secret("USAGEPIPE_CLICKHOUSE_PASSWORD", "clickhouse-password-file", c.passwordFile)
 	if err != nil {
