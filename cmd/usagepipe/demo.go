@@ -31,7 +31,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var events, rows int
 	var dataDir string
 	var keep bool
-	f := newFlags("demo", "The embedded default: an in-process Kafka broker (kfake), a private local ClickHouse\n(unless --clickhouse-addr is given), synthetic telemetry from gen, the pipeline until\ncaught up, then a rollup table checked against the independent reference.", stdout)
+	f := newFlags("demo", "The embedded default: an in-process Kafka broker (kfake), a private local ClickHouse\n(unless --clickhouse-addr is given), synthetic telemetry from gen, the pipeline until\ncaught up, then a rollup table checked against the independent reference. The Kafka connection flags\n(--kafka-brokers, TLS, SASL) are not used: the broker is in-process.", stdout)
 	p.register(f)
 	f.intv(&events, "events", 200_000, "synthetic records to produce")
 	f.intv(&rows, "rows", 8, "accounts to print in each table")
@@ -46,6 +46,13 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	log, err := p.log.logger(stderr)
 	if err != nil {
 		return err
+	}
+	// Settings first: a bad one is refused before a ClickHouse is started.
+	if _, err := p.ingestConfig(); err != nil {
+		return err
+	}
+	if err := schema.ValidateDatabase(p.ch.database); err != nil {
+		return usagef("clickhouse-database: must match %s, got %q", "^[A-Za-z_][A-Za-z0-9_]{0,63}$", p.ch.database)
 	}
 	started := time.Now()
 

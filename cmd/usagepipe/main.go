@@ -156,6 +156,7 @@ func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var accounts string
 	f := newFlags("verify", "Recompute the rollups of every account (or --accounts) from the fact tables and compare\nevery column with the served rows of account_quarter_rollups and account_quarter_features.\nPrints each difference; exit code 1 if there is any. Run it once the pipeline has caught up.", stdout)
 	f.str(&accounts, "accounts", "", "comma-separated account IDs to check (default: every account)")
+	f.env["accounts"] = "USAGEPIPE_VERIFY_ACCOUNTS" // (USAGEPIPE_ACCOUNTS is gen's count)
 	st, _, err := chCommand(ctx, f, &ch, args, stderr)
 	if err != nil {
 		return err
