@@ -84,6 +84,7 @@ type Consumer struct {
 	recoverErr  atomic.Pointer[error]      // a duplicate filter recovery that gave up: Run stops
 	disk        atomic.Pointer[dedup.Disk] // open while Run runs
 	chUp        atomic.Bool
+	chUpMu      sync.Mutex   // setClickHouseUp
 	lastFlushOK atomic.Int64 // unix nanos
 	totalLag    atomic.Int64
 	lagKnown    atomic.Bool    // every assigned partition's hwm is known: totalLag is its lag
@@ -268,6 +269,10 @@ func New(cfg Config, w Writer, log *slog.Logger, reg prometheus.Registerer, extr
 // setClickHouseUp records whether ClickHouse answered the last write or
 // ping (for Ready and usagepipe_clickhouse_up).
 func (c *Consumer) setClickHouseUp(up bool) {
+	// (The flusher and the pinger both call it: one at a time, so that the
+	// gauge ends as the flag does.)
+	c.chUpMu.Lock()
+	defer c.chUpMu.Unlock()
 	c.chUp.Store(up)
 	if up {
 		c.m.clickhouseUp.Set(1)

@@ -63,8 +63,13 @@ func (p *progress) tick(now time.Time) {
 	left := gaugeSum(p.c.m.lag)
 	if left <= 0 && p.lastLeft <= 0 {
 		if p.c.cfg.UntilCaughtUp {
-			p.c.log.Info("progress", "records_done", done, "rate_per_s", 0, "records_left", 0, "eta", "unknown",
-				"waiting_for", "the last writes to ClickHouse and the served rows")
+			// (No lag known yet: the group has not assigned the
+			// partitions, or their positions are being restored.)
+			waiting := "the consumer group's assignment"
+			if p.c.lagKnown.Load() {
+				waiting = "the last writes to ClickHouse and the served rows"
+			}
+			p.c.log.Info("progress", "records_done", done, "rate_per_s", 0, "records_left", 0, "eta", "unknown", "waiting_for", waiting)
 		}
 		p.lastDone, p.lastAt = done, now
 		return

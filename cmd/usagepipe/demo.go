@@ -48,11 +48,20 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	// Settings first: a bad one is refused before a ClickHouse is started.
+	// The Kafka connection settings are not used: the broker is in-process.
+	p.kafka = kafkaSettings{brokers: p.kafka.brokers, topic: p.kafka.topic, group: p.kafka.group, dlq: p.kafka.dlq}
+	if events <= 0 {
+		return usagef("events: must be positive, got %d", events)
+	}
 	if _, err := p.ingestConfig(); err != nil {
 		return err
 	}
-	if err := schema.ValidateDatabase(p.ch.database); err != nil {
-		return usagef("clickhouse-database: must match %s, got %q", "^[A-Za-z_][A-Za-z0-9_]{0,63}$", p.ch.database)
+	chCheck := p.ch
+	if chCheck.addr == "" {
+		chCheck.addr = "127.0.0.1:0" // the private server's, not known yet
+	}
+	if _, err := chCheck.storeConfig(); err != nil {
+		return err
 	}
 	started := time.Now()
 

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -27,6 +28,12 @@ type health struct {
 	cons    atomic.Pointer[ingest.Consumer]
 	stopped chan struct{} // closed when Serve returned
 	err     error         // Serve's error (not ErrServerClosed), set before stopped closes
+
+	// During startup, usagepipe_ready (0) and usagepipe_clickhouse_up stand
+	// in for the consumer's, so that an instance stuck starting alerts
+	// (UsagepipeNotReady) instead of scraping as up with no readiness.
+	reg         *prometheus.Registry
+	ready, chUp prometheus.Gauge
 }
 
 // startHealth serves on ln; nil when ln is nil (metrics off).
@@ -34,7 +41,11 @@ func startHealth(ln net.Listener, reg *prometheus.Registry) *health {
 	if ln == nil {
 		return nil
 	}
-	h := &health{stopped: make(chan struct{})}
+	h := &health{stopped: make(chan struct{}), reg: reg,
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_ready", Help: "1 while /readyz reports ready (0 while starting)."}),
+		chUp:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_clickhouse_up", Help: "1 while ClickHouse answered the last write or ping."}),
+	}
+	reg.MustRegister(h.ready, h.chUp)
 	h.phase.Store("starting")
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -68,6 +79,22 @@ func (h *health) starting(what string) {
 	}
 }
 
+// clickHouseUp records that startup reached ClickHouse.
+func (h *health) clickHouseUp() {
+	if h != nil {
+		h.chUp.Set(1)
+	}
+}
+
+// handOver drops the startup gauges, just before the consumer registers
+// its own.
+func (h *health) handOver() {
+	if h != nil {
+		h.reg.Unregister(h.ready)
+		h.reg.Unregister(h.chUp)
+	}
+}
+
 // running hands readiness to the consumer.
 func (h *health) running(c *ingest.Consumer) {
 	if h != nil {
@@ -75,22 +102,29 @@ func (h *health) running(c *ingest.Consumer) {
 	}
 }
 
-// wait returns nil when ctx ends, or the server's error if it stopped
-// first.
-func (h *health) wait(ctx context.Context) error {
+// addTo adds the server to g as an actor that ends when the server fails
+// (then the group stops) or when the group interrupts it. Like addMemLimit,
+// its context is deliberately not the process's: on SIGTERM it must not be
+// the first actor to return, which would end the group with nil and hide
+// the consumer's failed final flush behind exit status 0
+// (TestHealthActorKeepsRunsError). stop shuts the server down after the
+// group, so /metrics answers during the final flush.
+func (h *health) addTo(g *run.Group) {
 	if h == nil {
-		<-ctx.Done()
-		return nil
+		return
 	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case <-h.stopped:
-		if h.err != nil {
-			return fmt.Errorf("metrics server: %w", h.err)
+	ctx, cancel := context.WithCancel(context.Background())
+	g.Add(func() error {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-h.stopped:
+			if h.err != nil {
+				return fmt.Errorf("metrics server: %w", h.err)
+			}
+			return errors.New("metrics server stopped")
 		}
-		return nil
-	}
+	}, func(error) { cancel() })
 }
 
 // stop shuts the server down (waiting up to 5 s for requests in flight)

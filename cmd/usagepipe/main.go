@@ -75,7 +75,8 @@ commands:
   gen       produce deterministic synthetic telemetry (optionally write expected rollups)
 
 Run 'usagepipe <command> --help' for its flags. Every flag can also be set by
-an environment variable USAGEPIPE_<FLAG_NAME>; the flag wins.`
+an environment variable USAGEPIPE_<FLAG_NAME> (verify's --accounts:
+USAGEPIPE_VERIFY_ACCOUNTS), shown in each command's help; the flag wins.`
 
 func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -265,6 +266,7 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 		return err
 	}
 	defer st.Close()
+	hs.clickHouseUp()
 	mcfg := p.ch.schemaConfig()
 	if pending, err := schema.BackfillPending(ctx, st.Conn(), mcfg); err != nil || pending {
 		if err == nil {
@@ -280,6 +282,7 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 		return fmt.Errorf("migrate: %w", err)
 	}
 	hs.starting("joining the consumer group")
+	hs.handOver()
 	cons, err := ingest.New(icfg, st, log, reg, kgo.WithHooks(kmetrics))
 	if err != nil {
 		return err
@@ -293,9 +296,7 @@ func runPipeline(ctx context.Context, p *pipelineSettings, log *slog.Logger, reg
 		// GOMEMLIMIT is set: the dedup tables outside the Go heap count too.
 		addMemLimit(&g, base)
 	}
-	if hs != nil {
-		g.Add(func() error { return hs.wait(runCtx) }, func(error) { cancel() })
-	}
+	hs.addTo(&g)
 	log.Info("usagepipe running", "brokers", icfg.Brokers, "topic", icfg.Topic, "group", icfg.Group,
 		"clickhouse", scfg.Addr, "database", scfg.Database, "metrics", p.metricsAddr, "until_caught_up", icfg.UntilCaughtUp)
 	return g.Run()

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -21,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -359,13 +362,45 @@ func TestHealthWhileStarting(t *testing.T) {
 	if c, body := get(base + "/readyz"); c != http.StatusServiceUnavailable || !strings.Contains(body, "starting: connecting to ClickHouse") {
 		t.Errorf("/readyz = %d %q, want 503 saying it is connecting to ClickHouse", c, body)
 	}
-	if c, body := get(base + "/metrics"); c != 200 || !strings.Contains(body, "go_goroutines") {
-		t.Errorf("/metrics = %d, go_goroutines present: %v", c, strings.Contains(body, "go_goroutines"))
+	// A process stuck starting is not ready to Prometheus either
+	// (UsagepipeNotReady), not just absent from it.
+	c, body := get(base + "/metrics")
+	for _, want := range []string{"go_goroutines", "usagepipe_ready 0\n", "usagepipe_clickhouse_up 0\n"} {
+		if c != 200 || !strings.Contains(body, want) {
+			t.Errorf("/metrics = %d, lacks %q", c, want)
+		}
 	}
 	select {
 	case code := <-done:
 		t.Fatalf("run exited (code %d) while ClickHouse was unreachable; it should wait", code)
 	default:
+	}
+}
+
+// TestHealthActorKeepsRunsError: the metrics server's actor never ends
+// the run group first on a stop, so the exit status is the consumer's:
+// a final flush that failed after SIGTERM still exits 1. (Its first
+// version returned nil when the run's context ended, and the group
+// returned that nil.)
+func TestHealthActorKeepsRunsError(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := startHealth(ln, prometheus.NewRegistry())
+	defer hs.stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	var g run.Group
+	flushFailed := errors.New("flush abandoned at shutdown")
+	g.Add(func() error {
+		<-ctx.Done()
+		time.Sleep(50 * time.Millisecond) // the final flush
+		return flushFailed
+	}, func(error) { cancel() })
+	hs.addTo(&g)
+	time.AfterFunc(50*time.Millisecond, cancel) // SIGTERM: the run's context ends
+	if err := g.Run(); !errors.Is(err, flushFailed) {
+		t.Fatalf("group returned %v, want the consumer's %v", err, flushFailed)
 	}
 }
 
