@@ -60,10 +60,10 @@ type decoded struct {
 	seats   int64  // seats_purchased only
 }
 
-// rfc3339 is the accepted shape of a string occurred_at. time.Parse alone is
-// more lenient (it takes more than 9 fraction digits, a comma, offsets such
-// as +24:00), so the shape is checked first.
-var rfc3339 = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-]([0-9]{2}):([0-9]{2}))$`)
+// rfc3339 is the accepted shape of a string occurred_at (any number of
+// fraction digits, as RFC 3339 allows). time.Parse alone is more lenient
+// (a comma, offsets such as +24:00), so the shape is checked first.
+var rfc3339 = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-]([0-9]{2}):([0-9]{2}))$`)
 
 // validate applies the contract's rules to one record value, checking in
 // this order (the numbers mark the steps below):
@@ -74,9 +74,11 @@ var rfc3339 = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{
 //     unsupported_schema_version, any other JSON value invalid_field;
 //  4. event_id, type, account_id, then user_id (not for seats_purchased) and
 //     feature (feature_used): absent or null is missing_field, not a string
-//     or not 1–128 bytes once decoded invalid_field;
-//  5. type not one of the five: unknown_type (checked after event_id, type
-//     and account_id, since user_id and feature depend on it);
+//     invalid_field, and but for type not 1–128 bytes once decoded
+//     invalid_field;
+//  5. type not one of the five (of any length, empty too): unknown_type
+//     (checked after event_id, type and account_id, since user_id and
+//     feature depend on it);
 //  6. product, optional (null is absent): not a string or over 64 bytes is
 //     invalid_field; fields a type does not use are ignored;
 //  7. occurred_at: absent or null missing_field; an RFC 3339 string or an
@@ -117,7 +119,7 @@ func validate(value []byte, recordTsMs int64, skewMs int64, members *object) (de
 	if ev.eventID, reason = requiredString(obj, "event_id"); reason != "" {
 		return ev, reason
 	}
-	typ, reason := requiredString(obj, "type")
+	typ, reason := anyString(obj, "type")
 	if reason != "" {
 		return ev, reason
 	}
@@ -167,10 +169,11 @@ func validate(value []byte, recordTsMs int64, skewMs int64, members *object) (de
 	if !ok {
 		return ev, ReasonMissingField
 	}
-	if ev.ms, reason = occurredAt(raw); reason != "" {
+	var sub bool // the instant lies after ev.ms (a fraction finer than a millisecond)
+	if ev.ms, sub, reason = occurredAt(raw); reason != "" {
 		return ev, reason
 	}
-	if ev.ms < minOccurredAtMs || ev.ms >= endOccurredAtMs || ev.ms > recordTsMs+skewMs {
+	if ev.ms < minOccurredAtMs || ev.ms >= endOccurredAtMs || ev.ms > recordTsMs+skewMs || ev.ms == recordTsMs+skewMs && sub {
 		return ev, ReasonTimestampOutOfRange
 	}
 
@@ -328,6 +331,19 @@ func decodeString(raw []byte) ([]byte, bool) {
 	return []byte(s), true
 }
 
+// anyString returns the string field name, of any length.
+func anyString(obj object, name string) ([]byte, string) {
+	raw, ok := obj.get(name)
+	if !ok {
+		return nil, ReasonMissingField
+	}
+	s, ok := decodeString(raw)
+	if !ok {
+		return nil, ReasonInvalidField
+	}
+	return s, ""
+}
+
 // requiredString returns the string field name, 1–128 bytes once decoded.
 func requiredString(obj object, name string) ([]byte, string) {
 	raw, ok := obj.get(name)
@@ -342,26 +358,27 @@ func requiredString(obj object, name string) ([]byte, string) {
 }
 
 // occurredAt parses occurred_at: an RFC 3339 string or integer epoch
-// milliseconds. Only the parse is checked here, not the range.
-func occurredAt(raw []byte) (int64, string) {
+// milliseconds; sub says the instant lies after the millisecond returned.
+// Only the parse is checked here, not the range.
+func occurredAt(raw []byte) (ms int64, sub bool, reason string) {
 	if isIntLiteral(raw) {
 		ms, err := strconv.ParseInt(string(raw), 10, 64)
 		if err != nil {
 			// An integer beyond int64 is far outside 2000..2105.
-			return 0, ReasonTimestampOutOfRange
+			return 0, false, ReasonTimestampOutOfRange
 		}
-		return ms, ""
+		return ms, false, ""
 	}
 	s, ok := decodeString(raw)
 	if !ok {
-		return 0, ReasonInvalidField
+		return 0, false, ReasonInvalidField
 	}
 	m := rfc3339.FindSubmatch(s)
 	if m == nil {
-		return 0, ReasonInvalidField
+		return 0, false, ReasonInvalidField
 	}
 	if len(m[3]) > 0 && (string(m[3]) > "23" || string(m[4]) > "59") { // offset ±HH:MM
-		return 0, ReasonInvalidField
+		return 0, false, ReasonInvalidField
 	}
 	norm := bytes.Clone(s)
 	norm[10] = 'T'
@@ -370,8 +387,12 @@ func occurredAt(raw []byte) (int64, string) {
 	}
 	t, err := time.Parse(time.RFC3339Nano, string(norm))
 	if err != nil {
-		return 0, ReasonInvalidField
+		return 0, false, ReasonInvalidField
 	}
-	// Truncate toward the earlier millisecond: Nanosecond is never negative.
-	return t.Unix()*1000 + int64(t.Nanosecond())/1e6, ""
+	// Truncate toward the earlier millisecond: Nanosecond is never
+	// negative. (time.Parse keeps 9 digits; the regexp's fraction beyond
+	// them counts for sub.)
+	frac := m[1]
+	sub = t.Nanosecond()%1e6 != 0 || len(frac) > 10 && len(bytes.Trim(frac[10:], "0")) > 0 // frac: "." and the digits
+	return t.Unix()*1000 + int64(t.Nanosecond())/1e6, sub, ""
 }

@@ -65,6 +65,10 @@ func TestValidate(t *testing.T) {
 	f(obj("occurred_at", `"2000-01-01T00:00:00Z"`), "")
 	f(obj("occurred_at", "946684800000"), "")
 	f(obj("occurred_at", "1780003600000"), "") // exactly recordTs + skew
+	f(obj("occurred_at", `"2026-05-28T21:26:40.000000Z"`), "")
+	f(obj("occurred_at", `"2026-05-28T21:26:40.0005Z"`), ReasonTimestampOutOfRange)          // 0.5 ms past the skew
+	f(obj("occurred_at", `"2026-05-28T21:26:40.0000000000001Z"`), ReasonTimestampOutOfRange) // past it beyond ns
+	f(obj("occurred_at", `"2026-05-01T00:00:00.1234567890Z"`), "")                           // RFC 3339: any number of digits
 	f(`{"event_id":"e1","type":"login","account_id":"a","user_id":"u","occurred_at":"2026-05-01T00:00:00Z","type":1,"user_id":null}`, "")
 	f(" \n"+obj()+"\t ", "")
 
@@ -118,6 +122,8 @@ func TestValidate(t *testing.T) {
 	// 5. unknown_type.
 	f(obj("type", `"logout"`), ReasonUnknownType)
 	f(obj("type", `"Login"`), ReasonUnknownType)
+	f(obj("type", `""`), ReasonUnknownType) // type has no length rule: any string not one of the five
+	f(obj("type", `"`+strings.Repeat("t", 129)+`"`), ReasonUnknownType)
 
 	// 6. product.
 	f(obj("product", `"`+strings.Repeat("p", 65)+`"`), ReasonInvalidField)
@@ -126,7 +132,7 @@ func TestValidate(t *testing.T) {
 	// 7. occurred_at.
 	for _, bad := range []string{
 		`"2026-02-30T00:00:00Z"`, `"2026-05-01 00:00:00Z"`, `"2026-05-01T00:00:00"`,
-		`"2026-05-01T00:00:00.1234567890Z"`, `"2026-05-01T00:00:00.Z"`, `"2026-05-01T00:00:00,5Z"`,
+		`"2026-05-01T00:00:00.Z"`, `"2026-05-01T00:00:00,5Z"`,
 		`"2026-05-01T00:00:00+0900"`, `"2026-05-01T00:00:00+24:00"`, `"2026-05-01T00:00:00+09:60"`,
 		`"2026-05-01T24:00:00Z"`, `"2026-05-01T00:00:60Z"`, `"1777593600000"`, `"yesterday"`, `""`,
 		"1777593600000.0", "1.7775936e12", "true", "{}",
@@ -155,7 +161,7 @@ func TestValidate(t *testing.T) {
 func TestOccurredAtTruncates(t *testing.T) {
 	f := func(raw string, want int64) {
 		t.Helper()
-		got, reason := occurredAt([]byte(raw))
+		got, _, reason := occurredAt([]byte(raw))
 		if reason != "" || got != want {
 			t.Errorf("occurredAt(%s) = %d, %q; want %d", raw, got, reason, want)
 		}

@@ -75,6 +75,7 @@ func TestBadSettingIsOneLineNamingItAndExit2(t *testing.T) {
 	f(map[string]string{"USAGEPIPE_FISCAL_YEAR_START_MONTH": "april"}, "USAGEPIPE_FISCAL_YEAR_START_MONTH", "run")
 	f(nil, "dedup-window", "run", "--dedup-window", "-1h")
 	f(nil, "max-clock-skew", "run", "--max-clock-skew", "-5m")
+	f(nil, "max-clock-skew: must be positive", "run", "--max-clock-skew", "0s") // (was taken as 1h)
 	f(nil, "kafka-sasl-mechanism", "run", "--kafka-sasl-mechanism", "GSSAPI", "--kafka-sasl-user", "u")
 	f(nil, "kafka-sasl-user", "run", "--kafka-sasl-mechanism", "PLAIN")
 	f(nil, "log-format", "run", "--log-format", "xml")

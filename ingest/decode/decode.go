@@ -184,9 +184,11 @@ func (d *Decoder) decode(value []byte, recordTsMs int64, ev *event.Event) *event
 	if e.EventID, rej = d.id(fEventID, event.MaxIDBytes); rej != nil {
 		return rej
 	}
-	typ, rej := d.id(fType, event.MaxIDBytes)
-	if rej != nil {
-		return rej
+	// type: any string (empty or long is unknown_type, not a length fault:
+	// the contract gives type no length rule).
+	k, typ := d.str(fType)
+	if k != kString {
+		return missingOrWrongType(fType, "a string", k)
 	}
 	if e.AccountID, rej = d.id(fAccountID, event.MaxIDBytes); rej != nil {
 		return rej
@@ -308,7 +310,10 @@ func (d *Decoder) scanField(b []byte, i int, f field) (int, bool) {
 		sp.kind, start = kString, i+1
 		i, sp.esc, ok = scanString(b, i+1)
 		sp.start, sp.end = int32(start), int32(i)
-		return i + 1, ok
+		if !ok {
+			return i, false // at the offending byte, for the error
+		}
+		return i + 1, true
 	case '{':
 		sp.kind = kObject
 		i, ok, d.stack = skipValue(b, i, 1, d.stack)
@@ -377,10 +382,10 @@ func (d *Decoder) occurredAt(recordTsMs int64) (int64, *event.Rejection) {
 		k, b = d.str(fOccurredAt)
 	}
 	var ms int64
-	var ok bool
+	var ok, sub bool // sub: the instant is after ms (a fraction finer than a millisecond)
 	switch k {
 	case kString:
-		ms, ok = ParseRFC3339Ms(b)
+		ms, sub, ok = parseRFC3339(b)
 	case kNumber:
 		if ms, ok = parseInt(b); !ok && d.fields[fOccurredAt].isInt {
 			// An integer beyond int64 parses, but is far out of range.
@@ -402,6 +407,9 @@ func (d *Decoder) occurredAt(recordTsMs int64) (int64, *event.Rejection) {
 	limit := recordTsMs + d.skewMs
 	if recordTsMs > math.MaxInt64-d.skewMs {
 		limit = math.MaxInt64
+	}
+	if ms == limit && sub {
+		return 0, reject(event.ReasonTimestampOutOfRange, fmt.Sprintf(`field "occurred_at" is less than a millisecond more than the max clock skew (%v) after the record timestamp`, d.skew))
 	}
 	if ms > limit {
 		return 0, reject(event.ReasonTimestampOutOfRange, fmt.Sprintf(`field "occurred_at" is %s after the record timestamp (max clock skew %v)`, fmtAfter(ms, recordTsMs), d.skew))

@@ -21,17 +21,18 @@
 //     JSON type is invalid_field.
 //   - occurred_at is an RFC 3339 string (see ParseRFC3339Ms) or an integer of
 //     epoch milliseconds. It must be at or after event.MinOccurredAtMs, at
-//     most Config.MaxClockSkew after the record timestamp, and before
+//     most Config.MaxClockSkew after the record timestamp (compared to the
+//     full precision of the string: .0005 past the limit is out, though
+//     the millisecond stored is truncated), and before
 //     event.MaxOccurredAtMs; an integer beyond int64 is out of range too.
 //   - Fields a type does not use (seats on a login, feature on a seat event,
 //     user_id on seats_purchased) are ignored like unknown fields: not
 //     validated and left empty in the Event. product is optional for every
 //     type; "" is allowed.
-//   - type is a required string field like the IDs: "" or more than 128
-//     bytes is invalid_field; any other string that is not a type name is
-//     unknown_type.
+//   - type is a required string: any string that is not a type name ("" and
+//     long ones too: the contract sets type no length) is unknown_type.
 //   - Fields are checked in a fixed order — schema_version, event_id, type
-//     (a string of 1–128 bytes), account_id, type (a known name), user_id,
+//     (a string), account_id, type (a known name), user_id,
 //     feature, product, occurred_at, seats — and the first fault found is
 //     reported, so a record with several faults always gets the same reason.
 //     The order is that of aggregate/reference, so both give the same reason.

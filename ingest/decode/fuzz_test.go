@@ -267,7 +267,7 @@ func FuzzParseRFC3339(f *testing.F) {
 	// The RFC 3339 profile of the contract; whatever time.Parse accepts of
 	// it, ParseRFC3339Ms must accept too. (time.Parse also accepts offsets
 	// of +24:00 and minute 60; the profile stops at ±23:59.)
-	profile := regexp.MustCompile(`^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$`)
+	profile := regexp.MustCompile(`^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$`)
 	f.Fuzz(func(t *testing.T, s string) {
 		ms, ok := ParseRFC3339Ms([]byte(s))
 		if ref, err := time.Parse(time.RFC3339Nano, s); ok && err == nil && ms != ref.UnixMilli() {

@@ -52,6 +52,9 @@ func TestParseRFC3339Ms(t *testing.T) {
 		ok("2026-07-01T09:00:00."+frac+"Z", utc(2026, 7, 1, 9, 0, 0, ms*1e6))
 	}
 	ok("2026-07-01T09:00:00.999999999Z", utc(2026, 7, 1, 9, 0, 0, 999e6))
+	// RFC 3339 sets no limit on fraction digits (time.Parse takes them too).
+	ok("2026-07-01T09:00:00.1234567890Z", utc(2026, 7, 1, 9, 0, 0, 123e6))
+	ok("2026-07-01T09:00:00.99999999999999+09:00", utc(2026, 7, 1, 0, 0, 0, 999e6))
 	ok("2026-07-01T09:00:00.0Z", utc(2026, 7, 1, 9, 0, 0, 0))
 
 	bad := func(s string) {
@@ -62,7 +65,7 @@ func TestParseRFC3339Ms(t *testing.T) {
 	}
 	for _, s := range []string{
 		"", "Z", "2026", "2026-07-01", "2026-07-01T09:00:00", "2026-07-01T09:00Z", "2026-07-01T09:00:00.",
-		"2026-07-01T09:00:00.Z", "2026-07-01T09:00:00.1234567890Z", "2026-07-01T09:00:00.5",
+		"2026-07-01T09:00:00.Z", "2026-07-01T09:00:00.5",
 		"2026-07-01 09:00:00Z", "2026-07-01_09:00:00Z", "2026/07/01T09:00:00Z", "2026-07-01T09.00.00Z",
 		"2026-7-01T09:00:00Z", "2026-07-1T09:00:00Z", "26-07-01T09:00:00Z", "+2026-07-01T09:00:00Z", "12026-07-01T09:00:00Z",
 		"2026-00-01T09:00:00Z", "2026-13-01T09:00:00Z", "2026-07-00T09:00:00Z", "2026-07-32T09:00:00Z",
@@ -97,5 +100,23 @@ func TestDaysFromCivil(t *testing.T) {
 		}
 		d = d.AddDate(0, 0, 1)
 		want++
+	}
+}
+
+// TestParseRFC3339Sub: sub says whether the instant lies after the
+// millisecond returned (digits beyond the third that are not all zero).
+func TestParseRFC3339Sub(t *testing.T) {
+	for s, want := range map[string]bool{
+		"2026-07-01T09:00:00Z":               false,
+		"2026-07-01T09:00:00.5Z":             false,
+		"2026-07-01T09:00:00.123Z":           false,
+		"2026-07-01T09:00:00.123000000000Z":  false,
+		"2026-07-01T09:00:00.0005Z":          true,
+		"2026-07-01T09:00:00.000999999Z":     true,
+		"2026-07-01T09:00:00.1230000000001Z": true,
+	} {
+		if _, sub, ok := parseRFC3339([]byte(s)); !ok || sub != want {
+			t.Errorf("parseRFC3339(%q): sub %v ok %v, want sub %v", s, sub, ok, want)
+		}
 	}
 }
