@@ -35,6 +35,17 @@ type metrics struct {
 	dedupUnrecoverable    prometheus.Counter
 }
 
+// ReadyGaugeOpts and ClickHouseUpGaugeOpts describe usagepipe_ready and
+// usagepipe_clickhouse_up, for a caller that reports them (as 0) before
+// the Consumer exists and then unregisters them: a Prometheus registry
+// accepts a name again only with the same help.
+var (
+	ReadyGaugeOpts = prometheus.GaugeOpts{Name: "usagepipe_ready",
+		Help: "1 while /readyz answers 200: ClickHouse reachable and the consumer making progress."}
+	ClickHouseUpGaugeOpts = prometheus.GaugeOpts{Name: "usagepipe_clickhouse_up",
+		Help: "1 when the last ClickHouse ping or write succeeded."}
+)
+
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
 	m := &metrics{
@@ -52,10 +63,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: []float64{.1, .25, .5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 900, 3600}}),
 		lastFlush: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_last_flush_timestamp_seconds",
 			Help: "Unix time of the last successful flush."}),
-		ready: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_ready",
-			Help: "1 while /readyz answers 200: ClickHouse reachable and the consumer making progress."}),
-		clickhouseUp: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_clickhouse_up",
-			Help: "1 when the last ClickHouse ping or write succeeded."}),
+		ready:        f.NewGauge(ReadyGaugeOpts),
+		clickhouseUp: f.NewGauge(ClickHouseUpGaugeOpts),
 		replayed: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_records_replayed_total",
 			Help: "Records read again after an assignment: to rebuild the dedup window, or below a restored count's covered end."}),
 		pendingFacts: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_pending_facts",

@@ -42,8 +42,8 @@ func startHealth(ln net.Listener, reg *prometheus.Registry) *health {
 		return nil
 	}
 	h := &health{stopped: make(chan struct{}), reg: reg,
-		ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_ready", Help: "1 while /readyz reports ready (0 while starting)."}),
-		chUp:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_clickhouse_up", Help: "1 while ClickHouse answered the last write or ping."}),
+		ready: prometheus.NewGauge(ingest.ReadyGaugeOpts),
+		chUp:  prometheus.NewGauge(ingest.ClickHouseUpGaugeOpts),
 	}
 	reg.MustRegister(h.ready, h.chUp)
 	h.phase.Store("starting")
