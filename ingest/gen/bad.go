@@ -172,7 +172,7 @@ var badVariants = map[string][]badVariant{
 			return d.set("occurred_at", quote(eventDay(g)+" 10:00:00Z"))
 		}),
 		withDoc("login", func(g *Generator, _ int64, d doc) doc {
-			return d.set("occurred_at", quote(eventDay(g)+"T10:00:00.1234567890Z"))
+			return d.set("occurred_at", quote(eventDay(g)+"T23:59:60Z")) // a leap second
 		}),
 		withDoc("login", func(g *Generator, _ int64, d doc) doc {
 			return d.set("occurred_at", quote(eventDay(g)+"T10:00:00"))

@@ -29,8 +29,8 @@ func TestUniformStreamUnchanged(t *testing.T) {
 			t.Errorf("stream of %+v hashes to %#x, want %#x", cfg, got, want)
 		}
 	}
-	f(smallConfig(), 0xb4f58a41930d400c)
-	f(Config{Seed: 1, Events: 300_000, BadRatio: 0.01, DupRatio: 0.01, RecordTime: testRecordTime}, 0xa97f416f4d4f1ee5)
+	f(smallConfig(), 0xb74bb14fb4bb297b) // (2026-12-07: one bad occurred_at, 10 fraction digits, became a leap second: RFC 3339 allows any number of digits)
+	f(Config{Seed: 1, Events: 300_000, BadRatio: 0.01, DupRatio: 0.01, RecordTime: testRecordTime}, 0xa068050c3433585c)
 }
 
 func realisticConfig() Config {
