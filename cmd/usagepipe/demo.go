@@ -143,7 +143,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	want := reference.Compute(recs, reference.Options{FiscalStartMonth: p.ch.fiscalStartMonth, MaxClockSkew: p.maxClockSkew, DedupWindow: p.dedupWindow})
+	want := reference.Compute(recs, reference.Options{FiscalStartMonth: p.ch.fiscalStartMonth, MaxClockSkew: p.maxClockSkew, DedupWindow: refWindow(p.dedupWindow)})
 	latest := printAtRisk(stdout, got, rows)
 	diffs := diffRollups(got, want.Rollups)
 	fmt.Fprintf(stdout, "\n%d records in %s through the pipeline (%.0f records/s); %d rollup rows, %d accounts; %d rejected to %s; %d duplicates\n",

@@ -108,7 +108,7 @@ func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if g.expectedOut == "" {
 		return nil
 	}
-	res := reference.Compute(recs, reference.Options{FiscalStartMonth: g.fiscalStart, MaxClockSkew: g.maxClockSkew, DedupWindow: g.dedupWindow})
+	res := reference.Compute(recs, reference.Options{FiscalStartMonth: g.fiscalStart, MaxClockSkew: g.maxClockSkew, DedupWindow: refWindow(g.dedupWindow)})
 	if err := writeExpected(g.expectedOut, res.Rollups); err != nil {
 		return err
 	}
@@ -166,4 +166,15 @@ func rollupJSON(r schema.Rollup) map[string]any {
 		"logins": r.Logins, "feature_events": r.FeatureEvents, "features_used": r.FeaturesUsed,
 		"last_activity_at": r.LastActivityAt.UTC().Format(time.DateTime),
 	}
+}
+
+// refWindow is the reference's DedupWindow for the pipeline's --dedup-window
+// w: the reference takes 0 as its default (24h), while the pipeline's 0 is
+// a window of no time (same timestamp only); 1ns is that too, as the
+// reference compares whole milliseconds.
+func refWindow(w time.Duration) time.Duration {
+	if w == 0 {
+		return time.Nanosecond
+	}
+	return w
 }
