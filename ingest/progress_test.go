@@ -95,33 +95,11 @@ func TestProgressAndSummary(t *testing.T) {
 	p := newPipeline(t, b, 1)
 	p.produce(gen.Config{Seed: 14, Events: 20_000, Accounts: 100, Users: 2_000, Features: 10, Quarters: 2, BadRatio: 0.02, DupRatio: 0.03})
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal}, nil); err != nil {
-		t.Fatal(err)
-	}
 	logs := &logCapture{sawProgress: make(chan struct{})}
-	cfg := ingest.Defaults()
-	cfg.FiscalStartMonth = p.fiscal
-	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, "g-progress"
-	cfg.UntilCaughtUp = true
-	cfg.ProgressInterval = 10 * time.Millisecond
 	// A flush after every poll: the second poll waits for the first flush,
 	// which waits for a progress line, with at most 2,000 of the 20,000
 	// records read.
-	cfg.MaxPollRecords, cfg.MaxPendingFacts = 1000, 1
-	c, err := ingest.New(cfg, gatedWriter{Store: st, gate: logs.sawProgress, deadline: time.Now().Add(20 * time.Second)}, slog.New(logs), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Run(ctx); err != nil {
-		t.Fatalf("run: %v", err)
-	}
+	p.runLogged("g-progress", logs, logs.sawProgress, func(cfg *ingest.Config) { cfg.MaxPollRecords, cfg.MaxPendingFacts = 1000, 1 })
 	want := p.check()
 
 	progress := logs.find("progress")
@@ -176,29 +154,8 @@ func TestProgressWhileWriting(t *testing.T) {
 	p := newPipeline(t, b, 1)
 	p.produce(gen.Config{Seed: 15, Events: 500, Accounts: 10, Users: 50, Features: 5, Quarters: 1})
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal}, nil); err != nil {
-		t.Fatal(err)
-	}
 	logs := &logCapture{sawProgress: make(chan struct{}), sawWaiting: make(chan struct{})}
-	cfg := ingest.Defaults()
-	cfg.FiscalStartMonth = p.fiscal
-	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, "g-progress-writing"
-	cfg.UntilCaughtUp = true
-	cfg.ProgressInterval = 10 * time.Millisecond
-	c, err := ingest.New(cfg, gatedWriter{Store: st, gate: logs.sawWaiting, deadline: time.Now().Add(20 * time.Second)}, slog.New(logs), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Run(ctx); err != nil {
-		t.Fatalf("run: %v", err)
-	}
+	p.runLogged("g-progress-writing", logs, logs.sawWaiting, nil)
 	p.check()
 	select {
 	case <-logs.sawWaiting:
@@ -209,5 +166,38 @@ func TestProgressWhileWriting(t *testing.T) {
 		if strings.HasPrefix(l.attrs["waiting_for"].String(), "the last writes") && (l.attrs["records_left"].Int64() != 0 || l.attrs["records_done"].Uint64() == 0) {
 			t.Errorf("waiting progress line %v: want records_left 0 and records done", l.attrs)
 		}
+	}
+}
+
+// runLogged runs an --until-caught-up consumer in a new database of p
+// (progress every 10 ms, logs to logs, tweak applied to its settings),
+// whose writes wait for gate (at most 20 s), until it exits.
+func (p *pipeline) runLogged(group string, logs *logCapture, gate <-chan struct{}, tweak func(*ingest.Config)) {
+	t := p.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	st, err := store.Open(ctx, store.Config{Addr: []string{chtest.Addr()}, Database: p.db}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := schema.Migrate(ctx, st.Conn(), schema.Config{Database: p.db, FiscalStartMonth: p.fiscal}, nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg := ingest.Defaults()
+	cfg.FiscalStartMonth = p.fiscal
+	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.Group = p.brokers, p.topic, p.dlq, group
+	cfg.UntilCaughtUp = true
+	cfg.ProgressInterval = 10 * time.Millisecond
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	c, err := ingest.New(cfg, gatedWriter{Store: st, gate: gate, deadline: time.Now().Add(20 * time.Second)}, slog.New(logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Run(ctx); err != nil {
+		t.Fatalf("run: %v", err)
 	}
 }
