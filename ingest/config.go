@@ -97,9 +97,10 @@ func (c *Config) Validate() error {
 		return errors.New("dlq-topic: must not be empty")
 	case c.DLQTopic == c.Topic:
 		return fmt.Errorf("dlq-topic: must differ from kafka-topic %q", c.Topic)
-	case c.MaxClockSkew <= 0:
-		// (0 is refused, not taken as the default: 1ms is the strictest.)
-		return fmt.Errorf("max-clock-skew: must be positive (1ms is the strictest), got %s", c.MaxClockSkew)
+	case c.MaxClockSkew <= 0 || c.MaxClockSkew%time.Millisecond != 0:
+		// (0 is refused, not taken as the default: 1ms is the strictest.
+		// Timestamps are compared in whole milliseconds.)
+		return fmt.Errorf("max-clock-skew: must be a positive number of whole milliseconds (1ms is the strictest), got %s", c.MaxClockSkew)
 	case c.DedupWindow < 0:
 		return fmt.Errorf("dedup-window: must not be negative, got %s", c.DedupWindow)
 	case c.DedupMemory < 1<<20:

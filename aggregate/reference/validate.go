@@ -74,7 +74,7 @@ var rfc3339 = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{
 //     unsupported_schema_version, any other JSON value invalid_field;
 //  4. event_id, type, account_id, then user_id (not for seats_purchased) and
 //     feature (feature_used): absent or null is missing_field, not a string
-//     invalid_field, and but for type not 1–128 bytes once decoded
+//     invalid_field, and (all but type) not 1–128 bytes once decoded
 //     invalid_field;
 //  5. type not one of the five (of any length, empty too): unknown_type
 //     (checked after event_id, type and account_id, since user_id and

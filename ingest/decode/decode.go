@@ -30,8 +30,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 
 // Validate reports a negative max clock skew.
 func (c Config) Validate() error {
-	if c.MaxClockSkew < 0 {
-		return fmt.Errorf("max clock skew must not be negative, got %v", c.MaxClockSkew)
+	if c.MaxClockSkew < 0 || c.MaxClockSkew%time.Millisecond != 0 {
+		return fmt.Errorf("max clock skew must be whole milliseconds and not negative, got %v", c.MaxClockSkew)
 	}
 	return nil
 }
@@ -311,7 +311,12 @@ func (d *Decoder) scanField(b []byte, i int, f field) (int, bool) {
 		i, sp.esc, ok = scanString(b, i+1)
 		sp.start, sp.end = int32(start), int32(i)
 		if !ok {
-			return i, false // at the offending byte, for the error
+			// At the offending byte, for the error; for a bad escape the
+			// byte after its backslash (the end: "ends early").
+			if i < len(b) && b[i] == '\\' {
+				i++
+			}
+			return i, false
 		}
 		return i + 1, true
 	case '{':

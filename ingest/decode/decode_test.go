@@ -258,6 +258,8 @@ func TestDecodeRejected(t *testing.T) {
 	// Inside a field the decoder knows, too, at the right byte.
 	f(`{"event_id":"e`+"\xff"+`"}`, event.ReasonMalformedJSON, "not valid UTF-8 at byte 14")
 	f(`{"event_id":"e`+"\x01"+`"}`, event.ReasonMalformedJSON, `unexpected '\x01' at byte 14`)
+	f(`{"event_id":"e\x"}`, event.ReasonMalformedJSON, `unexpected 'x' at byte 15`)
+	f(`{"event_id":"e\`, event.ReasonMalformedJSON, `it ends early`)
 	f(`[1,2]`, event.ReasonMalformedJSON, "value is an array, not a JSON object")
 	f(`"x"`, event.ReasonMalformedJSON, "not a JSON object")
 	f(`{"a":1,}`, event.ReasonMalformedJSON, `not valid JSON: unexpected '}' at byte 7`)
