@@ -277,7 +277,11 @@ func (d *Decoder) scan(b []byte) *event.Rejection {
 				i, ok, d.stack = skipValue(b, i, 1, d.stack)
 			}
 			if !ok {
-				return invalidJSON(b, i)
+				// (The dead-letter sentence names the field, as the
+				// contract asks of usagepipe.error.)
+				r := invalidJSON(b, i)
+				r.Msg += " (in the value of field " + quote(key) + ")"
+				return r
 			}
 			i = skipWS(b, i)
 			if i < len(b) && b[i] == ',' {

@@ -256,7 +256,8 @@ func TestDecodeRejected(t *testing.T) {
 	f("", event.ReasonMalformedJSON, "record value is empty")
 	f(`{"a":"`+"\xff"+`"}`, event.ReasonMalformedJSON, "not valid UTF-8")
 	// Inside a field the decoder knows, too, at the right byte.
-	f(`{"event_id":"e`+"\xff"+`"}`, event.ReasonMalformedJSON, "not valid UTF-8 at byte 14")
+	f(`{"event_id":"e`+"\xff"+`"}`, event.ReasonMalformedJSON, `not valid UTF-8 at byte 14 (in the value of field "event_id")`)
+	f(`{"extra":[1,}`, event.ReasonMalformedJSON, `(in the value of field "extra")`)
 	f(`{"event_id":"e`+"\x01"+`"}`, event.ReasonMalformedJSON, `unexpected '\x01' at byte 14`)
 	f(`{"event_id":"e\x"}`, event.ReasonMalformedJSON, `unexpected 'x' at byte 15`)
 	f(`{"event_id":"e\`, event.ReasonMalformedJSON, `it ends early`)
