@@ -36,6 +36,9 @@ type Served struct {
 	// lastMonth is the greatest month index known to hold an accepted
 	// event (cluster only: each shard holds its own accounts' months).
 	lastMonth atomic.Int32
+	// readAll: lastMonth includes every shard's greatest month as of a
+	// read (done once, by the first recompute or verify of the process).
+	readAll atomic.Bool
 	// readers: 0 not known yet, 1 views, 2 tables kept by Copy (every
 	// recompute then writes a copy_dirty row after its rows landed).
 	readers atomic.Int32
@@ -135,27 +138,47 @@ func (s *Served) NoteMonth(m int32) {
 
 // lastQLiteral is the last quarter index as SQL for a recompute on conn's
 // server: "" on one server (the query reads it), else the greatest of the
-// months known and the ones this shard holds. A value too low only leaves
-// the newest quarter's rows missing, which the sweep (reading every
-// shard) finds; it never makes a row wrong.
+// months known and the ones this shard holds; the first call of a process
+// reads every shard's (a fresh process, e.g. migrate's backfill or verify,
+// knew only the shard it began with: the accounts of shard 0 got no row
+// for a quarter only shard 1's events had reached). Later, the months of
+// this process's flushes and every sweep's reads of all shards keep it
+// current. A value too low only leaves the newest quarter's rows missing,
+// which the sweep (reading every shard) finds; it never makes a row wrong.
 func (s *Served) lastQLiteral(ctx context.Context, conn driver.Conn) (string, error) {
 	if !s.topo.Clustered() {
 		return "", nil
 	}
-	var (
-		m int32
-		n uint64
-	)
-	if err := conn.QueryRow(ctx, "SELECT toInt32(toYear(max(month)) * 12 + toMonth(max(month)) - 1), count() FROM "+s.cfg.Database+".fact_account_months").Scan(&m, &n); err != nil {
-		return "", fmt.Errorf("last quarter: %w", err)
+	if !s.readAll.Load() {
+		for _, sh := range s.topo.Shards {
+			if err := sh.Use(ctx, func(r *Replica) error { return s.noteMaxMonth(ctx, r.Conn) }); err != nil {
+				return "", err
+			}
+		}
+		s.readAll.Store(true)
 	}
-	if n > 0 {
-		s.NoteMonth(m)
+	if err := s.noteMaxMonth(ctx, conn); err != nil {
+		return "", err
 	}
 	if s.lastMonth.Load() == 0 {
 		return "toInt32(0)", nil
 	}
 	return fmt.Sprintf("toInt32(%d)", s.QuarterOf(s.lastMonth.Load())), nil
+}
+
+// noteMaxMonth notes the greatest month of the facts on conn's server.
+func (s *Served) noteMaxMonth(ctx context.Context, conn driver.Conn) error {
+	var (
+		m int32
+		n uint64
+	)
+	if err := conn.QueryRow(ctx, "SELECT toInt32(toYear(max(month)) * 12 + toMonth(max(month)) - 1), count() FROM "+s.cfg.Database+".fact_account_months").Scan(&m, &n); err != nil {
+		return fmt.Errorf("last quarter: %w", err)
+	}
+	if n > 0 {
+		s.NoteMonth(m)
+	}
+	return nil
 }
 
 // byShard splits accounts by the shard that holds them.
@@ -828,10 +851,13 @@ func (s *Served) Stale(ctx context.Context) (map[string]int32, error) {
 		return nil, nil
 	}
 	if s.topo.Clustered() {
-		// The global last quarter: every shard's, read after its marks.
+		// The global last quarter: every shard's, read after its marks;
+		// noted, so that the recomputes of the stale accounts it finds
+		// (on shards that may not hold that quarter) write up to it.
 		if m := s.lastMonth.Load(); m > 0 {
 			last = max(last, s.QuarterOf(m))
 		}
+		s.NoteMonth(last)
 	}
 	stale := map[string]int32{}
 	skew := s.skew()
