@@ -59,4 +59,8 @@ CREATE SETTINGS PROFILE IF NOT EXISTS usage_analyst_profile
     SETTINGS readonly = 2,
              max_execution_time = 300 MAX 1800,
              max_memory_usage = 10000000000 MAX 20000000000,
-             max_result_rows = 10000000 MAX 100000000;
+             max_result_rows = 10000000 MAX 100000000,
+             -- clusters: never read a replica lagging more than 10 s (the
+             -- updated_at poll's 60 s margin covers the rest)
+             max_replica_delay_for_distributed_queries = 10,
+             fallback_to_stale_replicas_for_distributed_queries = 0;
