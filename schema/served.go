@@ -150,10 +150,11 @@ func (s *Served) lastQLiteral(ctx context.Context, conn driver.Conn) (string, er
 		return "", nil
 	}
 	if !s.readAll.Load() {
+		// Best effort, once: a shard that does not answer now must not
+		// keep the others' recomputes waiting (its months come with the
+		// next sweep that reads it; too low only leaves rows missing).
 		for _, sh := range s.topo.Shards {
-			if err := sh.Use(ctx, func(r *Replica) error { return s.noteMaxMonth(ctx, r.Conn) }); err != nil {
-				return "", err
-			}
+			_ = sh.Use(ctx, func(r *Replica) error { return s.noteMaxMonth(ctx, r.Conn) })
 		}
 		s.readAll.Store(true)
 	}
