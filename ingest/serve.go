@@ -264,11 +264,21 @@ func (s *server) round(ctx context.Context, sweepDue, refresh bool) error {
 	batch, delays := s.pending, s.delays
 	s.pending, s.delays, s.sweep = map[string]int32{}, map[int64]int{}, false
 	s.mu.Unlock()
+	var sweepErr error // a sweep that could not read every shard (cluster)
 	if sweep {
 		stale, err := s.sv.Stale(ctx)
-		if err != nil {
+		if err != nil && stale == nil {
 			s.requeue(batch, delays, true)
 			return err
+		}
+		if err != nil {
+			// The shards that answered are swept now; the sweep stays due
+			// for the others, and the round reports the error after its
+			// recompute.
+			sweepErr = err
+			s.mu.Lock()
+			s.sweep = true
+			s.mu.Unlock()
 		}
 		s.sweeps.Inc()
 		s.staleFound.Add(float64(len(stale)))
@@ -336,7 +346,7 @@ func (s *server) round(ctx context.Context, sweepDue, refresh bool) error {
 		s.copyAt = time.Now()
 	}
 	s.observe(delays)
-	return nil
+	return sweepErr
 }
 
 // observe reports the served delay of records (record second → count)

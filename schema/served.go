@@ -823,12 +823,16 @@ func (s *Served) computeSQL(accounts string, fromQ int32, lastQ string) (feature
 // only makes an account look staler, never fresher.
 //
 // On a cluster each shard is read on a caught-up replica, and a row
-// satisfies a mark only if it is more than the skew allowance newer.
+// satisfies a mark only if it is more than the skew allowance newer. A
+// shard that cannot be read is skipped: the stale accounts of the others
+// come back with the error naming it (a lagging replica of one shard used
+// to hold every shard's served rows back).
 func (s *Served) Stale(ctx context.Context) (map[string]int32, error) {
 	var (
 		reads []servedMarks
 		last  int32
 		any   bool
+		errs  []error
 	)
 	for _, sh := range s.topo.Shards {
 		var rd servedMarks
@@ -841,7 +845,11 @@ func (s *Served) Stale(ctx context.Context) (map[string]int32, error) {
 			return err
 		})
 		if err != nil {
-			return nil, err
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			errs = append(errs, err)
+			continue
 		}
 		reads = append(reads, rd)
 		if rd.ok {
@@ -849,7 +857,7 @@ func (s *Served) Stale(ctx context.Context) (map[string]int32, error) {
 		}
 	}
 	if !any {
-		return nil, nil
+		return nil, errors.Join(errs...)
 	}
 	if s.topo.Clustered() {
 		// The global last quarter: every shard's, read after its marks;
@@ -886,7 +894,7 @@ func (s *Served) Stale(ctx context.Context) (map[string]int32, error) {
 			}
 		}
 	}
-	return stale, nil
+	return stale, errors.Join(errs...)
 }
 
 // servedMarks is what Stale reads on one server: the served rows' quarters
@@ -1012,11 +1020,11 @@ func (s *Served) lastQuarter(ctx context.Context, conn driver.Conn) (q int32, ok
 // Sweep recomputes every stale account (see Stale) and returns how many
 // there were.
 func (s *Served) Sweep(ctx context.Context) (int, error) {
-	stale, err := s.Stale(ctx)
-	if err != nil {
+	stale, err := s.Stale(ctx) // (with an error: the shards read)
+	if stale == nil {
 		return 0, err
 	}
-	return len(stale), s.Recompute(ctx, stale, nil)
+	return len(stale), errors.Join(err, s.Recompute(ctx, stale, nil))
 }
 
 // backfill builds the served rows of s's fiscal calendar from the facts
