@@ -29,30 +29,9 @@ func TestClusterReadsOnlyCaughtUpReplicas(t *testing.T) {
 	}
 	t.Cleanup(c.Stop)
 	db := "t_caught_up"
-	st, err := store.Open(ctx, store.Config{Addr: c.Addrs(), Database: db, Cluster: c.Name}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	topo := st.Topology()
+	st, topo, sv := clusterDB(ctx, t, c, db)
 	topo.LagWait = time.Second
-	cfg := schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name}
-	if err := schema.MigrateOn(ctx, topo, cfg, nil); err != nil {
-		t.Fatal(err)
-	}
-	sv, err := schema.NewServedOn(topo, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(topo.Shards) != 2 || len(topo.Shards[0].Replicas) != 2 {
-		t.Fatalf("topology: %d shards, want shard 1 with two replicas and shard 2", len(topo.Shards))
-	}
-	acct := ""
-	for i := 0; acct == ""; i++ {
-		if a := fmt.Sprintf("acct-%d", i); topo.ShardIndex(a) == 0 {
-			acct = a
-		}
-	}
+	acct := accountOn(topo, 0)
 	r0, r1 := topo.Shards[0].Replicas[0], topo.Shards[0].Replicas[1]
 	q := sv.QuarterOf(2026*12 + 1)
 	evs := []ev{{id: "l1", typ: event.Login, account: acct, user: "u1", ms: ms("2026-02-10T00:00:00Z"), offset: 1}}
@@ -153,36 +132,13 @@ func TestClusterShards(t *testing.T) {
 // a contract audit).
 func lastQuarterFromEveryShard(ctx context.Context, t *testing.T, c *chcluster.Cluster) {
 	db := "t_last_q"
-	st, err := store.Open(ctx, store.Config{Addr: c.Addrs(), Database: db, Cluster: c.Name}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	topo := st.Topology()
-	cfg := schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name}
-	if err := schema.MigrateOn(ctx, topo, cfg, nil); err != nil {
-		t.Fatal(err)
-	}
-	if len(topo.Shards) != 2 {
-		t.Fatalf("topology: %d shards, want 2", len(topo.Shards))
-	}
-	onShard := func(i int) string {
-		for k := 0; ; k++ {
-			if a := fmt.Sprintf("acct-%d", k); topo.ShardIndex(a) == i {
-				return a
-			}
-		}
-	}
-	x, y := onShard(0), onShard(1)
+	st, topo, sv := clusterDB(ctx, t, c, db)
+	x, y := accountOn(topo, 0), accountOn(topo, 1)
 	evs := []ev{
 		{id: "x1", typ: event.Login, account: x, user: "u1", ms: ms("2026-05-10T00:00:00Z"), offset: 1},
 		{id: "y1", typ: event.Login, account: y, user: "u2", ms: ms("2026-07-02T00:00:00Z"), offset: 2},
 	}
 	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
-		t.Fatal(err)
-	}
-	sv, err := schema.NewServedOn(topo, cfg)
-	if err != nil {
 		t.Fatal(err)
 	}
 	if err := sv.Recompute(ctx, map[string]int32{x: sv.QuarterOf(2026*12 + 4), y: sv.QuarterOf(2026*12 + 6)}, nil); err != nil {
@@ -214,7 +170,7 @@ func lastQuarterFromEveryShard(ctx context.Context, t *testing.T, c *chcluster.C
 		t.Errorf("rows %v, want %v", got, want)
 	}
 	// A fresh process's verify agrees.
-	sv2, err := schema.NewServedOn(topo, cfg)
+	sv2, err := schema.NewServedOn(topo, schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,29 +188,9 @@ func lastQuarterFromEveryShard(ctx context.Context, t *testing.T, c *chcluster.C
 // the whole sweep and no account of any shard was recomputed.
 func sweepWithAShardDown(ctx context.Context, t *testing.T, c *chcluster.Cluster) {
 	db := "t_shard_down"
-	st, err := store.Open(ctx, store.Config{Addr: c.Addrs(), Database: db, Cluster: c.Name}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	topo := st.Topology()
+	st, topo, sv := clusterDB(ctx, t, c, db)
 	topo.LagWait = time.Second
-	cfg := schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name}
-	if err := schema.MigrateOn(ctx, topo, cfg, nil); err != nil {
-		t.Fatal(err)
-	}
-	sv, err := schema.NewServedOn(topo, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	onShard := func(i int) string {
-		for k := 0; ; k++ {
-			if a := fmt.Sprintf("acct-%d", k); topo.ShardIndex(a) == i {
-				return a
-			}
-		}
-	}
-	x, y := onShard(0), onShard(1)
+	x, y := accountOn(topo, 0), accountOn(topo, 1)
 	evs := []ev{
 		{id: "x1", typ: event.Login, account: x, user: "u1", ms: ms("2026-05-10T00:00:00Z"), offset: 1},
 		{id: "y1", typ: event.Login, account: y, user: "u2", ms: ms("2026-05-11T00:00:00Z"), offset: 2},
@@ -289,5 +225,39 @@ func sweepWithAShardDown(ctx context.Context, t *testing.T, c *chcluster.Cluster
 	}
 	if logins != 2 {
 		t.Fatalf("%s's served logins %d with shard 2 down, want 2 (sweep: %v)", x, logins, err)
+	}
+}
+
+// clusterDB opens database db on c, migrated for calendar 1 (closed when
+// the test ends), with its Served; the cluster must have two shards, the
+// first with two replicas.
+func clusterDB(ctx context.Context, t *testing.T, c *chcluster.Cluster, db string) (*store.Store, *schema.Topology, *schema.Served) {
+	t.Helper()
+	st, err := store.Open(ctx, store.Config{Addr: c.Addrs(), Database: db, Cluster: c.Name}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	topo := st.Topology()
+	cfg := schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name}
+	if err := schema.MigrateOn(ctx, topo, cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	sv, err := schema.NewServedOn(topo, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(topo.Shards) != 2 || len(topo.Shards[0].Replicas) != 2 {
+		t.Fatalf("topology: %d shards, want shard 1 with two replicas and shard 2", len(topo.Shards))
+	}
+	return st, topo, sv
+}
+
+// accountOn is the first account acct-N that topo puts on shard index i.
+func accountOn(topo *schema.Topology, i int) string {
+	for k := 0; ; k++ {
+		if a := fmt.Sprintf("acct-%d", k); topo.ShardIndex(a) == i {
+			return a
+		}
 	}
 }
