@@ -21,13 +21,7 @@ import (
 // going backwards). Once the replica with the facts is back, the recompute
 // succeeds and verify finds the rows exact.
 func TestClusterReadsOnlyCaughtUpReplicas(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	c, err := chcluster.Start(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
+	ctx, c := startCluster(t)
 	db := "t_caught_up"
 	st, topo, sv := clusterDB(ctx, t, c, db)
 	topo.LagWait = time.Second
@@ -112,13 +106,7 @@ func TestClusterReadsOnlyCaughtUpReplicas(t *testing.T) {
 // TestClusterShards: the contract's grid and a shard down, on one
 // cluster (each case in its own database; the shard goes down last).
 func TestClusterShards(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	c, err := chcluster.Start(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
+	ctx, c := startCluster(t)
 	t.Run("last quarter from every shard", func(t *testing.T) { lastQuarterFromEveryShard(ctx, t, c) })
 	t.Run("sweep with a shard down", func(t *testing.T) { sweepWithAShardDown(ctx, t, c) })
 }
@@ -240,8 +228,19 @@ func clusterDB(ctx context.Context, t *testing.T, c *chcluster.Cluster, db strin
 	t.Cleanup(func() { st.Close() })
 	topo := st.Topology()
 	cfg := schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name}
-	if err := schema.MigrateOn(ctx, topo, cfg, nil); err != nil {
-		t.Fatal(err)
+	// A cluster just started has once dropped the first ON CLUSTER
+	// statement's connection (EOF); migrate is idempotent, so it is tried
+	// again (the tests are about what follows).
+	for attempt := 1; ; attempt++ {
+		err := schema.MigrateOn(ctx, topo, cfg, nil)
+		if err == nil {
+			break
+		}
+		if attempt == 3 {
+			t.Fatal(err)
+		}
+		t.Logf("migrate, attempt %d: %v; again", attempt, err)
+		time.Sleep(2 * time.Second)
 	}
 	sv, err := schema.NewServedOn(topo, cfg)
 	if err != nil {
@@ -260,4 +259,18 @@ func accountOn(topo *schema.Topology, i int) string {
 			return a
 		}
 	}
+}
+
+// startCluster starts a test cluster (stopped when the test ends) and
+// gives the test 4 minutes.
+func startCluster(t *testing.T) (context.Context, *chcluster.Cluster) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
+	c, err := chcluster.Start(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	return ctx, c
 }
