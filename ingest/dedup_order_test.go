@@ -206,6 +206,40 @@ func TestDedupAfterRetention(t *testing.T) {
 	}
 }
 
+// TestDedupAfterRetentionOldKept: retention deleted a record whose
+// timestamp is newer than the records kept right after it (a backfill), so
+// Kafka's listing by timestamp, which knows only the kept records, points
+// past them. A copy of the deleted record after a restart moves the floor
+// down; it cannot be recognised and is counted, and that must be reported
+// (it was not: only a listing at the log start was; found by a review).
+func TestDedupAfterRetentionOldKept(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			gone := loginAt{"gone", utc(2026, 4, 10)}
+			p.produceLogins([]loginAt{gone}) // offset 0, deleted below
+			p.produceLogins(spread("old-", 100, utc(2026, 2, 19), utc(2026, 2, 19).Add(10*time.Hour)))
+			p.produceLogins(spread("live-", 100, utc(2026, 4, 13), utc(2026, 4, 13).Add(10*time.Hour)))
+			var regs registries
+			p.runReg("g", regs.next())
+			p.retain(200) // only offset 0
+			p.produceLogins([]loginAt{{"gone", gone.ts.Add(time.Hour)}})
+			p.runReg("g", regs.next())
+			want := reference.Compute(p.produced, reference.Options{})
+			if want.Accepted != 201 || want.Duplicates != 1 {
+				t.Fatalf("reference: %d accepted, %d duplicates; want 201 and 1", want.Accepted, want.Duplicates)
+			}
+			p.wantLoginsOnly(202) // the copy is counted: its original is gone
+			if n := regs.sum(t, "usagepipe_dedup_recoveries_total"); n == 0 {
+				t.Error("no recovery: the copy did not move the floor, so this run proves nothing")
+			}
+			if n := regs.sum(t, "usagepipe_dedup_unrecoverable_total"); n < 1 {
+				t.Error("the deleted record inside the copy's window was not reported")
+			}
+		})
+	}
+}
+
 // TestDedupSpillsToDisk: a window that does not fit the filter's memory
 // (1 MiB: about 16k IDs) moves its older hours to the on-disk store, and
 // copies of records held there are still duplicates, across a restart.

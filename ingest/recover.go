@@ -82,9 +82,13 @@ func (c *Consumer) recoveryStart(ctx context.Context, p int32, r *dedup.Recovery
 	start = min(start, r.To)
 	// Records below the log start are gone. They may have been within the
 	// band when the filter had evicted them (r.From below the log start),
-	// or, when the floor moves down, when the first record kept already is
-	// within it.
-	if logStart > 0 && (r.From < logStart && !r.Floor || r.Floor && start <= logStart && start < r.To) {
+	// or, when the floor moves down, whenever records below the old floor
+	// were deleted: Kafka's listing by timestamp knows only the records it
+	// kept, so deleted ones may be inside the band even when the first
+	// kept record at or after Lo is far above the log start (a review
+	// found that case unreported: old-timestamp records kept right after
+	// deleted newer ones).
+	if logStart > 0 && (r.From < logStart && !r.Floor || r.Floor && r.OldFloor() > 0) {
 		c.m.dedupUnrecoverable.Inc()
 		c.warn.Do(func(n int) {
 			c.log.Warn("retention deleted records the duplicate filter needs: duplicates of them are counted",

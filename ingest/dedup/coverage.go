@@ -46,6 +46,11 @@ type Recovery struct {
 // Filled is the number of records the recovery put into the table.
 func (r *Recovery) Filled() int { return r.filled }
 
+// OldFloor is the offset of the floor before the recovery: for a floor
+// move, every record below it that the re-read does not reach (retention
+// deleted it) is one whose timestamp nothing tells.
+func (r *Recovery) OldFloor() int64 { return r.oldFloor }
+
 // Recovery returns what must be re-read before a record with timestamp tsMs
 // at offset off can be decided, or nil if nothing must (Covered). The band
 // recovered reaches window + Slack beyond the record's window on each side,
