@@ -55,15 +55,8 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		if topicID, err = c.fetchTopicID(ctx); err != nil {
 			return err
 		}
-		if srcTopic, err = c.w.Incarnation(ctx, c.cfg.Topic, topicID); err != nil {
+		if srcTopic, progressIDs, err = c.incarnation(ctx, topicID); err != nil {
 			return err
-		}
-		// The first incarnation may have been read while the brokers
-		// reported no topic IDs (before 2.8): its progress rows then
-		// carry the zero ID.
-		progressIDs = []string{topicID}
-		if srcTopic == c.cfg.Topic && topicID != schema.ZeroTopicID {
-			progressIDs = append(progressIDs, schema.ZeroTopicID)
 		}
 		if starts, err = c.adm.ListStartOffsets(ctx, c.cfg.Topic); err == nil {
 			err = starts.Error()
@@ -120,14 +113,21 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		if d := c.disk.Load(); d != nil {
 			st.dedup.UseDisk(d, 0) // limits: setDedupLimits below
 		}
-		if e, ok := ends.Lookup(c.cfg.Topic, p); ok && e.Err == nil && e.Offset >= 0 {
-			st.hwm, st.hwmKnown = e.Offset, true
-			c.m.lag.WithLabelValues(strconv.Itoa(int(p))).Set(float64(max(e.Offset-r.pos, 0)))
-		}
 		if s, ok := starts.Lookup(c.cfg.Topic, p); ok && s.Offset > r.pos {
 			c.m.expired.Add(float64(s.Offset - r.pos))
 			c.log.Warn("retention deleted records no instance had read: their events are lost",
 				"partition", p, "position", r.pos, "log_start", s.Offset)
+			// Nothing below the log start can be read any more: the
+			// partition is handled up to it, so the lag counts only what
+			// is left and the next flush writes it as progress (else a
+			// partition emptied by retention kept its lag and readiness
+			// down forever, and every start counted the same records
+			// lost again).
+			st.next = s.Offset
+		}
+		if e, ok := ends.Lookup(c.cfg.Topic, p); ok && e.Err == nil && e.Offset >= 0 {
+			st.hwm, st.hwmKnown = e.Offset, true
+			c.m.lag.WithLabelValues(strconv.Itoa(int(p))).Set(float64(max(e.Offset-st.position(), 0)))
 		}
 		// The filter's floor: every record below start has a timestamp
 		// below r.from (ListOffsets by timestamp); [start, r.pos) is read
@@ -247,6 +247,21 @@ func (c *Consumer) resumes(ctx context.Context, progressIDs []string, parts map[
 
 // fetchTopicID is the hex Kafka topic ID of the events topic (all zeros on
 // brokers without topic IDs).
+// incarnation returns the src_topic of the topic incarnation topicID and
+// the topic IDs its progress rows may carry: the first incarnation may have
+// been read while the brokers reported no topic IDs (before 2.8), and its
+// progress rows then carry the zero ID.
+func (c *Consumer) incarnation(ctx context.Context, topicID string) (srcTopic string, progressIDs []string, err error) {
+	if srcTopic, err = c.w.Incarnation(ctx, c.cfg.Topic, topicID); err != nil {
+		return "", nil, err
+	}
+	progressIDs = []string{topicID}
+	if srcTopic == c.cfg.Topic && topicID != schema.ZeroTopicID {
+		progressIDs = append(progressIDs, schema.ZeroTopicID)
+	}
+	return srcTopic, progressIDs, nil
+}
+
 func (c *Consumer) fetchTopicID(ctx context.Context) (string, error) {
 	td, err := c.adm.ListTopics(ctx, c.cfg.Topic)
 	if err != nil {

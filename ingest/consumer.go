@@ -1128,10 +1128,21 @@ func (c *Consumer) caughtUp(ctx context.Context, targets map[int32]int64) bool {
 	if !need {
 		return true
 	}
+	ids := c.progressIDs
 	if c.topicID == "" {
-		return false // not assigned yet
+		// No partition assigned (yet, or at all: the group's other
+		// members own them all): their progress rows say when the group
+		// is done.
+		topicID, err := c.fetchTopicID(ctx)
+		if err == nil {
+			_, ids, err = c.incarnation(ctx, topicID)
+		}
+		if err != nil {
+			c.log.Debug("caught-up check: topic incarnation", "err", err)
+			return false
+		}
 	}
-	prog, err := c.w.ReadProgress(ctx, c.cfg.Topic, c.progressIDs...)
+	prog, err := c.w.ReadProgress(ctx, c.cfg.Topic, ids...)
 	if err != nil {
 		c.log.Debug("caught-up check: read progress", "err", err)
 		return false

@@ -750,3 +750,87 @@ func (p *pipeline) newConsumer(st *store.Store, group string, untilCaughtUp bool
 	}
 	return c
 }
+
+// waitProgress waits until the progress row of partition 0 reaches next.
+func (p *pipeline) waitProgress(next uint64) {
+	p.t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); p.progress().next < next; {
+		if time.Now().After(deadline) {
+			p.t.Fatalf("progress %+v, want next %d", p.progress(), next)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestUntilCaughtUpWithoutPartitions: a `run --until-caught-up` that shares
+// its group with a running instance owning every partition gets none; it
+// exits once the group's progress rows reach its targets (it waited
+// forever: it read progress only after an assignment of its own; found by
+// an audit).
+func TestUntilCaughtUpWithoutPartitions(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			p.logins("a", 300, time.Now().Add(-30*24*time.Hour).Truncate(time.Second), "", false, p.topic)
+			stopA := p.start("g", prometheus.NewRegistry())
+			defer stopA()
+			p.waitProgress(300)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			st, err := store.Open(ctx, p.storeConfig(), nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			c := p.newConsumer(st, "g", true, nil)
+			if err := c.Run(ctx); err != nil || ctx.Err() != nil {
+				t.Fatalf("--until-caught-up without a partition did not exit by itself within 30 s: %v, %v (progress %+v)", err, ctx.Err(), p.progress())
+			}
+			if n := c.OwnedPartitions(); n != 0 {
+				t.Fatalf("the second member owns %d partitions: this run does not test a member without any", n)
+			}
+		})
+	}
+}
+
+// TestRetentionEmptiedPartition: retention deleted, before anyone read
+// them, every record after the durable position. They are lost (and
+// counted once), but nothing is left to read: the lag is 0, the instance
+// is ready, and the position moves to the log start, so the next start
+// does not count them lost again (the lag stayed 50 and /readyz down
+// forever, and every start counted the 50 again; found by an audit).
+func TestRetentionEmptiedPartition(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			start := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
+			p.logins("a", 100, start, "", false, p.topic)
+			p.runReg("g", nil)
+			p.logins("b", 50, start.Add(200*time.Second), "", false, p.topic)
+			p.retain(0)
+			p.tweak = func(c *ingest.Config) { c.ReadyStallTimeout = 2 * time.Second }
+			reg := prometheus.NewRegistry()
+			c, stop := p.startConsumer("g", reg)
+			p.waitProgress(150)
+			time.Sleep(3 * time.Second) // past the stall timeout
+			lag, _ := gauge(t, reg, "usagepipe_consumer_lag_records")
+			ready, why := c.Ready()
+			stop()
+			if lag != 0 {
+				t.Errorf("lag %v with nothing left to read, want 0", lag)
+			}
+			if !ready {
+				t.Errorf("not ready with nothing left to read: %s", why)
+			}
+			if n := counter(t, reg, "usagepipe_records_expired_unread_total"); n != 50 {
+				t.Errorf("usagepipe_records_expired_unread_total = %v, want 50", n)
+			}
+			again := prometheus.NewRegistry()
+			p.runReg("g", again)
+			if n := counter(t, again, "usagepipe_records_expired_unread_total"); n != 0 {
+				t.Errorf("the next start counted %v records lost again", n)
+			}
+			p.wantLoginsOnly(99)
+		})
+	}
+}
