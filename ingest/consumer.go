@@ -1101,13 +1101,24 @@ func (c *Consumer) endOffsets(ctx context.Context) (map[int32]int64, error) {
 }
 
 // topicChanged reports whether the events topic now has another topic ID
-// than the one its partitions were assigned with.
+// than the one its partitions were assigned with. Each partition is
+// compared, not the last assignment's ID: a rebalance after the re-creation
+// sets the new ID up for the partitions it adds while the client still
+// fetches the others under the old one (comparing the last ID, the
+// instance stalled instead of stopping).
 func (c *Consumer) topicChanged(ctx context.Context) bool {
-	c.mu.Lock()
-	was := c.topicID
-	c.mu.Unlock()
 	id, err := c.fetchTopicID(ctx)
-	return err == nil && was != "" && id != was
+	if err != nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.parts {
+		if st.topicID != "" && st.topicID != id {
+			return true
+		}
+	}
+	return false
 }
 
 // caughtUp reports whether ClickHouse holds every partition up to its
