@@ -468,6 +468,13 @@ func (s *server) keepCopy(ctx context.Context, full bool) error {
 			return errors.Join(err, rerr)
 		case err != nil:
 			s.held(c) // a failed refresh took new stage tables
+			// The lease was not lost: if taking new stages failed too
+			// (ClickHouse restarting), take it again at once next round,
+			// as after a failed Acquire above. Dropping the claim left
+			// every process waiting for the 30 s takeover rule while a
+			// replaced part that the restart loaded again showed every
+			// key of its quarter twice.
+			s.holder = true
 			return err
 		}
 		s.installs.Inc()
