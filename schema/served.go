@@ -1174,6 +1174,7 @@ func (s *Served) verifyOn(ctx context.Context, conn driver.Conn, accounts []stri
 			source{"served_feature_sets", "account_quarter_features", fmt.Sprintf("(SELECT %s FROM %s WHERE fy = %d)", strings.Join(featureNames, ", "), servedFeatures(db), s.cfg.FiscalStartMonth)})
 	}
 	seen := map[string]int{}
+	found := map[string]bool{} // accounts with a served or a computed row
 	for list := accounts; len(list) > 0; {
 		n, expr := s.chunk(list)
 		list = list[n:]
@@ -1192,19 +1193,28 @@ func (s *Served) verifyOn(ctx context.Context, conn driver.Conn, accounts []stri
 		wants := map[string]map[string]string{}
 		for _, src := range sources {
 			t := computed[src.table]
-			got, err := rowsOf(ctx, conn, "SELECT "+t.cols+" FROM "+src.from+" WHERE "+expr, t.key)
+			got, n, err := rowsOf(ctx, conn, "SELECT "+t.cols+" FROM "+src.from+" WHERE "+expr, t.key, found)
 			if err != nil {
 				return fmt.Errorf("verify: read %s: %w", src.label, err)
 			}
 			want, ok := wants[src.table]
 			if !ok {
-				if want, err = rowsOf(ctx, conn, "SELECT "+t.cols+" FROM ("+t.sql+")", t.key); err != nil {
+				if want, _, err = rowsOf(ctx, conn, "SELECT "+t.cols+" FROM ("+t.sql+")", t.key, found); err != nil {
 					return fmt.Errorf("verify: recompute %s: %w", src.table, err)
 				}
 				wants[src.table] = want
 			}
-			seen[src.label] += len(got)
+			seen[src.label] += n
 			compare(src.label, got, want, each)
+		}
+	}
+	if !all {
+		// An account asked for that has neither facts nor served rows is
+		// most likely a typo: say so rather than pass it.
+		for _, a := range accounts {
+			if !found[a] {
+				each(Difference{Table: "account", Key: fmt.Sprintf("account_id=%q", a), Served: "no rows", Computed: "no facts (no such account?)"})
+			}
 		}
 	}
 	if all {
@@ -1222,28 +1232,33 @@ func (s *Served) verifyOn(ctx context.Context, conn driver.Conn, accounts []stri
 	return nil
 }
 
-// rows runs q and returns its rows as text, by the text of the key
-// columns (key: their names, comma-separated).
-func rowsOf(ctx context.Context, conn driver.Conn, q, key string) (map[string]string, error) {
+// rowsOf runs q and returns its rows as text, by the text of the key
+// columns (key: their names, comma-separated), and how many rows it read.
+// A key read twice keeps every row's text, so that it never equals a
+// single row: one row per key is part of what is verified. accounts, if
+// not nil, gets every account_id read.
+func rowsOf(ctx context.Context, conn driver.Conn, q, key string, accounts map[string]bool) (map[string]string, int, error) {
 	isKey := map[string]bool{}
 	for _, k := range strings.Split(key, ",") {
 		isKey[strings.TrimSpace(k)] = true
 	}
 	rows, err := conn.Query(ctx, q)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer rows.Close()
 	cols := rows.ColumnTypes()
 	out := map[string]string{}
+	n := 0
 	for rows.Next() {
 		vals := make([]any, len(cols))
 		for i, c := range cols {
 			vals[i] = newScanValue(c.DatabaseTypeName())
 		}
 		if err := rows.Scan(vals...); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
+		n++
 		var k, v []string
 		for i, val := range vals {
 			f := fmt.Sprintf("%s=%v", cols[i].Name(), deref(val))
@@ -1252,10 +1267,17 @@ func rowsOf(ctx context.Context, conn driver.Conn, q, key string) (map[string]st
 			} else {
 				v = append(v, f)
 			}
+			if a, ok := val.(*string); ok && accounts != nil && cols[i].Name() == "account_id" {
+				accounts[*a] = true
+			}
 		}
-		out[strings.Join(k, " ")] = strings.Join(v, " ")
+		key, row := strings.Join(k, " "), strings.Join(v, " ")
+		if prev, ok := out[key]; ok {
+			row = prev + " | AND ANOTHER ROW FOR THE SAME KEY: " + row
+		}
+		out[key] = row
 	}
-	return out, rows.Err()
+	return out, n, rows.Err()
 }
 
 func compare(table string, got, want map[string]string, each func(Difference)) {

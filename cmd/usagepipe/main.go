@@ -51,6 +51,9 @@ func exitCode(err error, stderr io.Writer) int {
 	case errors.As(err, &ue):
 		fmt.Fprintln(stderr, "usagepipe:", ue.msg)
 		return 2
+	case errors.As(err, new(*checkError)):
+		fmt.Fprintln(stderr, "usagepipe:", err)
+		return 3
 	case errors.Is(err, schema.ErrConfig):
 		// A setting that does not fit the database or the servers (a
 		// cluster that is not in remote_servers, another shard layout).
@@ -152,12 +155,32 @@ func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return nil
 }
 
-func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// errDifferences is verify's "the served rows differ from the facts"
+// (exit 1); any other failure of verify exits 3 (checkError), so that a
+// script can tell a difference from a check that did not run.
+var errDifferences = errors.New("differences between the served rows and the facts")
+
+// checkError is a verify that could not check (ClickHouse unreachable, a
+// query failed, interrupted): exit 3.
+type checkError struct{ err error }
+
+func (e *checkError) Error() string { return e.err.Error() }
+func (e *checkError) Unwrap() error { return e.err }
+
+func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	defer func() {
+		var ue *usageError
+		if err != nil && !errors.Is(err, errDifferences) && !errors.As(err, &ue) && !errors.Is(err, schema.ErrConfig) && !errors.Is(err, flag.ErrHelp) {
+			err = &checkError{err}
+		}
+	}()
 	var ch chSettings
-	var accounts string
-	f := newFlags("verify", "Recompute the rollups of every account (or --accounts) from the fact tables and compare\nevery column with the served rows of account_quarter_rollups and account_quarter_features.\nPrints each difference; exit code 1 if there is any. Run it once the pipeline has caught up.", stdout)
-	f.str(&accounts, "accounts", "", "comma-separated account IDs to check (default: every account)")
+	var accounts, accountsFile string
+	f := newFlags("verify", "Recompute the rollups of every account (or --accounts, --accounts-file) from the fact tables\nand compare every column with the served rows of account_quarter_rollups and\naccount_quarter_features. Prints each difference. Exit code 0: none; 1: differences (an\naccount asked for that has no rows at all counts as one); 2: a bad setting; 3: could not\ncheck. Run it once the pipeline has caught up.", stdout)
+	f.str(&accounts, "accounts", "", "comma-separated account IDs to check (default: every account); IDs with a comma or surrounding spaces: --accounts-file")
 	f.env["accounts"] = "USAGEPIPE_VERIFY_ACCOUNTS" // (USAGEPIPE_ACCOUNTS is gen's count)
+	f.str(&accountsFile, "accounts-file", "", "file of account IDs to check, one per line, exactly as written (only the line ending is removed)")
+	f.env["accounts-file"] = "USAGEPIPE_VERIFY_ACCOUNTS_FILE"
 	st, _, err := chCommand(ctx, f, &ch, args, stderr)
 	if err != nil {
 		return err
@@ -181,6 +204,21 @@ func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return usagef("accounts: no account ID in %q", accounts)
 		}
 	}
+	if accountsFile != "" {
+		b, err := os.ReadFile(accountsFile)
+		if err != nil {
+			return usagef("accounts-file: %v", err)
+		}
+		n := len(list)
+		for _, a := range strings.Split(string(b), "\n") {
+			if a = strings.TrimSuffix(a, "\r"); a != "" {
+				list = append(list, a)
+			}
+		}
+		if len(list) == n {
+			return usagef("accounts-file: no account ID in %s", accountsFile)
+		}
+	}
 	diffs := 0
 	checked, err := sv.Verify(ctx, list, func(d schema.Difference) {
 		diffs++
@@ -191,7 +229,7 @@ func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "verify: %d accounts checked, %d differences (database %s, fiscal year start month %d)\n", checked, diffs, ch.database, ch.fiscalStartMonth)
 	if diffs > 0 {
-		return fmt.Errorf("verify: %d differences between the served rows and the facts", diffs)
+		return fmt.Errorf("verify: %d %w", diffs, errDifferences)
 	}
 	return nil
 }

@@ -546,6 +546,44 @@ func TestVerify(t *testing.T) {
 	if code, out, _ = exec(ctx, append([]string{"verify", "--accounts", other}, ch...)...); code != 1 || !strings.Contains(out, "1 accounts checked, 1 differences") || !strings.Contains(out, "DIFF served_feature_sets ") && !strings.Contains(out, "DIFF account_quarter_features ") {
 		t.Fatalf("verify --accounts %s after changing a feature set: exit %d, want 1 and the feature row:\n%s", other, code, out)
 	}
+
+	// Found by an audit: an account asked for that has no rows at all
+	// passed (a typo gave "0 differences"); --accounts could not name IDs
+	// with a comma or surrounding spaces; a key with two reader rows
+	// passed when both read alike; and a verify that could not check
+	// exited 1, like one that found differences.
+	if code, out, _ = exec(ctx, append([]string{"verify", "--accounts", "no-such-account"}, ch...)...); code != 1 || !strings.Contains(out, `account_id="no-such-account"`) || !strings.Contains(out, "no such account") {
+		t.Fatalf("verify of an unknown account: exit %d, want 1 and the account named:\n%s", code, out)
+	}
+	file := filepath.Join(t.TempDir(), "accounts")
+	if err := os.WriteFile(file, []byte(" spaced, with a comma\r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, _ = exec(ctx, append([]string{"verify", "--accounts-file", file}, ch...)...); code != 1 || !strings.Contains(out, `account_id=" spaced, with a comma"`) || !strings.Contains(out, "1 accounts checked") {
+		t.Fatalf("verify --accounts-file: exit %d, want 1 for exactly the account in the file:\n%s", code, out)
+	}
+	third := ""
+	for _, r := range rows {
+		if r.AccountID != victim && r.AccountID != other {
+			third = r.AccountID
+			break
+		}
+	}
+	if code, out, _ = exec(ctx, append([]string{"verify", "--accounts", third}, ch...)...); code != 0 {
+		t.Fatalf("verify --accounts %s before its row is doubled: exit %d:\n%s", third, code, out)
+	}
+	// On 18.16 the readers are tables: a second copy of one row.
+	if err := st.Conn().Exec(ctx, "INSERT INTO "+db+".account_quarter_rollups SELECT * FROM "+db+".account_quarter_rollups WHERE account_id = '"+third+"' LIMIT 1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"verify", "--accounts", third}, {"verify"}} {
+		if code, out, _ = exec(ctx, append(args, ch...)...); code != 1 || !strings.Contains(out, "ANOTHER ROW FOR THE SAME KEY") || !strings.Contains(out, `account_id="`+third+`"`) {
+			t.Fatalf("%v with a key read twice: exit %d, want 1 and the key:\n%s", args, code, out)
+		}
+	}
+	if code, _, stderr = exec(ctx, "verify", "--clickhouse-addr", "127.0.0.1:1", "--clickhouse-database", db); code != 3 {
+		t.Fatalf("verify without a ClickHouse to check: exit %d, want 3:\n%s", code, stderr)
+	}
 }
 
 // TestUpgradeWaitsForOldRelease: a database with facts whose served rows
