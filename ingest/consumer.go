@@ -999,6 +999,7 @@ func (c *Consumer) produceDLQ(ctx context.Context, recs *[]*kgo.Record) error {
 	note := func(results kgo.ProduceResults) {
 		for _, r := range results {
 			if r.Err != nil {
+				c.m.dlqErr.Inc()
 				failed = append(failed, r.Record)
 				if firstErr == nil {
 					firstErr = r.Err

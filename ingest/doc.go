@@ -68,7 +68,8 @@
 //
 // usagepipe_records_consumed_total, usagepipe_events_accepted_total{type},
 // usagepipe_events_rejected_total{reason}, usagepipe_events_duplicate_total,
-// usagepipe_dlq_records_total{reason}, usagepipe_flush_duration_seconds,
+// usagepipe_dlq_records_total{reason}, usagepipe_dlq_errors_total,
+// usagepipe_flush_duration_seconds,
 // usagepipe_flushes_total{result}, usagepipe_consumer_lag_records{partition},
 // usagepipe_event_delay_seconds, usagepipe_last_flush_timestamp_seconds,
 // usagepipe_ready, usagepipe_clickhouse_up, usagepipe_records_replayed_total,

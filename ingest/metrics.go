@@ -13,6 +13,7 @@ type metrics struct {
 	accepted      [numTypes]prometheus.Counter
 	rejected      [numReasons]prometheus.Counter
 	dlq           [numReasons]prometheus.Counter
+	dlqErr        prometheus.Counter
 	duplicates    prometheus.Counter
 	flushSeconds  prometheus.Histogram
 	flushOK       prometheus.Counter
@@ -111,6 +112,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.rejected[r] = rejected.WithLabelValues(r.String())
 		m.dlq[r] = dlq.WithLabelValues(r.String())
 	}
+	m.dlqErr = f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_dlq_errors_total",
+		Help: "Dead letters the dead-letter topic refused or did not acknowledge (each is produced again; the flush waits for them)."})
 	return m
 }
 

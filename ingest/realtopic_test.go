@@ -834,3 +834,36 @@ func TestRetentionEmptiedPartition(t *testing.T) {
 		})
 	}
 }
+
+// TestDeadLetterTopicMissing: while the dead-letter topic does not exist,
+// flushes wait (nothing is recorded or committed past an undelivered dead
+// letter) and usagepipe_dlq_errors_total says why: the flush errors alone
+// looked like a ClickHouse outage (found by an audit). Once the topic
+// exists, the same run delivers every dead letter and goes on.
+func TestDeadLetterTopicMissing(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := &pipeline{t: t, brokers: b.Addrs, fiscal: 1}
+			suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+			p.topic, p.dlq = "real-"+suffix, "missing-dlq-"+suffix
+			kafkatest.CreateTopic(t, b.Addrs, p.topic, 1)
+			p.db = chtest.NewDatabase(t)
+			p.logins("a", 200, time.Now().Add(-2*time.Hour).Truncate(time.Second), "", false, p.topic)
+			reg := prometheus.NewRegistry()
+			_, stop := p.startConsumer("g", reg)
+			for deadline := time.Now().Add(30 * time.Second); counter(t, reg, "usagepipe_dlq_errors_total") == 0; {
+				if time.Now().After(deadline) {
+					t.Fatal("no dead-letter error counted while the topic is missing")
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if pr := p.progress(); pr.next > 0 {
+				t.Fatalf("progress %d past undelivered dead letters", pr.next)
+			}
+			kafkatest.CreateTopic(t, b.Addrs, p.dlq, 1)
+			p.waitProgress(200)
+			stop()
+			p.checkDeadLetters(p.check())
+		})
+	}
+}
