@@ -80,6 +80,7 @@ type Consumer struct {
 	// mu): its hex topic ID, and the IDs whose progress rows count for it.
 	topicID     string
 	progressIDs []string
+	idleIDs     []string // progress IDs an --until-caught-up run without partitions reads (caughtUp)
 
 	recoverErr  atomic.Pointer[error]      // a duplicate filter recovery that gave up: Run stops
 	disk        atomic.Pointer[dedup.Disk] // open while Run runs
@@ -1144,15 +1145,18 @@ func (c *Consumer) caughtUp(ctx context.Context, targets map[int32]int64) bool {
 	if c.topicID == "" {
 		// No partition assigned (yet, or at all: the group's other
 		// members own them all): their progress rows say when the group
-		// is done.
-		topicID, err := c.fetchTopicID(ctx)
-		if err == nil {
-			_, ids, err = c.incarnation(ctx, topicID)
+		// is done. The incarnation is looked up once, not every tick.
+		if c.idleIDs == nil {
+			topicID, err := c.fetchTopicID(ctx)
+			if err == nil {
+				_, c.idleIDs, err = c.incarnation(ctx, topicID)
+			}
+			if err != nil {
+				c.log.Debug("caught-up check: topic incarnation", "err", err)
+				return false
+			}
 		}
-		if err != nil {
-			c.log.Debug("caught-up check: topic incarnation", "err", err)
-			return false
-		}
+		ids = c.idleIDs
 	}
 	prog, err := c.w.ReadProgress(ctx, c.cfg.Topic, ids...)
 	if err != nil {
