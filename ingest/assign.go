@@ -22,6 +22,9 @@ type resume struct {
 	hasFrom bool
 	stored  bool  // pos is this database's progress row (not a v1 commit)
 	group   int64 // the group's committed offset, -1 if none
+	// idsFrom: from which offset the archive of event IDs holds every
+	// record counted (docs/design.md, "Durable event IDs").
+	idsFrom int64
 }
 
 // adjustOffsets runs when partitions are assigned, before fetching. The
@@ -98,6 +101,16 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		}
 	}
 
+	// Records retention deleted at or after a floor's time would be claimed
+	// older than it (a partition without progress: every record below the
+	// log start, known to nothing): where the archive holds them, each of
+	// their hours becomes a hole, recovered from the archive when a window
+	// reaches it. The log start is listed after the floors: records it
+	// passed meanwhile are among them.
+	holes, err := c.archiveHoles(ctx, progressIDs, res, replayFrom)
+	if err != nil {
+		return nil, err
+	}
 	byPart := map[int32][]schema.EventCount{}
 	for _, r := range counts {
 		byPart[r.Partition] = append(byPart[r.Partition], r)
@@ -109,7 +122,8 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 	for p := range parts {
 		r := res[p]
 		st := &partState{p: p, topicID: topicID, committed: r.pos, aggFrom: r.pos, next: -1, flushed: r.flushed(),
-			from: r.from, hasFrom: r.hasFrom, tsBucket: -1, dedup: dedup.New(c.cfg.DedupWindow), delays: map[delayKey]int{}}
+			from: r.from, hasFrom: r.hasFrom, tsBucket: -1, dedup: dedup.New(c.cfg.DedupWindow), delays: map[delayKey]int{},
+			idsFrom: r.idsFrom, progressIDs: progressIDs}
 		if d := c.disk.Load(); d != nil {
 			st.dedup.UseDisk(d, 0) // limits: setDedupLimits below
 		}
@@ -140,19 +154,25 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		if r.hasFrom {
 			if rf, ok := replayFrom[p]; ok {
 				st.dedup.SetFloor(start, r.from)
-				if s, ok := starts.Lookup(c.cfg.Topic, p); ok && s.Offset > 0 && rf <= s.Offset && rf < r.pos {
-					// The first record kept is already inside the window:
-					// records retention deleted just before it may have
-					// been too, and copies of them cannot be recognised.
-					c.m.dedupUnrecoverable.Inc()
-					c.log.Warn("retention deleted records the duplicate filter needs: duplicates of them are counted",
-						"partition", p, "log_start", s.Offset, "dedup_from", time.UnixMilli(r.from).UTC())
+				if s, ok := starts.Lookup(c.cfg.Topic, p); ok && s.Offset > 0 {
+					if min(s.Offset, r.idsFrom) > 0 && rf <= s.Offset && rf < r.pos {
+						// The first record kept is already inside the
+						// window: records retention deleted just before it
+						// may have been too, and below ids_from nothing
+						// recognises copies of them.
+						c.m.dedupUnrecoverable.Inc()
+						c.log.Warn("retention deleted records the duplicate filter needs: duplicates of them are counted",
+							"partition", p, "log_start", s.Offset, "ids_from", r.idsFrom, "dedup_from", time.UnixMilli(r.from).UTC())
+					}
 				}
 			} else {
 				// The listing failed: nothing is known below the position,
 				// so the first record recovers what its window needs.
 				st.dedup.SetFloor(start, math.MaxInt64)
 			}
+		}
+		for _, h := range holes[p] {
+			st.dedup.AddHole(dedup.Hole{Lo: h.Hour, Hi: h.Hour + schema.HourMs, OffLo: h.MinOff, OffHi: h.MaxOff})
 		}
 		out[p] = kgo.NewOffset().At(start).WithEpoch(-1)
 		c.log.Info("partition assigned", "partition", p, "topic_id", topicID, "src_topic", srcTopic,
@@ -230,9 +250,16 @@ func (c *Consumer) resumes(ctx context.Context, progressIDs []string, parts map[
 		}
 		if pr, ok := prog[p]; ok {
 			r.pos, r.from, r.hasFrom, r.stored = pr.NextOffset, pr.DedupFromMs, true, true
+			// A row of a release before the archive (-1) claims nothing:
+			// the archive starts here.
+			r.idsFrom = pr.NextOffset
+			if pr.IDsFrom >= 0 && pr.IDsFrom <= pr.NextOffset {
+				r.idsFrom = pr.IDsFrom
+			}
 		} else if m, ok := meta.Lookup(c.cfg.Topic, p); ok && m.Err == nil && r.group >= 0 {
 			if from, ok := parseMetaV1(m.Metadata); ok {
 				r.pos, r.from, r.hasFrom = r.group, from, true
+				r.idsFrom = r.group // counted without an archive below
 			}
 		}
 		if !r.hasFrom {
@@ -295,4 +322,43 @@ func (c *Consumer) retry(ctx context.Context, what string, fn func() error) erro
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// archiveHoles returns, per assigned partition, the hours of the archive's
+// records below the log start (listed now) that the partition's floor
+// would claim: at or after the floor's time, or all of them where the
+// filter starts knowing every earlier record (no progress). A partition
+// whose floor listing failed recovers everything anyway.
+func (c *Consumer) archiveHoles(ctx context.Context, progressIDs []string, res map[int32]resume, replayFrom map[int32]int64) (map[int32][]schema.ArchiveHour, error) {
+	out := map[int32][]schema.ArchiveHour{}
+	var starts kadm.ListedOffsets
+	err := c.retry(ctx, "read the archive of event IDs", func() error {
+		var err error
+		if starts, err = c.adm.ListStartOffsets(ctx, c.cfg.Topic); err == nil {
+			err = starts.Error()
+		}
+		if err != nil {
+			return fmt.Errorf("list start offsets: %w", err)
+		}
+		for p, r := range res {
+			hourLo := int64(math.MinInt64)
+			if r.hasFrom {
+				if _, ok := replayFrom[p]; !ok {
+					continue
+				}
+				hourLo = schema.HourOf(r.from)
+			}
+			s, ok := starts.Lookup(c.cfg.Topic, p)
+			if !ok || s.Offset <= r.idsFrom {
+				continue
+			}
+			q := schema.ArchiveQuery{Topic: c.cfg.Topic, TopicIDs: progressIDs, Partition: p,
+				HourLo: hourLo, HourHi: math.MaxInt64, Offsets: schema.OffsetRange{Lo: r.idsFrom, Hi: s.Offset}}
+			if out[p], err = c.w.ArchiveHours(ctx, q); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
 }

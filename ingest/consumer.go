@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -37,6 +38,9 @@ type Writer interface {
 	Incarnation(ctx context.Context, topic, topicID string) (string, error)
 	ReadProgress(ctx context.Context, topic string, topicIDs ...string) (map[int32]schema.Progress, error)
 	ReadBucketCounts(ctx context.Context, srcTopic string, buckets map[int32]uint64) ([]schema.EventCount, error)
+	// The duplicate filter's archive (docs/design.md, "Durable event IDs").
+	ReadArchive(ctx context.Context, q schema.ArchiveQuery, fn func(off, tsMs int64, eventID string)) error
+	ArchiveHours(ctx context.Context, q schema.ArchiveQuery) ([]schema.ArchiveHour, error)
 }
 
 // ErrTopicRecreated is returned by Run when the events topic was deleted and
@@ -159,6 +163,43 @@ type partState struct {
 	delays    map[delayKey]int // records since the last flush by record second and event month
 	delayAt   delayKey         // the key being counted into delayN (records of a partition mostly share it)
 	delayN    int
+
+	// The duplicate filter's archive: every valid record at offsets
+	// [idsFrom, position) that a flush wrote facts for has its ID in
+	// dedup_ids. ids holds the records decided since the last flush (their
+	// IDs in idArena), written by the next flush after its facts.
+	idsFrom     int64
+	progressIDs []string // topic IDs the incarnation's rows may carry
+	ids         []idEntry
+	idArena     []byte
+}
+
+// idEntry is one decided valid record awaiting its dedup_ids row; its
+// event ID is idArena[at : at+n].
+type idEntry struct {
+	off, ts int64
+	at, n   uint32
+}
+
+// archive remembers a decided valid record for the next flush's dedup_ids.
+func (st *partState) archive(off, ts int64, id []byte) {
+	st.ids = append(st.ids, idEntry{off: off, ts: ts, at: uint32(len(st.idArena)), n: uint32(len(id))})
+	st.idArena = append(st.idArena, id...)
+}
+
+// takeIDs appends st's pending archive rows to f and starts a new arena
+// (the rows' strings point into the old one, which the flush keeps alive).
+func (st *partState) takeIDs(f *schema.Facts, topic string) {
+	if len(st.ids) == 0 {
+		return
+	}
+	arena := st.idArena
+	for _, e := range st.ids {
+		f.DedupIDs = append(f.DedupIDs, schema.DedupID{Topic: topic, TopicID: st.topicID, Partition: st.p,
+			Offset: e.off, TsMs: e.ts, EventID: unsafe.String(&arena[e.at], int(e.n))})
+	}
+	st.ids = st.ids[:0]
+	st.idArena = make([]byte, 0, cap(arena))
 }
 
 // delayKey is a record's second (Kafka timestamp) and its event's month
@@ -579,6 +620,7 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 			c.recoverErr.CompareAndSwap(nil, &err)
 			break
 		}
+		st.archive(off, ts, d.ev.EventID)
 		if dup {
 			w.agg.Skip(st.p, off)
 			if fresh {
@@ -726,11 +768,12 @@ func (c *Consumer) startFlush(async bool) error {
 			job.delays[s] += n
 		}
 		clear(st.delays)
+		st.takeIDs(job.facts, c.cfg.Topic)
 		if pos := st.position(); pos > st.flushed {
 			from := c.dedupFrom(st)
 			job.commits[p] = commitPos{offset: pos, meta: commitMeta(st.topicID, from)}
 			job.facts.Progress = append(job.facts.Progress, schema.Progress{
-				Topic: c.cfg.Topic, TopicID: st.topicID, Partition: p, NextOffset: pos, DedupFromMs: from})
+				Topic: c.cfg.Topic, TopicID: st.topicID, Partition: p, NextOffset: pos, DedupFromMs: from, IDsFrom: st.idsFrom})
 			st.flushed, st.advanced = pos, true
 		}
 	}

@@ -3,12 +3,15 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
+	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/usagepipe/usagepipe/ingest/decode"
 	"github.com/usagepipe/usagepipe/ingest/dedup"
+	"github.com/usagepipe/usagepipe/schema"
 	"github.com/usagepipe/usagepipe/schema/event"
 )
 
@@ -24,16 +27,27 @@ import (
 func (c *Consumer) recoverDedup(st *partState, r *dedup.Recovery, off int64) error {
 	started := time.Now()
 	ctx := c.flushCtx
-	var start, read int64
+	var start, read, archived int64
 	err := c.retry(ctx, "recover the duplicate filter", func() error {
 		var err error
-		start, err = c.recoveryStart(ctx, st.p, r)
+		start, err = c.recoveryStart(ctx, st, r)
 		if err != nil {
 			return err
 		}
 		read, err = c.readRange(ctx, st.p, start, r.To, func(rec *kgo.Record, ev *decode.Decoder) {
 			fillDedup(st, r, rec, ev)
 		})
+		if err != nil {
+			return err
+		}
+		var logStart int64
+		archived, logStart, err = c.readArchive(ctx, st, r)
+		if r.Floor {
+			// Every record between the new floor and the old one was read
+			// from Kafka or, below the log start listed after that read
+			// (retention may have moved it meanwhile), from the archive.
+			start = max(start, min(logStart, r.OldFloor()))
+		}
 		return err
 	})
 	if err != nil {
@@ -41,18 +55,70 @@ func (c *Consumer) recoverDedup(st *partState, r *dedup.Recovery, off int64) err
 	}
 	st.dedup.Recovered(r, start)
 	c.m.dedupRecoveries.Inc()
-	c.m.dedupRecoveredRecords.Add(float64(read))
+	c.m.dedupRecoveredRecords.Add(float64(read + archived))
 	c.log.Debug("duplicate filter recovered", "partition", st.p, "offset", off,
 		"from", time.UnixMilli(r.Lo).UTC(), "to", time.UnixMilli(r.Hi).UTC(),
-		"offsets", fmt.Sprintf("%d-%d", start, r.To), "records", read, "filled", r.Filled(), "took", time.Since(started))
+		"offsets", fmt.Sprintf("%d-%d", start, r.To), "records", read, "archived", archived, "filled", r.Filled(), "took", time.Since(started))
 	return nil
+}
+
+// readArchive gives st's filter, for recovery r, the records below the log
+// start that the archive of event IDs holds (docs/design.md, "Durable
+// event IDs"): those of r's band at offsets from r's unnarrowed lower bound
+// (ids_from at least) up to the log start, listed after Kafka's part was
+// read. For a floor move, the archived records above the band at those
+// offsets become holes, one per hour: the new floor would otherwise claim
+// them older than r.Lo. It returns the records read and the log start.
+func (c *Consumer) readArchive(ctx context.Context, st *partState, r *dedup.Recovery) (n, logStart int64, err error) {
+	starts, err := c.adm.ListStartOffsets(ctx, c.cfg.Topic)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("list start offsets: %w", err)
+	}
+	if s, ok := starts.Lookup(c.cfg.Topic, st.p); ok {
+		logStart = s.Offset
+	}
+	from := max(r.From, st.idsFrom, 0)
+	if r.Floor {
+		from = max(st.idsFrom, 0)
+	}
+	offs := schema.OffsetRange{Lo: from, Hi: min(logStart, r.To)}
+	if offs.Lo >= offs.Hi {
+		return 0, logStart, nil
+	}
+	q := schema.ArchiveQuery{Topic: c.cfg.Topic, TopicIDs: st.progressIDs, Partition: st.p, HourLo: r.Lo, HourHi: r.Hi, Offsets: offs}
+	err = c.w.ReadArchive(ctx, q, func(off, ts int64, id string) {
+		n++
+		st.dedup.Fill(r, st.dedup.Key(unsafe.Slice(unsafe.StringData(id), len(id))), ts, off)
+	})
+	if err != nil || !r.Floor {
+		return n, logStart, err
+	}
+	// Above the band: only what the old floor did not already claim.
+	hi := int64(math.MaxInt64)
+	if _, fts := st.dedup.Floor(); fts < math.MaxInt64-2*schema.HourMs {
+		hi = schema.HourOf(fts) + schema.HourMs
+	}
+	q.HourLo, q.HourHi = r.Hi, hi
+	q.Offsets.Hi = min(q.Offsets.Hi, r.OldFloor()) // above the old floor: in the table or a hole already
+	hours, err := c.w.ArchiveHours(ctx, q)
+	if err != nil {
+		return n, logStart, err
+	}
+	for _, h := range hours {
+		st.dedup.AddHole(dedup.Hole{Lo: h.Hour, Hi: h.Hour + schema.HourMs, OffLo: h.MinOff, OffHi: h.MaxOff})
+	}
+	return n, logStart, nil
 }
 
 // recoveryStart is the first offset r needs: none below the first offset
 // whose timestamp is at least r.Lo (Kafka's ListOffsets by timestamp, exact
 // for out-of-order timestamps), nor below r.From when the floor stays. It
 // also reports a recovery that needs records retention deleted.
-func (c *Consumer) recoveryStart(ctx context.Context, p int32, r *dedup.Recovery) (int64, error) {
+func (c *Consumer) recoveryStart(ctx context.Context, st *partState, r *dedup.Recovery) (int64, error) {
+	p := st.p
 	listed, err := c.adm.ListOffsetsAfterMilli(ctx, r.Lo, c.cfg.Topic)
 	if err == nil {
 		err = listed.Error()
@@ -88,7 +154,9 @@ func (c *Consumer) recoveryStart(ctx context.Context, p int32, r *dedup.Recovery
 	// kept record at or after Lo is far above the log start (a review
 	// found that case unreported: old-timestamp records kept right after
 	// deleted newer ones).
-	if logStart > 0 && (r.From < logStart && !r.Floor || r.Floor && r.OldFloor() > 0) {
+	// Since the archive of event IDs, only records below ids_from are gone
+	// for good.
+	if gone := min(logStart, st.idsFrom); gone > 0 && (r.From < gone && !r.Floor || r.Floor && r.OldFloor() > 0) {
 		c.m.dedupUnrecoverable.Inc()
 		c.warn.Do(func(n int) {
 			c.log.Warn("retention deleted records the duplicate filter needs: duplicates of them are counted",

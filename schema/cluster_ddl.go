@@ -16,6 +16,7 @@ var globalTables = map[string]bool{
 	"schema_migrations":  true,
 	"ingest_progress":    true,
 	"topic_incarnations": true,
+	"dedup_ids":          true,
 }
 
 // LocalView is the name of the per-node view under reader object name on

@@ -52,6 +52,12 @@ var migrations = []migration{
 		"served_rollups.sql",
 		"served_feature_sets.sql",
 	}},
+	// The duplicate filter's archive of event IDs (docs/design.md,
+	// "Durable event IDs").
+	{5, "0005_dedup_ids", []string{
+		"dedup_ids.sql",
+		"ingest_progress_ids_from.sql",
+	}},
 }
 
 // views are repeatable: migrate (re)creates one whenever its rendered

@@ -95,6 +95,10 @@ type Facts struct {
 	EventCounts   []EventCount
 	SeatEvents    []SeatEvent
 	SeatPurchases []SeatPurchase
+	// DedupIDs are written after the facts and marks and before the
+	// progress rows: an archived record is a counted one, and progress
+	// never vouches for a record whose ID is not stored.
+	DedupIDs []DedupID
 	// Progress is written after every other table: a row lands only once
 	// the facts it vouches for are acknowledged.
 	Progress []Progress
@@ -104,7 +108,7 @@ type Facts struct {
 
 // Rows is the total number of rows in f.
 func (f *Facts) Rows() int {
-	return len(f.AccountMonths) + len(f.UserActivity) + len(f.FeatureUsers) + len(f.EventCounts) + len(f.SeatEvents) + len(f.SeatPurchases) + len(f.Progress)
+	return len(f.AccountMonths) + len(f.UserActivity) + len(f.FeatureUsers) + len(f.EventCounts) + len(f.SeatEvents) + len(f.SeatPurchases) + len(f.Progress) + len(f.DedupIDs)
 }
 
 // Reset empties f, keeping its capacity.
@@ -116,6 +120,7 @@ func (f *Facts) Reset() {
 	f.SeatEvents = f.SeatEvents[:0]
 	f.SeatPurchases = f.SeatPurchases[:0]
 	f.Progress = f.Progress[:0]
+	f.DedupIDs = f.DedupIDs[:0]
 	f.arena = nil
 }
 

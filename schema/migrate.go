@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"regexp"
 	"strings"
 	"time"
 
@@ -71,6 +72,11 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 			continue
 		}
 		for _, s := range r.migrations[i] {
+			if has, err := hasAddedColumn(ctx, conn, s.sql); err != nil {
+				return fmt.Errorf("migrate %s: %s: %w", m.name, s.file, err)
+			} else if has {
+				continue // a migrate that crashed after it added the column
+			}
 			if err := conn.Exec(ctx, s.sql); err != nil {
 				return fmt.Errorf("migrate %s: %s: %w", m.name, s.file, err)
 			}
@@ -432,4 +438,21 @@ func joinSQL(ss []statement) string {
 		parts[i] = s.sql
 	}
 	return strings.Join(parts, ";\n")
+}
+
+var addColumnRE = regexp.MustCompile(`(?m)^ALTER TABLE (\w+)\.(\w+) ADD COLUMN (\w+) `)
+
+// hasAddedColumn reports whether sql is an ALTER TABLE … ADD COLUMN whose
+// column exists already: 18.16 has no ADD COLUMN IF NOT EXISTS, so migrate
+// skips such a statement itself.
+func hasAddedColumn(ctx context.Context, conn driver.Conn, sql string) (bool, error) {
+	m := addColumnRE.FindStringSubmatch(sql)
+	if m == nil {
+		return false, nil
+	}
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?", m[1], m[2], m[3]).Scan(&n); err != nil {
+		return false, fmt.Errorf("read system.columns: %w", err)
+	}
+	return n > 0, nil
 }

@@ -85,7 +85,7 @@ func tableNames(t *testing.T, conn driver.Conn, db string) []string {
 
 // allObjects on 18.16, whose readers are tables kept with copy_beats,
 // copy_dirty and copy_installs.
-var allObjects = "account_quarter_features account_quarter_rollups copy_beats copy_dirty copy_installs fact_account_months fact_event_counts fact_feature_users fact_seat_events fact_seat_purchases fact_user_activity ingest_progress rollup_marks schema_migrations served_feature_sets served_rollups topic_incarnations"
+var allObjects = "account_quarter_features account_quarter_rollups copy_beats copy_dirty copy_installs dedup_ids fact_account_months fact_event_counts fact_feature_users fact_seat_events fact_seat_purchases fact_user_activity ingest_progress rollup_marks schema_migrations served_feature_sets served_rollups topic_incarnations"
 
 func TestMigrateCreatesDatabaseAndObjects(t *testing.T) {
 	st, _ := open(t)

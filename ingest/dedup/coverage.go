@@ -128,6 +128,13 @@ func (s *Set) Recovered(r *Recovery, start int64) {
 	s.cutHoles(r.Lo, r.Hi)
 }
 
+// AddHole declares that valid records at offsets h.OffLo..h.OffHi with a
+// timestamp in [h.Lo, h.Hi) (whole hours) may be missing from the Set: a
+// record whose window reaches them recovers them first. The caller adds
+// what a floor would otherwise wrongly claim (records retention deleted
+// that the archive of event IDs holds).
+func (s *Set) AddHole(h Hole) { s.addHole(h) }
+
 // addHole adds h, merging it with the holes it overlaps or touches in time
 // (the merged offset range covers both: conservative).
 func (s *Set) addHole(h Hole) {

@@ -26,7 +26,7 @@ func (s *Store) ReadProgress(ctx context.Context, topic string, topicIDs ...stri
 		ids[i] = "topic_id = ?"
 		args = append(args, id)
 	}
-	q := "SELECT partition, max(next_offset), argMax(dedup_from_ms, next_offset) FROM " + s.db +
+	q := "SELECT partition, max(next_offset), argMax(dedup_from_ms, next_offset), argMax(ids_from, next_offset) FROM " + s.db +
 		".ingest_progress WHERE topic = ? AND (" + strings.Join(ids, " OR ") + ") GROUP BY partition"
 	var out map[int32]schema.Progress
 	// On a cluster, on a node that has every progress row acknowledged
@@ -52,11 +52,11 @@ func readProgress(ctx context.Context, conn driver.Conn, q string, args []any, t
 	for rows.Next() {
 		var p int32
 		var next uint64
-		var from int64
-		if err := rows.Scan(&p, &next, &from); err != nil {
+		var from, idsFrom int64
+		if err := rows.Scan(&p, &next, &from, &idsFrom); err != nil {
 			return nil, fmt.Errorf("read ingest_progress: %w", err)
 		}
-		out[p] = schema.Progress{Topic: topic, TopicID: topicID, Partition: p, NextOffset: int64(next), DedupFromMs: from}
+		out[p] = schema.Progress{Topic: topic, TopicID: topicID, Partition: p, NextOffset: int64(next), DedupFromMs: from, IDsFrom: idsFrom}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read ingest_progress: %w", err)

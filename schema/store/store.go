@@ -100,6 +100,7 @@ const (
 	tSeatPurchases
 	tMarks
 	tProgress
+	tDedupIDs
 	nTables
 )
 
@@ -111,7 +112,8 @@ var tables = [nTables]struct{ name, cols string }{
 	{"fact_seat_events", "account_id, user_id, month, occurred_ms, event_id, assigned"},
 	{"fact_seat_purchases", "account_id, month, occurred_ms, event_id, seats"},
 	{"rollup_marks", "account_id, month"},
-	{"ingest_progress", "topic, topic_id, partition, next_offset, dedup_from_ms, written_at"},
+	{"ingest_progress", "topic, topic_id, partition, next_offset, dedup_from_ms, written_at, ids_from"},
+	{"dedup_ids", "topic, topic_id, partition, hour, offset, ts_ms, event_id"},
 }
 
 // Store writes facts to ClickHouse and reads the views back. Its methods
@@ -176,7 +178,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Regi
 	}
 	rows := promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
 		Name: "usagepipe_clickhouse_rows_written_total",
-		Help: "Rows ClickHouse acknowledged, by table: the fact tables, rollup_marks and ingest_progress.",
+		Help: "Rows ClickHouse acknowledged, by table: the fact tables, rollup_marks, ingest_progress and dedup_ids.",
 	}, []string{"table"})
 	s := &Store{conn: conn, topo: topo, db: db, timeout: cfg.WriteTimeout, log: log}
 	for i, t := range tables {
@@ -272,6 +274,9 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 		if err := s.writeFacts(ctx, s.conn, c, f); err != nil {
 			return err
 		}
+		if err := s.writeDedupIDs(ctx, s.conn, c, f); err != nil {
+			return err
+		}
 		return s.writeProgress(ctx, s.conn, c, f)
 	}
 	// Replicated tables drop a block identical to one inserted before; a
@@ -298,6 +303,13 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return err
+	}
+	// The archive of event IDs lives on every node, as progress does: after
+	// every shard's facts, before progress.
+	if len(f.DedupIDs) > 0 {
+		if err := s.topo.All.Use(ctx, func(r *schema.Replica) error { return s.writeDedupIDs(ctx, r.Conn, c, f) }); err != nil {
+			return err
+		}
 	}
 	return s.topo.All.Use(ctx, func(r *schema.Replica) error { return s.writeProgress(ctx, r.Conn, c, f) })
 }
@@ -450,8 +462,31 @@ func (s *Store) writeProgress(ctx context.Context, conn driver.Conn, c *columns,
 			c.u[0] = append(c.u[0], uint64(r.NextOffset))
 			d = append(d, r.DedupFromMs)
 			c.d = append(c.d, now)
+			c.i64 = append(c.i64, r.IDsFrom)
 		}
-		return []any{c.s[0], c.s[1], c.i32, c.u[0], d, c.d}
+		return []any{c.s[0], c.s[1], c.i32, c.u[0], d, c.d, c.i64}
+	})
+}
+
+// writeDedupIDs writes f's entries of the duplicate filter's archive
+// through conn: after the facts (an archived record is a counted one) and
+// before progress, which may vouch for a record only once its ID is stored
+// (docs/design.md, "Durable event IDs").
+func (s *Store) writeDedupIDs(ctx context.Context, conn driver.Conn, c *columns, f *schema.Facts) error {
+	return s.send(ctx, conn, c, tDedupIDs, len(f.DedupIDs), func(lo, hi int) []any {
+		ts := c.i64b[:0]
+		for i := lo; i < hi; i++ {
+			r := &f.DedupIDs[i]
+			c.s[0] = append(c.s[0], r.Topic)
+			c.s[1] = append(c.s[1], r.TopicID)
+			c.i32 = append(c.i32, r.Partition)
+			c.i64 = append(c.i64, schema.HourOf(r.TsMs))
+			c.u[0] = append(c.u[0], uint64(r.Offset))
+			ts = append(ts, r.TsMs)
+			c.s[2] = append(c.s[2], r.EventID)
+		}
+		c.i64b = ts
+		return []any{c.s[0], c.s[1], c.i32, c.i64, c.u[0], ts, c.s[2]}
 	})
 }
 
@@ -506,11 +541,13 @@ func (s *Store) send(ctx context.Context, conn driver.Conn, c *columns, t, n int
 
 // columns are the reusable column buffers of one Write.
 type columns struct {
-	s   [3][]string
-	u   [3][]uint64
-	d   []time.Time
-	u8  []uint8
-	i32 []int32
+	s    [3][]string
+	u    [3][]uint64
+	d    []time.Time
+	u8   []uint8
+	i32  []int32
+	i64  []int64
+	i64b []int64
 	// the Date of the last month seen: facts come grouped by account, and
 	// an account's months are few, so most rows hit it.
 	lastMonth int32
@@ -534,7 +571,7 @@ func (c *columns) reset() {
 	for i := range c.u {
 		c.u[i] = c.u[i][:0]
 	}
-	c.d, c.u8, c.i32 = c.d[:0], c.u8[:0], c.i32[:0]
+	c.d, c.u8, c.i32, c.i64, c.i64b = c.d[:0], c.u8[:0], c.i32[:0], c.i64[:0], c.i64b[:0]
 }
 
 // monthDate is the first day of month index mi (year*12 + month-1) at UTC
@@ -586,6 +623,11 @@ func validate(f *schema.Facts) error {
 	for i, r := range f.Progress {
 		if r.NextOffset < 0 || r.Topic == "" {
 			return bad("ingest_progress", i, fmt.Sprintf("topic %q, next offset %d", r.Topic, r.NextOffset))
+		}
+	}
+	for i, r := range f.DedupIDs {
+		if r.Offset < 0 || r.Topic == "" || r.EventID == "" {
+			return bad("dedup_ids", i, fmt.Sprintf("topic %q, offset %d, event ID %q", r.Topic, r.Offset, r.EventID))
 		}
 	}
 	for i, r := range f.SeatPurchases {

@@ -1,0 +1,24 @@
+-- The duplicate filter's archive (docs/design.md, "Durable event IDs"):
+-- the Kafka offset, timestamp and event_id of every valid record a flush
+-- wrote facts for (counted or itself a duplicate), so that copies of
+-- records Kafka's retention deleted are still recognised (contract
+-- section 2). A flush writes these rows before any fact; every row is a
+-- pure function of the log, so replays and zombies repeat identical rows.
+-- hour is the start of the record time's hour (epoch ms): a band of old
+-- time reads its own hours even where flushes mixed it with live traffic.
+-- ORDER BY (topic, topic_id, partition, hour, offset): read per partition,
+-- band of hours and offset range. Never drop partitions of this table:
+-- copies of the records they held would count again, unreported.
+CREATE TABLE IF NOT EXISTS {{.DB}}.dedup_ids
+(
+    topic String,
+    topic_id String,
+    partition Int32,
+    hour Int64,
+    offset UInt64,
+    ts_ms Int64,
+    event_id String
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(toDate(toDateTime(intDiv(greatest(hour, 0), 1000))))
+ORDER BY (topic, topic_id, partition, hour, offset)
