@@ -174,6 +174,7 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		for _, h := range holes[p] {
 			st.dedup.AddHole(dedup.Hole{Lo: h.Hour, Hi: h.Hour + schema.HourMs, OffLo: h.MinOff, OffHi: h.MaxOff})
 		}
+		st.fetchFrom = start
 		out[p] = kgo.NewOffset().At(start).WithEpoch(-1)
 		c.log.Info("partition assigned", "partition", p, "topic_id", topicID, "src_topic", srcTopic,
 			"position", r.pos, "from_progress", r.hasFrom, "replay_from", start, "restored_rows", len(byPart[p]))

@@ -168,6 +168,8 @@ type partState struct {
 	// [idsFrom, position) that a flush wrote facts for has its ID in
 	// dedup_ids. ids holds the records decided since the last flush (their
 	// IDs in idArena), written by the next flush after its facts.
+	fetchFrom   int64 // the offset the assignment asked the first fetch for
+	fetched     bool  // a record was fetched since the assignment
 	idsFrom     int64
 	progressIDs []string // topic IDs the incarnation's rows may carry
 	ids         []idEntry
@@ -549,6 +551,12 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 		// watermark is known, so the dedup table is sized for it once
 		// instead of doubling its way there (up to maxDedupReserve IDs).
 		st.dedup.Reserve(int(min(ftp.HighWatermark-recs[0].Offset, maxDedupReserve)))
+	}
+	if len(recs) > 0 && !st.fetched {
+		st.fetched = true
+		if recs[0].Offset > st.fetchFrom {
+			c.checkReset(st, recs[0].Offset)
+		}
 	}
 	if len(recs) > 0 {
 		w.prepare(st, recs[0], &w.ahead[0])

@@ -230,3 +230,34 @@ func fillDedup(st *partState, r *dedup.Recovery, rec *kgo.Record, dec *decode.De
 	}
 	st.dedup.Fill(r, st.dedup.Key(ev.EventID), ts, rec.Offset)
 }
+
+// checkReset runs when the first record fetched after an assignment lies
+// above the offset asked for. Aborted transactions and compaction leave
+// such gaps; so does retention passing that offset between the
+// assignment's listings and the fetch, and then the client went on from
+// the new log start: the records in between were neither replayed into
+// the filter nor covered by the archive's holes (a review found it). The
+// filter then claims nothing below the first record, so the first window
+// moves the floor through Kafka and the archive. Records lost unread are
+// counted as at an assignment.
+func (c *Consumer) checkReset(st *partState, first int64) {
+	logStart := int64(-1)
+	starts, err := c.adm.ListStartOffsets(c.flushCtx, c.cfg.Topic)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err == nil {
+		if s, ok := starts.Lookup(c.cfg.Topic, st.p); ok {
+			logStart = s.Offset
+		}
+	}
+	if err == nil && logStart <= st.fetchFrom {
+		return // a gap the log has: nothing was skipped
+	}
+	st.dedup.SetFloor(first, math.MaxInt64)
+	if lost := min(logStart, first) - max(st.committed, st.next); lost > 0 {
+		c.m.expired.Add(float64(lost))
+		c.log.Warn("retention deleted records no instance had read: their events are lost",
+			"partition", st.p, "position", st.committed, "log_start", logStart)
+	}
+}

@@ -78,6 +78,9 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 				continue // a migrate that crashed after it added the column
 			}
 			if err := conn.Exec(ctx, s.sql); err != nil {
+				if has, _ := hasAddedColumn(ctx, conn, s.sql); has {
+					continue // a concurrent migrate added it first
+				}
 				return fmt.Errorf("migrate %s: %s: %w", m.name, s.file, err)
 			}
 		}

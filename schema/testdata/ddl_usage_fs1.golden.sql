@@ -296,6 +296,39 @@ ENGINE = ReplacingMergeTree(version)
 ORDER BY (fy, account_id, quarter_start)
 SETTINGS index_granularity = 1024;
 
+-- The duplicate filter's archive (docs/design.md, "Durable event IDs"):
+-- the Kafka offset, timestamp and event_id of every valid record a flush
+-- wrote facts for (counted or itself a duplicate), so that copies of
+-- records Kafka's retention deleted are still recognised (contract
+-- section 2). A flush writes these rows before any fact; every row is a
+-- pure function of the log, so replays and zombies repeat identical rows.
+-- hour is the start of the record time's hour (epoch ms): a band of old
+-- time reads its own hours even where flushes mixed it with live traffic.
+-- ORDER BY (topic, topic_id, partition, hour, offset): read per partition,
+-- band of hours and offset range. Never drop partitions of this table:
+-- copies of the records they held would count again, unreported.
+CREATE TABLE IF NOT EXISTS usage.dedup_ids
+(
+    topic String,
+    topic_id String,
+    partition Int32,
+    hour Int64,
+    offset UInt64,
+    ts_ms Int64,
+    event_id String
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(toDate(toDateTime(intDiv(greatest(hour, 0), 1000))))
+ORDER BY (topic, topic_id, partition, hour, offset);
+
+-- From which offset the archive (dedup_ids) holds every valid record the
+-- partition's flushes wrote facts for, up to next_offset; carried by every
+-- progress row of a release that archives. -1 (rows of releases before the
+-- archive, or of one rolled back to): nothing is claimed. Migrate runs
+-- this only where the column is missing (18.16 has no ADD COLUMN IF NOT
+-- EXISTS).
+ALTER TABLE usage.ingest_progress ADD COLUMN ids_from Int64 DEFAULT -1;
+
 -- account_quarter_rollups (contract section 4): one row per
 -- (account_id, quarter_start), read from served_rollups. FINAL keeps the
 -- greatest version of each key, so a plain SELECT sees exactly one row
