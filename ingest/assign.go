@@ -123,12 +123,15 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		r := res[p]
 		st := &partState{p: p, topicID: topicID, committed: r.pos, aggFrom: r.pos, next: -1, flushed: r.flushed(),
 			from: r.from, hasFrom: r.hasFrom, tsBucket: -1, dedup: dedup.New(c.cfg.DedupWindow), delays: map[delayKey]int{},
-			idsFrom: r.idsFrom, progressIDs: progressIDs}
+			idsFrom: r.idsFrom, progressIDs: progressIDs, ids: &schema.DedupIDs{}}
 		if d := c.disk.Load(); d != nil {
 			st.dedup.UseDisk(d, 0) // limits: setDedupLimits below
 		}
 		if s, ok := starts.Lookup(c.cfg.Topic, p); ok && s.Offset > r.pos {
 			c.m.expired.Add(float64(s.Offset - r.pos))
+			// A flush that died after its facts and before its IDs left
+			// records counted whose copies the archive cannot recognise.
+			c.m.dedupUnrecoverable.Inc()
 			c.log.Warn("retention deleted records no instance had read: their events are lost",
 				"partition", p, "position", r.pos, "log_start", s.Offset)
 			// Nothing below the log start can be read any more: the

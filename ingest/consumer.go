@@ -11,7 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -166,42 +165,26 @@ type partState struct {
 
 	// The duplicate filter's archive: every valid record at offsets
 	// [idsFrom, position) that a flush wrote facts for has its ID in
-	// dedup_ids. ids holds the records decided since the last flush (their
-	// IDs in idArena), written by the next flush after its facts.
+	// dedup_ids. ids holds the records decided since the last flush,
+	// written by the next flush after its facts.
 	fetchFrom   int64 // the offset the assignment asked the first fetch for
 	fetched     bool  // a record was fetched since the assignment
 	idsFrom     int64
 	progressIDs []string // topic IDs the incarnation's rows may carry
-	ids         []idEntry
-	idArena     []byte
+	ids         *schema.DedupIDs
 }
 
-// idEntry is one decided valid record awaiting its dedup_ids row; its
-// event ID is idArena[at : at+n].
-type idEntry struct {
-	off, ts int64
-	at, n   uint32
-}
-
-// archive remembers a decided valid record for the next flush's dedup_ids.
-func (st *partState) archive(off, ts int64, id []byte) {
-	st.ids = append(st.ids, idEntry{off: off, ts: ts, at: uint32(len(st.idArena)), n: uint32(len(id))})
-	st.idArena = append(st.idArena, id...)
-}
-
-// takeIDs appends st's pending archive rows to f and starts a new arena
-// (the rows' strings point into the old one, which the flush keeps alive).
+// takeIDs hands st's pending archive entries to f and starts new ones,
+// sized like them.
 func (st *partState) takeIDs(f *schema.Facts, topic string) {
-	if len(st.ids) == 0 {
+	d := st.ids
+	if d == nil || d.Len() == 0 {
 		return
 	}
-	arena := st.idArena
-	for _, e := range st.ids {
-		f.DedupIDs = append(f.DedupIDs, schema.DedupID{Topic: topic, TopicID: st.topicID, Partition: st.p,
-			Offset: e.off, TsMs: e.ts, EventID: unsafe.String(&arena[e.at], int(e.n))})
-	}
-	st.ids = st.ids[:0]
-	st.idArena = make([]byte, 0, cap(arena))
+	d.Topic, d.TopicID, d.Partition = topic, st.topicID, st.p
+	f.DedupIDs = append(f.DedupIDs, d)
+	n := cap(d.Offsets)
+	st.ids = &schema.DedupIDs{Offsets: make([]uint64, 0, n), TsMs: make([]int64, 0, n), Ends: make([]uint32, 0, n), IDs: make([]byte, 0, cap(d.IDs))}
 }
 
 // delayKey is a record's second (Kafka timestamp) and its event's month
@@ -628,7 +611,7 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 			c.recoverErr.CompareAndSwap(nil, &err)
 			break
 		}
-		st.archive(off, ts, d.ev.EventID)
+		st.ids.Add(off, ts, d.ev.EventID)
 		if dup {
 			w.agg.Skip(st.p, off)
 			if fresh {

@@ -15,6 +15,7 @@ import (
 	"github.com/usagepipe/usagepipe/ingest"
 	"github.com/usagepipe/usagepipe/ingest/dedup"
 	"github.com/usagepipe/usagepipe/ingest/kafkatest"
+	"github.com/usagepipe/usagepipe/schema/chtest"
 )
 
 // Duplicates in any timestamp order (contract section 2; docs/design.md,
@@ -277,6 +278,65 @@ func TestDedupRetentionDuringAssignment(t *testing.T) {
 	p.wantLoginsOnly(500)
 	if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 2 {
 		t.Errorf("usagepipe_events_duplicate_total = %v, want 2", n)
+	}
+}
+
+// TestDedupArchiveAfterUpgrade: a database whose progress rows were
+// written by a release before the archive of event IDs (ids_from -1, no
+// dedup_ids rows). The upgraded run archives from its position on: a copy
+// of a record it archived and retention deleted is a duplicate; a copy of
+// an older deleted record cannot be recognised, is counted and reported in
+// usagepipe_dedup_unrecoverable_total.
+func TestDedupArchiveAfterUpgrade(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			old := spread("a-", 100, utc(2026, 2, 1), utc(2026, 2, 1).Add(100*time.Hour)) // one an hour
+			p.produceLogins(old)
+			var regs registries
+			p.runReg("g", regs.next())
+			// What the release before the archive leaves behind.
+			conn := chtest.Open(t, p.db)
+			ctx := context.Background()
+			for _, q := range []string{
+				"ALTER TABLE " + p.db + ".ingest_progress UPDATE ids_from = -1 WHERE 1",
+				"ALTER TABLE " + p.db + ".dedup_ids DELETE WHERE 1",
+			} {
+				if err := conn.Exec(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+				var left uint64
+				q := "SELECT (SELECT count() FROM " + p.db + ".ingest_progress WHERE ids_from != -1) + (SELECT count() FROM " + p.db + ".dedup_ids)"
+				if err := conn.QueryRow(ctx, q).Scan(&left); err != nil {
+					t.Fatal(err)
+				}
+				if left == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("mutations not done after 30 s")
+				}
+			}
+			newer := spread("b-", 100, utc(2026, 2, 1).Add(100*time.Hour), utc(2026, 2, 1).Add(200*time.Hour))
+			p.produceLogins(newer)
+			p.runReg("g", regs.next()) // the upgraded release: archives offsets 100–199
+			p.retain(0)
+			p.produceLogins([]loginAt{old[99], newer[99]})
+			p.runReg("g", regs.next())
+			want := reference.Compute(p.produced, reference.Options{})
+			if want.Accepted != 200 || want.Duplicates != 2 {
+				t.Fatalf("reference: %d accepted, %d duplicates; want 200 and 2", want.Accepted, want.Duplicates)
+			}
+			p.wantLoginsOnly(201) // the copy of a-99: deleted before the archive began
+			if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 1 {
+				t.Errorf("usagepipe_events_duplicate_total = %v, want 1 (the copy of b-99)", n)
+			}
+			if n := regs.sum(t, "usagepipe_dedup_unrecoverable_total"); n < 1 {
+				t.Error("the copy of a record deleted before the archive began was not reported")
+			}
+		})
 	}
 }
 

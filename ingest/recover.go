@@ -257,6 +257,7 @@ func (c *Consumer) checkReset(st *partState, first int64) {
 	st.dedup.SetFloor(first, math.MaxInt64)
 	if lost := min(logStart, first) - max(st.committed, st.next); lost > 0 {
 		c.m.expired.Add(float64(lost))
+		c.m.dedupUnrecoverable.Inc()
 		c.log.Warn("retention deleted records no instance had read: their events are lost",
 			"partition", st.p, "position", st.committed, "log_start", logStart)
 	}

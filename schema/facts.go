@@ -98,7 +98,7 @@ type Facts struct {
 	// DedupIDs are written after the facts and marks and before the
 	// progress rows: an archived record is a counted one, and progress
 	// never vouches for a record whose ID is not stored.
-	DedupIDs []DedupID
+	DedupIDs []*DedupIDs
 	// Progress is written after every other table: a row lands only once
 	// the facts it vouches for are acknowledged.
 	Progress []Progress
@@ -108,7 +108,16 @@ type Facts struct {
 
 // Rows is the total number of rows in f.
 func (f *Facts) Rows() int {
-	return len(f.AccountMonths) + len(f.UserActivity) + len(f.FeatureUsers) + len(f.EventCounts) + len(f.SeatEvents) + len(f.SeatPurchases) + len(f.Progress) + len(f.DedupIDs)
+	return len(f.AccountMonths) + len(f.UserActivity) + len(f.FeatureUsers) + len(f.EventCounts) + len(f.SeatEvents) + len(f.SeatPurchases) + len(f.Progress) + f.DedupRows()
+}
+
+// DedupRows is the number of archive entries in f.
+func (f *Facts) DedupRows() int {
+	n := 0
+	for _, d := range f.DedupIDs {
+		n += d.Len()
+	}
+	return n
 }
 
 // Reset empties f, keeping its capacity.
@@ -120,6 +129,7 @@ func (f *Facts) Reset() {
 	f.SeatEvents = f.SeatEvents[:0]
 	f.SeatPurchases = f.SeatPurchases[:0]
 	f.Progress = f.Progress[:0]
+	clear(f.DedupIDs) // the partitions' buffers go back to their owners' GC
 	f.DedupIDs = f.DedupIDs[:0]
 	f.arena = nil
 }

@@ -21,7 +21,7 @@ func archiveWhere(q schema.ArchiveQuery) (string, []any) {
 		args = append(args, id)
 	}
 	args = append(args, q.Partition, q.HourLo, q.HourHi, uint64(max(q.Offsets.Lo, 0)), uint64(max(q.Offsets.Hi, 0)))
-	return "topic = ? AND (" + strings.Join(ids, " OR ") + ") AND partition = ? AND hour >= ? AND hour < ? AND offset >= ? AND offset < ?", args
+	return "topic = ? AND (" + strings.Join(ids, " OR ") + ") AND partition = ? AND hour >= ? AND hour < ? AND off_hi >= ? AND off_lo < ?", args
 }
 
 // ReadArchive calls fn with every archived record q selects (a record
@@ -35,7 +35,7 @@ func (s *Store) ReadArchive(ctx context.Context, q schema.ArchiveQuery, fn func(
 		return nil
 	}
 	where, args := archiveWhere(q)
-	sql := "SELECT offset, ts_ms, event_id FROM " + s.db + ".dedup_ids WHERE " + where
+	sql := "SELECT offsets, ts_ms, event_ids FROM " + s.db + ".dedup_ids WHERE " + where
 	return s.topo.All.Use(ctx, func(r *schema.Replica) error {
 		if err := s.topo.CaughtUp(ctx, r, s.db, "dedup_ids"); err != nil {
 			return err
@@ -45,14 +45,21 @@ func (s *Store) ReadArchive(ctx context.Context, q schema.ArchiveQuery, fn func(
 			return fmt.Errorf("read dedup_ids: %w", err)
 		}
 		defer rows.Close()
+		var offs []uint64
+		var ts []int64
+		var ids []string
 		for rows.Next() {
-			var off uint64
-			var ts int64
-			var id string
-			if err := rows.Scan(&off, &ts, &id); err != nil {
+			if err := rows.Scan(&offs, &ts, &ids); err != nil {
 				return fmt.Errorf("read dedup_ids: %w", err)
 			}
-			fn(int64(off), ts, id)
+			if len(ts) != len(offs) || len(ids) != len(offs) {
+				return fmt.Errorf("read dedup_ids: a row of %d offsets, %d timestamps and %d IDs", len(offs), len(ts), len(ids))
+			}
+			for i, o := range offs {
+				if off := int64(o); off >= q.Offsets.Lo && off < q.Offsets.Hi {
+					fn(off, ts[i], ids[i])
+				}
+			}
 		}
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("read dedup_ids: %w", err)
@@ -61,9 +68,10 @@ func (s *Store) ReadArchive(ctx context.Context, q schema.ArchiveQuery, fn func(
 	})
 }
 
-// ArchiveHours returns, per hour of record time that q selects, the least
-// and greatest offset archived: where a floor claims nothing, these become
-// holes of the duplicate filter.
+// ArchiveHours returns, per hour of record time that q selects, bounds of
+// the offsets archived (the least and greatest of the rows that reach into
+// q.Offsets: they may reach past it): where a floor claims nothing, these
+// become holes of the duplicate filter.
 func (s *Store) ArchiveHours(ctx context.Context, q schema.ArchiveQuery) ([]schema.ArchiveHour, error) {
 	if len(q.TopicIDs) == 0 {
 		return nil, fmt.Errorf("read dedup_ids: no topic ID")
@@ -72,7 +80,7 @@ func (s *Store) ArchiveHours(ctx context.Context, q schema.ArchiveQuery) ([]sche
 		return nil, nil
 	}
 	where, args := archiveWhere(q)
-	sql := "SELECT hour, min(offset), max(offset) FROM " + s.db + ".dedup_ids WHERE " + where + " GROUP BY hour ORDER BY hour"
+	sql := "SELECT hour, min(off_lo), max(off_hi) FROM " + s.db + ".dedup_ids WHERE " + where + " GROUP BY hour ORDER BY hour"
 	var out []schema.ArchiveHour
 	err := s.topo.All.Use(ctx, func(r *schema.Replica) error {
 		out = out[:0]

@@ -113,7 +113,7 @@ var tables = [nTables]struct{ name, cols string }{
 	{"fact_seat_purchases", "account_id, month, occurred_ms, event_id, seats"},
 	{"rollup_marks", "account_id, month"},
 	{"ingest_progress", "topic, topic_id, partition, next_offset, dedup_from_ms, written_at, ids_from"},
-	{"dedup_ids", "topic, topic_id, partition, hour, offset, ts_ms, event_id"},
+	{"dedup_ids", "topic, topic_id, partition, hour, off_lo, off_hi, offsets, ts_ms, event_ids"},
 }
 
 // Store writes facts to ClickHouse and reads the views back. Its methods
@@ -306,7 +306,7 @@ func (s *Store) Write(ctx context.Context, f *schema.Facts) error {
 	}
 	// The archive of event IDs lives on every node, as progress does: after
 	// every shard's facts, before progress.
-	if len(f.DedupIDs) > 0 {
+	if f.DedupRows() > 0 {
 		if err := s.topo.All.Use(ctx, func(r *schema.Replica) error { return s.writeDedupIDs(ctx, r.Conn, c, f) }); err != nil {
 			return err
 		}
@@ -469,25 +469,76 @@ func (s *Store) writeProgress(ctx context.Context, conn driver.Conn, c *columns,
 }
 
 // writeDedupIDs writes f's entries of the duplicate filter's archive
-// through conn: after the facts (an archived record is a counted one) and
-// before progress, which may vouch for a record only once its ID is stored
-// (docs/design.md, "Durable event IDs").
+// through conn, one row per partition and hour of record time: after the
+// facts (an archived record is a counted one) and before progress, which
+// may vouch for a record only once its ID is stored (docs/design.md,
+// "Durable event IDs").
 func (s *Store) writeDedupIDs(ctx context.Context, conn driver.Conn, c *columns, f *schema.Facts) error {
-	return s.send(ctx, conn, c, tDedupIDs, len(f.DedupIDs), func(lo, hi int) []any {
-		ts := c.i64b[:0]
-		for i := lo; i < hi; i++ {
-			r := &f.DedupIDs[i]
-			c.s[0] = append(c.s[0], r.Topic)
-			c.s[1] = append(c.s[1], r.TopicID)
-			c.i32 = append(c.i32, r.Partition)
-			c.i64 = append(c.i64, schema.HourOf(r.TsMs))
-			c.u[0] = append(c.u[0], uint64(r.Offset))
-			ts = append(ts, r.TsMs)
-			c.s[2] = append(c.s[2], r.EventID)
+	var rows []dedupRow
+	for _, d := range f.DedupIDs {
+		rows = appendDedupRows(rows, d)
+	}
+	return s.send(ctx, conn, c, tDedupIDs, len(rows), func(lo, hi int) []any {
+		offs := make([][]uint64, 0, hi-lo)
+		ts := make([][]int64, 0, hi-lo)
+		ids := make([][]string, 0, hi-lo)
+		for _, r := range rows[lo:hi] {
+			c.s[0] = append(c.s[0], r.d.Topic)
+			c.s[1] = append(c.s[1], r.d.TopicID)
+			c.i32 = append(c.i32, r.d.Partition)
+			c.i64 = append(c.i64, r.hour)
+			c.u[0] = append(c.u[0], r.offs[0])
+			c.u[1] = append(c.u[1], r.offs[len(r.offs)-1])
+			offs, ts, ids = append(offs, r.offs), append(ts, r.ts), append(ids, r.ids)
 		}
-		c.i64b = ts
-		return []any{c.s[0], c.s[1], c.i32, c.i64, c.u[0], ts, c.s[2]}
+		return []any{c.s[0], c.s[1], c.i32, c.i64, c.u[0], c.u[1], offs, ts, ids}
 	})
+}
+
+// dedupRow is one row of dedup_ids: the records of d in one hour.
+type dedupRow struct {
+	d    *schema.DedupIDs
+	hour int64
+	offs []uint64
+	ts   []int64
+	ids  []string
+}
+
+// appendDedupRows appends d's rows, one per hour of record time, records
+// in offset order. A flush of one hour (live traffic) shares d's columns.
+func appendDedupRows(rows []dedupRow, d *schema.DedupIDs) []dedupRow {
+	n := d.Len()
+	if n == 0 {
+		return rows
+	}
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = d.EventID(i)
+	}
+	first := schema.HourOf(d.TsMs[0])
+	one := true
+	for _, t := range d.TsMs {
+		if t < first || t >= first+schema.HourMs {
+			one = false
+			break
+		}
+	}
+	if one {
+		return append(rows, dedupRow{d: d, hour: first, offs: d.Offsets, ts: d.TsMs, ids: ids})
+	}
+	byHour := map[int64]int{} // hour → index in rows
+	for i, t := range d.TsMs {
+		h := schema.HourOf(t)
+		j, ok := byHour[h]
+		if !ok {
+			j = len(rows)
+			byHour[h] = j
+			rows = append(rows, dedupRow{d: d, hour: h})
+		}
+		r := &rows[j]
+		r.offs, r.ts, r.ids = append(r.offs, d.Offsets[i]), append(r.ts, t), append(r.ids, ids[i])
+	}
+	return rows
 }
 
 // BlockRows is the most rows one block of an INSERT carries. A table's
@@ -625,9 +676,14 @@ func validate(f *schema.Facts) error {
 			return bad("ingest_progress", i, fmt.Sprintf("topic %q, next offset %d", r.Topic, r.NextOffset))
 		}
 	}
-	for i, r := range f.DedupIDs {
-		if r.Offset < 0 || r.Topic == "" || r.EventID == "" {
-			return bad("dedup_ids", i, fmt.Sprintf("topic %q, offset %d, event ID %q", r.Topic, r.Offset, r.EventID))
+	for _, d := range f.DedupIDs {
+		if d.Topic == "" || len(d.TsMs) != d.Len() || len(d.Ends) != d.Len() {
+			return bad("dedup_ids", 0, fmt.Sprintf("topic %q partition %d: %d offsets, %d timestamps, %d IDs", d.Topic, d.Partition, d.Len(), len(d.TsMs), len(d.Ends)))
+		}
+		for i := range d.Len() {
+			if d.EventID(i) == "" {
+				return bad("dedup_ids", i, fmt.Sprintf("partition %d offset %d: empty event ID", d.Partition, d.Offsets[i]))
+			}
 		}
 	}
 	for i, r := range f.SeatPurchases {

@@ -300,26 +300,31 @@ SETTINGS index_granularity = 1024;
 -- the Kafka offset, timestamp and event_id of every valid record a flush
 -- wrote facts for (counted or itself a duplicate), so that copies of
 -- records Kafka's retention deleted are still recognised (contract
--- section 2). A flush writes these rows before any fact; every row is a
--- pure function of the log, so replays and zombies repeat identical rows.
+-- section 2). A flush writes, after its facts and before its progress
+-- rows, one row per partition and hour of record time it read: that
+-- hour's records as parallel arrays (offsets ascending), off_lo and off_hi
+-- their least and greatest offset. Rows of replays and zombies repeat the
+-- same records, maybe cut at other offsets: readers take the union.
 -- hour is the start of the record time's hour (epoch ms): a band of old
 -- time reads its own hours even where flushes mixed it with live traffic.
--- ORDER BY (topic, topic_id, partition, hour, offset): read per partition,
--- band of hours and offset range. Never drop partitions of this table:
--- copies of the records they held would count again, unreported.
+-- ORDER BY (topic, topic_id, partition, hour, off_lo, off_hi): read per
+-- partition, band of hours and offset range. Never drop partitions of this
+-- table: copies of the records they held would count again, unreported.
 CREATE TABLE IF NOT EXISTS usage.dedup_ids
 (
     topic String,
     topic_id String,
     partition Int32,
     hour Int64,
-    offset UInt64,
-    ts_ms Int64,
-    event_id String
+    off_lo UInt64,
+    off_hi UInt64,
+    offsets Array(UInt64),
+    ts_ms Array(Int64),
+    event_ids Array(String)
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(toDate(toDateTime(intDiv(greatest(hour, 0), 1000))))
-ORDER BY (topic, topic_id, partition, hour, offset);
+ORDER BY (topic, topic_id, partition, hour, off_lo, off_hi);
 
 -- From which offset the archive (dedup_ids) holds every valid record the
 -- partition's flushes wrote facts for, up to next_offset; carried by every
