@@ -353,7 +353,10 @@ func (c *Consumer) archiveHoles(ctx context.Context, progressIDs []string, res m
 				hourLo = schema.HourOf(r.from)
 			}
 			s, ok := starts.Lookup(c.cfg.Topic, p)
-			if !ok || s.Offset <= r.idsFrom {
+			if !ok || s.Err != nil {
+				return fmt.Errorf("list start offsets: partition %d missing", p)
+			}
+			if s.Offset <= r.idsFrom {
 				continue
 			}
 			q := schema.ArchiveQuery{Topic: c.cfg.Topic, TopicIDs: progressIDs, Partition: p,

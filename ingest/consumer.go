@@ -67,10 +67,11 @@ type Consumer struct {
 	// lastPending is pending() when the previous flush was drained.
 	lastPending int
 	buf         int
-	flight      *flushJob // the flush being written, nil if none
-	broken      bool      // a flush failed for good: commit nothing more
-	closed      bool      // Run has flushed for the last time
-	lastRun     time.Time // when the last flush was started
+	flight      *flushJob          // the flush being written, nil if none
+	idPool      []*schema.DedupIDs // archive buffers of finished flushes (takeIDs, recycleIDs)
+	broken      bool               // a flush failed for good: commit nothing more
+	closed      bool               // Run has flushed for the last time
+	lastRun     time.Time          // when the last flush was started
 
 	srv   *server       // keeps the served rollups current; nil if w cannot
 	built chan struct{} // closed once New has made adm
@@ -168,23 +169,39 @@ type partState struct {
 	// dedup_ids. ids holds the records decided since the last flush,
 	// written by the next flush after its facts.
 	fetchFrom   int64 // the offset the assignment asked the first fetch for
-	fetched     bool  // a record was fetched since the assignment
 	idsFrom     int64
 	progressIDs []string // topic IDs the incarnation's rows may carry
 	ids         *schema.DedupIDs
 }
 
-// takeIDs hands st's pending archive entries to f and starts new ones,
-// sized like them.
-func (st *partState) takeIDs(f *schema.Facts, topic string) {
+// takeIDs hands st's pending archive entries to f and gives st buffers of
+// a finished flush (or new ones).
+func (c *Consumer) takeIDs(st *partState, f *schema.Facts) {
 	d := st.ids
 	if d == nil || d.Len() == 0 {
 		return
 	}
-	d.Topic, d.TopicID, d.Partition = topic, st.topicID, st.p
+	d.Topic, d.TopicID, d.Partition = c.cfg.Topic, st.topicID, st.p
 	f.DedupIDs = append(f.DedupIDs, d)
-	n := cap(d.Offsets)
-	st.ids = &schema.DedupIDs{Offsets: make([]uint64, 0, n), TsMs: make([]int64, 0, n), Ends: make([]uint32, 0, n), IDs: make([]byte, 0, cap(d.IDs))}
+	if n := len(c.idPool); n > 0 {
+		st.ids, c.idPool = c.idPool[n-1], c.idPool[:n-1]
+	} else {
+		st.ids = &schema.DedupIDs{}
+	}
+}
+
+// recycleIDs takes back the archive buffers of a finished flush: reusing
+// them saves the pipeline fresh memory at every flush.
+func (c *Consumer) recycleIDs(f *schema.Facts) {
+	for _, d := range f.DedupIDs {
+		if d.Len() < cap(d.Offsets)/4 {
+			continue // sized for a larger flush (a backlog): let it go
+		}
+		d.Reset()
+		c.idPool = append(c.idPool, d)
+	}
+	clear(f.DedupIDs)
+	f.DedupIDs = f.DedupIDs[:0]
 }
 
 // delayKey is a record's second (Kafka timestamp) and its event's month
@@ -535,10 +552,15 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 		// instead of doubling its way there (up to maxDedupReserve IDs).
 		st.dedup.Reserve(int(min(ftp.HighWatermark-recs[0].Offset, maxDedupReserve)))
 	}
-	if len(recs) > 0 && !st.fetched {
-		st.fetched = true
-		if recs[0].Offset > st.fetchFrom {
-			c.checkReset(st, recs[0].Offset)
+	if len(recs) > 0 {
+		// The first record of a fetch above the offset expected: the
+		// client may have gone on from a new log start (checkReset).
+		expected := st.next
+		if expected < 0 {
+			expected = st.fetchFrom
+		}
+		if recs[0].Offset > expected {
+			c.checkReset(st, expected, recs[0].Offset)
 		}
 	}
 	if len(recs) > 0 {
@@ -759,7 +781,7 @@ func (c *Consumer) startFlush(async bool) error {
 			job.delays[s] += n
 		}
 		clear(st.delays)
-		st.takeIDs(job.facts, c.cfg.Topic)
+		c.takeIDs(st, job.facts)
 		if pos := st.position(); pos > st.flushed {
 			from := c.dedupFrom(st)
 			job.commits[p] = commitPos{offset: pos, meta: commitMeta(st.topicID, from)}
@@ -791,6 +813,7 @@ func (c *Consumer) waitFlight(sync bool) error {
 	}
 	job := <-c.flushDone
 	c.flight = nil
+	c.recycleIDs(job.facts)
 	if job.err != nil {
 		c.broken = true
 		return job.err
@@ -807,6 +830,7 @@ func (c *Consumer) collect() {
 	select {
 	case job := <-c.flushDone:
 		c.flight = nil
+		c.recycleIDs(job.facts)
 		if job.err != nil {
 			c.broken = true
 			return

@@ -28,9 +28,10 @@ func (c *Consumer) recoverDedup(st *partState, r *dedup.Recovery, off int64) err
 	started := time.Now()
 	ctx := c.flushCtx
 	var start, read, archived int64
+	var gone bool
 	err := c.retry(ctx, "recover the duplicate filter", func() error {
 		var err error
-		start, err = c.recoveryStart(ctx, st, r)
+		start, gone, err = c.recoveryStart(ctx, st, r)
 		if err != nil {
 			return err
 		}
@@ -52,6 +53,13 @@ func (c *Consumer) recoverDedup(st *partState, r *dedup.Recovery, off int64) err
 	})
 	if err != nil {
 		return fmt.Errorf("partition %d: %w", st.p, err)
+	}
+	if gone {
+		c.m.dedupUnrecoverable.Inc()
+		c.warn.Do(func(n int) {
+			c.log.Warn("retention deleted records the duplicate filter needs: duplicates of them are counted",
+				"partition", st.p, "ids_from", st.idsFrom, "from", time.UnixMilli(r.Lo).UTC(), "to", time.UnixMilli(r.Hi).UTC(), "repeats", n)
+		})
 	}
 	st.dedup.Recovered(r, start)
 	c.m.dedupRecoveries.Inc()
@@ -77,9 +85,11 @@ func (c *Consumer) readArchive(ctx context.Context, st *partState, r *dedup.Reco
 	if err != nil {
 		return 0, 0, fmt.Errorf("list start offsets: %w", err)
 	}
-	if s, ok := starts.Lookup(c.cfg.Topic, st.p); ok {
-		logStart = s.Offset
+	s, ok := starts.Lookup(c.cfg.Topic, st.p)
+	if !ok || s.Err != nil {
+		return 0, 0, fmt.Errorf("list start offsets: partition %d missing", st.p)
 	}
+	logStart = s.Offset
 	from := max(r.From, st.idsFrom, 0)
 	if r.Floor {
 		from = max(st.idsFrom, 0)
@@ -117,31 +127,32 @@ func (c *Consumer) readArchive(ctx context.Context, st *partState, r *dedup.Reco
 // whose timestamp is at least r.Lo (Kafka's ListOffsets by timestamp, exact
 // for out-of-order timestamps), nor below r.From when the floor stays. It
 // also reports a recovery that needs records retention deleted.
-func (c *Consumer) recoveryStart(ctx context.Context, st *partState, r *dedup.Recovery) (int64, error) {
+func (c *Consumer) recoveryStart(ctx context.Context, st *partState, r *dedup.Recovery) (start int64, gone bool, err error) {
 	p := st.p
 	listed, err := c.adm.ListOffsetsAfterMilli(ctx, r.Lo, c.cfg.Topic)
 	if err == nil {
 		err = listed.Error()
 	}
 	if err != nil {
-		return 0, fmt.Errorf("list offsets after %d: %w", r.Lo, err)
+		return 0, false, fmt.Errorf("list offsets after %d: %w", r.Lo, err)
 	}
 	o, ok := listed.Lookup(c.cfg.Topic, p)
 	if !ok || o.Offset < 0 {
-		return 0, fmt.Errorf("list offsets after %d: partition %d missing", r.Lo, p)
+		return 0, false, fmt.Errorf("list offsets after %d: partition %d missing", r.Lo, p)
 	}
 	starts, err := c.adm.ListStartOffsets(ctx, c.cfg.Topic)
 	if err == nil {
 		err = starts.Error()
 	}
 	if err != nil {
-		return 0, fmt.Errorf("list start offsets: %w", err)
+		return 0, false, fmt.Errorf("list start offsets: %w", err)
 	}
-	logStart := int64(0)
-	if s, ok := starts.Lookup(c.cfg.Topic, p); ok {
-		logStart = s.Offset
+	s, ok := starts.Lookup(c.cfg.Topic, p)
+	if !ok || s.Err != nil {
+		return 0, false, fmt.Errorf("list start offsets: partition %d missing", p)
 	}
-	start := o.Offset
+	logStart := s.Offset
+	start = o.Offset
 	if !r.Floor {
 		start = max(start, r.From)
 	}
@@ -156,14 +167,8 @@ func (c *Consumer) recoveryStart(ctx context.Context, st *partState, r *dedup.Re
 	// deleted newer ones).
 	// Since the archive of event IDs, only records below ids_from are gone
 	// for good.
-	if gone := min(logStart, st.idsFrom); gone > 0 && (r.From < gone && !r.Floor || r.Floor && r.OldFloor() > 0) {
-		c.m.dedupUnrecoverable.Inc()
-		c.warn.Do(func(n int) {
-			c.log.Warn("retention deleted records the duplicate filter needs: duplicates of them are counted",
-				"partition", p, "log_start", logStart, "from", time.UnixMilli(r.Lo).UTC(), "to", time.UnixMilli(r.Hi).UTC(), "repeats", n)
-		})
-	}
-	return start, nil
+	gone = min(logStart, st.idsFrom) > 0 && (r.From < min(logStart, st.idsFrom) && !r.Floor || r.Floor && r.OldFloor() > 0)
+	return start, gone, nil
 }
 
 // readRange reads the records of partition p at offsets [from, to) with a
@@ -231,16 +236,17 @@ func fillDedup(st *partState, r *dedup.Recovery, rec *kgo.Record, dec *decode.De
 	st.dedup.Fill(r, st.dedup.Key(ev.EventID), ts, rec.Offset)
 }
 
-// checkReset runs when the first record fetched after an assignment lies
-// above the offset asked for. Aborted transactions and compaction leave
-// such gaps; so does retention passing that offset between the
-// assignment's listings and the fetch, and then the client went on from
-// the new log start: the records in between were neither replayed into
-// the filter nor covered by the archive's holes (a review found it). The
-// filter then claims nothing below the first record, so the first window
-// moves the floor through Kafka and the archive. Records lost unread are
-// counted as at an assignment.
-func (c *Consumer) checkReset(st *partState, first int64) {
+// checkReset runs when the first record of a fetch lies above the offset
+// expected (the one the assignment asked for, or the record after the last
+// one handled). Aborted transactions and compaction leave such gaps; so
+// does retention passing that offset before the fetch (after the
+// assignment's listings, or while a replay or a backlog is read), and then
+// the client went on from the new log start: the records in between were
+// neither given to the filter nor covered by the archive's holes (two
+// reviews found it). The filter then claims nothing below the first
+// record, so the first window moves the floor through Kafka and the
+// archive. Records lost unread are counted as at an assignment.
+func (c *Consumer) checkReset(st *partState, expected, first int64) {
 	logStart := int64(-1)
 	starts, err := c.adm.ListStartOffsets(c.flushCtx, c.cfg.Topic)
 	if err == nil {
@@ -251,14 +257,15 @@ func (c *Consumer) checkReset(st *partState, first int64) {
 			logStart = s.Offset
 		}
 	}
-	if err == nil && logStart <= st.fetchFrom {
+	if logStart >= 0 && logStart <= expected {
 		return // a gap the log has: nothing was skipped
 	}
+	// Skipped, or not known (the listing failed): claim nothing below.
 	st.dedup.SetFloor(first, math.MaxInt64)
-	if lost := min(logStart, first) - max(st.committed, st.next); lost > 0 {
+	if lost := min(logStart, first) - max(st.committed, expected); lost > 0 {
 		c.m.expired.Add(float64(lost))
 		c.m.dedupUnrecoverable.Inc()
 		c.log.Warn("retention deleted records no instance had read: their events are lost",
-			"partition", st.p, "position", st.committed, "log_start", logStart)
+			"partition", st.p, "position", max(st.committed, expected), "log_start", logStart)
 	}
 }

@@ -43,6 +43,11 @@ func (d *DedupIDs) Add(off, tsMs int64, id []byte) {
 	d.Ends = append(d.Ends, uint32(len(d.IDs)))
 }
 
+// Reset empties d, keeping its capacity.
+func (d *DedupIDs) Reset() {
+	d.Offsets, d.TsMs, d.Ends, d.IDs = d.Offsets[:0], d.TsMs[:0], d.Ends[:0], d.IDs[:0]
+}
+
 // Len is the number of records in d.
 func (d *DedupIDs) Len() int { return len(d.Offsets) }
 

@@ -10,7 +10,9 @@
 -- hour is the start of the record time's hour (epoch ms): a band of old
 -- time reads its own hours even where flushes mixed it with live traffic.
 -- ORDER BY (topic, topic_id, partition, hour, off_lo, off_hi): read per
--- partition, band of hours and offset range. Never drop partitions of this
+-- partition, band of hours and offset range. Not partitioned: one flush
+-- of an import spans any number of months, and current servers refuse an
+-- INSERT block into more than 100 partitions. Never delete rows of this
 -- table: copies of the records they held would count again, unreported.
 CREATE TABLE IF NOT EXISTS {{.DB}}.dedup_ids
 (
@@ -25,5 +27,4 @@ CREATE TABLE IF NOT EXISTS {{.DB}}.dedup_ids
     event_ids Array(String)
 )
 ENGINE = ReplacingMergeTree
-PARTITION BY toYYYYMM(toDate(toDateTime(intDiv(greatest(hour, 0), 1000))))
 ORDER BY (topic, topic_id, partition, hour, off_lo, off_hi)

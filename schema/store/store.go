@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -469,76 +470,132 @@ func (s *Store) writeProgress(ctx context.Context, conn driver.Conn, c *columns,
 }
 
 // writeDedupIDs writes f's entries of the duplicate filter's archive
-// through conn, one row per partition and hour of record time: after the
-// facts (an archived record is a counted one) and before progress, which
-// may vouch for a record only once its ID is stored (docs/design.md,
-// "Durable event IDs").
-func (s *Store) writeDedupIDs(ctx context.Context, conn driver.Conn, c *columns, f *schema.Facts) error {
-	var rows []dedupRow
-	for _, d := range f.DedupIDs {
-		rows = appendDedupRows(rows, d)
-	}
-	return s.send(ctx, conn, c, tDedupIDs, len(rows), func(lo, hi int) []any {
-		offs := make([][]uint64, 0, hi-lo)
-		ts := make([][]int64, 0, hi-lo)
-		ids := make([][]string, 0, hi-lo)
-		for _, r := range rows[lo:hi] {
-			c.s[0] = append(c.s[0], r.d.Topic)
-			c.s[1] = append(c.s[1], r.d.TopicID)
-			c.i32 = append(c.i32, r.d.Partition)
-			c.i64 = append(c.i64, r.hour)
-			c.u[0] = append(c.u[0], r.offs[0])
-			c.u[1] = append(c.u[1], r.offs[len(r.offs)-1])
-			offs, ts, ids = append(offs, r.offs), append(ts, r.ts), append(ids, r.ids)
-		}
-		return []any{c.s[0], c.s[1], c.i32, c.i64, c.u[0], c.u[1], offs, ts, ids}
-	})
-}
-
-// dedupRow is one row of dedup_ids: the records of d in one hour.
-type dedupRow struct {
-	d    *schema.DedupIDs
-	hour int64
-	offs []uint64
-	ts   []int64
-	ids  []string
-}
-
-// appendDedupRows appends d's rows, one per hour of record time, records
-// in offset order. A flush of one hour (live traffic) shares d's columns.
-func appendDedupRows(rows []dedupRow, d *schema.DedupIDs) []dedupRow {
-	n := d.Len()
+// through conn, one row per partition and hour of record time (split past
+// dedupRowRecords records): after the facts (an archived record is a
+// counted one) and before progress, which may vouch for a record only once
+// its ID is stored (docs/design.md, "Durable event IDs"). The INSERT goes
+// as blocks of about dedupBlockRecords records, so the client's buffers
+// stay small however large the flush.
+func (s *Store) writeDedupIDs(ctx context.Context, conn driver.Conn, _ *columns, f *schema.Facts) (err error) {
+	n := f.DedupRows()
 	if n == 0 {
-		return rows
+		return nil
 	}
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = d.EventID(i)
+	name := tables[tDedupIDs].name
+	b, err := conn.PrepareBatch(ctx, s.insert[tDedupIDs])
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
 	}
-	first := schema.HourOf(d.TsMs[0])
-	one := true
-	for _, t := range d.TsMs {
-		if t < first || t >= first+schema.HourMs {
-			one = false
-			break
+	defer func() {
+		if err != nil {
+			_ = b.Abort()
+		}
+	}()
+	inBlock := 0
+	var ids []string // reused: the client copies what Append is given
+	defer func() { clear(ids) }()
+	add := func(d *schema.DedupIDs, hour int64, offs []uint64, ts []int64, idx []int32, lo int) error {
+		for len(offs) > 0 {
+			k := min(len(offs), dedupRowRecords)
+			ids = slices.Grow(ids[:0], k)[:k]
+			for i := range ids {
+				j := lo + i
+				if idx != nil {
+					j = int(idx[i])
+				}
+				ids[i] = d.EventID(j)
+			}
+			if err := b.Append(d.Topic, d.TopicID, d.Partition, hour, offs[0], offs[k-1], offs[:k], ts[:k], ids); err != nil {
+				return fmt.Errorf("write %s: %w", name, err)
+			}
+			if inBlock += k; inBlock >= dedupBlockRecords {
+				if err := b.Flush(); err != nil {
+					return fmt.Errorf("write %s: %w", name, err)
+				}
+				inBlock = 0
+			}
+			offs, ts, lo = offs[k:], ts[k:], lo+k
+			if idx != nil {
+				idx = idx[k:]
+			}
+		}
+		return nil
+	}
+	var offs []uint64 // reused for hours whose records are not one run
+	var ts []int64
+	for _, d := range f.DedupIDs {
+		for _, g := range hourGroups(d) {
+			if g.idx == nil {
+				err = add(d, g.hour, d.Offsets[g.lo:g.hi], d.TsMs[g.lo:g.hi], nil, g.lo)
+			} else {
+				offs, ts = slices.Grow(offs[:0], len(g.idx))[:len(g.idx)], slices.Grow(ts[:0], len(g.idx))[:len(g.idx)]
+				for i, j := range g.idx {
+					offs[i], ts[i] = d.Offsets[j], d.TsMs[j]
+				}
+				err = add(d, g.hour, offs, ts, g.idx, 0)
+			}
+			if err != nil {
+				return err
+			}
 		}
 	}
-	if one {
-		return append(rows, dedupRow{d: d, hour: first, offs: d.Offsets, ts: d.TsMs, ids: ids})
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
 	}
-	byHour := map[int64]int{} // hour → index in rows
-	for i, t := range d.TsMs {
-		h := schema.HourOf(t)
-		j, ok := byHour[h]
-		if !ok {
-			j = len(rows)
-			byHour[h] = j
-			rows = append(rows, dedupRow{d: d, hour: h})
+	s.rows[tDedupIDs].Add(float64(n))
+	return nil
+}
+
+const (
+	dedupRowRecords   = 1 << 14 // most records in one row of dedup_ids
+	dedupBlockRecords = 1 << 16 // records per block of its INSERT
+)
+
+// hourGroup is the records of one hour of record time among a partition's
+// archive entries: the run [lo, hi), or the records idx (offset order)
+// where the hour's records are not one run.
+type hourGroup struct {
+	hour   int64
+	lo, hi int
+	idx    []int32
+}
+
+// hourGroups splits d's records by hour of record time. Records come in
+// offset order, mostly in runs of one hour: a run that is its hour's only
+// one is passed as a range of d's columns (no copy); the map is consulted
+// once per run, not per record.
+func hourGroups(d *schema.DedupIDs) []hourGroup {
+	type run struct{ lo, hi int }
+	var order []int64
+	runs := map[int64][]run{}
+	for lo := 0; lo < d.Len(); {
+		h := schema.HourOf(d.TsMs[lo])
+		hi := lo + 1
+		for hi < d.Len() && d.TsMs[hi] >= h && d.TsMs[hi] < h+schema.HourMs {
+			hi++
 		}
-		r := &rows[j]
-		r.offs, r.ts, r.ids = append(r.offs, d.Offsets[i]), append(r.ts, t), append(r.ids, ids[i])
+		if _, ok := runs[h]; !ok {
+			order = append(order, h)
+		}
+		runs[h] = append(runs[h], run{lo, hi})
+		lo = hi
 	}
-	return rows
+	out := make([]hourGroup, 0, len(order))
+	for _, h := range order {
+		rs := runs[h]
+		if len(rs) == 1 {
+			out = append(out, hourGroup{hour: h, lo: rs[0].lo, hi: rs[0].hi})
+			continue
+		}
+		var idx []int32
+		for _, r := range rs {
+			for j := r.lo; j < r.hi; j++ {
+				idx = append(idx, int32(j))
+			}
+		}
+		out = append(out, hourGroup{hour: h, idx: idx})
+	}
+	return out
 }
 
 // BlockRows is the most rows one block of an INSERT carries. A table's
