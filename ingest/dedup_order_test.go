@@ -340,6 +340,52 @@ func TestDedupArchiveAfterUpgrade(t *testing.T) {
 	}
 }
 
+// TestDedupRetentionBeforeFlush: retention deletes a record the consumer
+// has decided but not yet flushed (a consumer reading at the log start),
+// after a later record evicted its hour; a copy's window then reaches that
+// hour. The record is in neither Kafka nor the archive yet: the recovery
+// takes it from the entries waiting for the flush (a review found it
+// counted, unreported). kfake hands out one record per fetch and holds the
+// third fetch while the first record is deleted.
+func TestDedupRetentionBeforeFlush(t *testing.T) {
+	c := kafkatest.Kfake(t)
+	p := newRealTopic(t, &kafkatest.Broker{Addrs: c.ListenAddrs(), Kind: kafkatest.KindKfake})
+	p.tweak = func(cfg *ingest.Config) {
+		cfg.FlushInterval = time.Hour // nothing flushed before the run has read all three
+		cfg.ConnOpts = append(cfg.ConnOpts, kgo.FetchMaxPartitionBytes(1), kgo.FetchMaxBytes(1))
+	}
+	ts := utc(2026, 3, 1)
+	p.produceLogins([]loginAt{{"x", ts}})                     // offset 0
+	p.produceLogins([]loginAt{{"x", ts.Add(26 * time.Hour)}}) // 1: more than the window + 1h later, evicts 0's hour
+	p.produceLogins([]loginAt{{"x", ts.Add(time.Hour)}})      // 2: a copy of 0
+	var once sync.Once
+	deleted := false
+	c.ControlKey(int16(kmsg.Fetch), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		for _, tp := range req.(*kmsg.FetchRequest).Topics {
+			for _, pp := range tp.Partitions {
+				if pp.FetchOffset == 2 {
+					once.Do(func() { c.SleepControl(func() { p.retain(2); deleted = true }) })
+				}
+			}
+		}
+		return nil, nil, false
+	})
+	var regs registries
+	p.runReg("g", regs.next())
+	if !deleted {
+		t.Fatal("no fetch at offset 2: the records came in one fetch, so this run proves nothing")
+	}
+	want := reference.Compute(p.produced, reference.Options{})
+	if want.Accepted != 2 || want.Duplicates != 1 {
+		t.Fatalf("reference: %d accepted, %d duplicates; want 2 and 1", want.Accepted, want.Duplicates)
+	}
+	p.wantLoginsOnly(2)
+	if n := regs.sum(t, "usagepipe_dedup_recoveries_total"); n == 0 {
+		t.Error("no recovery: the copy's window did not reach the evicted hour, so this run proves nothing")
+	}
+}
+
 // TestDedupAfterRetentionOldKept: retention deleted a record whose
 // timestamp is newer than the records kept right after it (a backfill), so
 // Kafka's listing by timestamp, which knows only the kept records, points

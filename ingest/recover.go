@@ -103,8 +103,24 @@ func (c *Consumer) readArchive(ctx context.Context, st *partState, r *dedup.Reco
 		n++
 		st.dedup.Fill(r, st.dedup.Key(unsafe.Slice(unsafe.StringData(id), len(id))), ts, off)
 	})
-	if err != nil || !r.Floor {
+	if err != nil {
 		return n, logStart, err
+	}
+	// Records decided but not yet archived (waiting for the next flush, or
+	// in the one being written) that retention deleted meanwhile: a
+	// consumer reading at the log start, whose hours were evicted before
+	// their flush (a review). Fill keeps what r covers and, for a floor
+	// move, makes the rest below the old floor holes.
+	for _, d := range c.pendingIDs(st) {
+		for i, o := range d.Offsets {
+			if off := int64(o); off >= offs.Lo && off < offs.Hi {
+				n++
+				st.dedup.Fill(r, st.dedup.Key(unsafe.Slice(unsafe.StringData(d.EventID(i)), len(d.EventID(i)))), d.TsMs[i], off)
+			}
+		}
+	}
+	if !r.Floor {
+		return n, logStart, nil
 	}
 	// Above the band: only what the old floor did not already claim.
 	hi := int64(math.MaxInt64)
@@ -236,6 +252,24 @@ func fillDedup(st *partState, r *dedup.Recovery, rec *kgo.Record, dec *decode.De
 	st.dedup.Fill(r, st.dedup.Key(ev.EventID), ts, rec.Offset)
 }
 
+// pendingIDs are st's archive entries not known to be in ClickHouse yet:
+// those waiting for the next flush and those of the flush being written.
+// Called by the poll loop (it holds c.mu; the flusher only reads them).
+func (c *Consumer) pendingIDs(st *partState) []*schema.DedupIDs {
+	var out []*schema.DedupIDs
+	if st.ids != nil && st.ids.Len() > 0 {
+		out = append(out, st.ids)
+	}
+	if c.flight != nil {
+		for _, d := range c.flight.facts.DedupIDs {
+			if d.Partition == st.p && d.TopicID == st.topicID {
+				out = append(out, d)
+			}
+		}
+	}
+	return out
+}
+
 // checkReset runs when the first record of a fetch lies above the offset
 // expected (the one the assignment asked for, or the record after the last
 // one handled). Aborted transactions and compaction leave such gaps; so
@@ -265,7 +299,9 @@ func (c *Consumer) checkReset(st *partState, expected, first int64) {
 	if lost := min(logStart, first) - max(st.committed, expected); lost > 0 {
 		c.m.expired.Add(float64(lost))
 		c.m.dedupUnrecoverable.Inc()
-		c.log.Warn("retention deleted records no instance had read: their events are lost",
+		// An upper bound: a gap of aborted records the log start then
+		// passed counts too (Kafka does not say which offsets were data).
+		c.log.Warn("retention deleted records no instance had read: their events may be lost",
 			"partition", st.p, "position", max(st.committed, expected), "log_start", logStart)
 	}
 }

@@ -129,7 +129,7 @@ func (f *Facts) Reset() {
 	f.SeatEvents = f.SeatEvents[:0]
 	f.SeatPurchases = f.SeatPurchases[:0]
 	f.Progress = f.Progress[:0]
-	clear(f.DedupIDs) // the partitions' buffers go back to their owners' GC
+	clear(f.DedupIDs) // recycled by the consumer before, or left to the GC
 	f.DedupIDs = f.DedupIDs[:0]
 	f.arena = nil
 }

@@ -319,7 +319,10 @@ SETTINGS index_granularity = 1024;
 -- rows, one row per partition and hour of record time it read: that
 -- hour's records as parallel arrays (offsets ascending), off_lo and off_hi
 -- their least and greatest offset. Rows of replays and zombies repeat the
--- same records, maybe cut at other offsets: readers take the union.
+-- same records, maybe cut at other offsets, or miss some (a replay reset
+-- past records retention deleted): readers take the union, and no merge
+-- may drop a row (MergeTree, not ReplacingMergeTree: two rows with the
+-- same key need not hold the same records).
 -- hour is the start of the record time's hour (epoch ms): a band of old
 -- time reads its own hours even where flushes mixed it with live traffic.
 -- ORDER BY (topic, topic_id, partition, hour, off_lo, off_hi): read per
@@ -339,7 +342,7 @@ CREATE TABLE IF NOT EXISTS usage.dedup_ids ON CLUSTER 'usagepipe_test'
     ts_ms Array(Int64),
     event_ids Array(String)
 )
-ENGINE = ReplicatedReplacingMergeTree('/clickhouse/usagepipe/usage/all/dedup_ids', '{shard}-{replica}')
+ENGINE = ReplicatedMergeTree('/clickhouse/usagepipe/usage/all/dedup_ids', '{shard}-{replica}')
 ORDER BY (topic, topic_id, partition, hour, off_lo, off_hi);
 
 -- From which offset the archive (dedup_ids) holds every valid record the
