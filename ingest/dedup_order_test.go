@@ -181,60 +181,49 @@ func (r registries) sum(t *testing.T, name string) float64 {
 // window. Copies of kept and of deleted records are both duplicates: the
 // deleted ones are recognised from the archive of event IDs (docs/design.md,
 // "Durable event IDs"; before it, the copy of a deleted record was counted
-// and reported in usagepipe_dedup_unrecoverable_total).
+// and reported in usagepipe_dedup_unrecoverable_total). Records one an
+// hour; after a restart the filter is rebuilt from record 474 (the floor).
+//   - "through a floor move": records 0–489 deleted; the copy of 480 moves
+//     the floor down.
+//   - "above the floor": records 0–498 deleted, newer than the floor, so
+//     the copy's window does not move it: the archive's hours of deleted
+//     records become holes at the assignment (fails without them).
 func TestDedupAfterRetention(t *testing.T) {
 	for _, b := range kafkatest.Brokers(t) {
-		t.Run(b.Kind, func(t *testing.T) {
-			p := newRealTopic(t, b)
-			recs := spread("r-", 500, utc(2026, 2, 1), utc(2026, 2, 1).Add(500*time.Hour)) // one an hour
-			p.produceLogins(recs)
-			var regs registries
-			p.runReg("g", regs.next())
-			p.retain(10) // records 0–489 deleted; the window reaches back to 474
-			p.produceLogins([]loginAt{recs[495], recs[480]})
-			p.runReg("g", regs.next())
-			want := reference.Compute(p.produced, reference.Options{})
-			if want.Accepted != 500 || want.Duplicates != 2 {
-				t.Fatalf("reference: %d accepted, %d duplicates; want 500 and 2", want.Accepted, want.Duplicates)
-			}
-			p.wantLoginsOnly(500)
-			if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 2 {
-				t.Errorf("usagepipe_events_duplicate_total = %v, want 2 (the copies of a kept and of a deleted record)", n)
-			}
-			if n := regs.sum(t, "usagepipe_dedup_unrecoverable_total"); n != 0 {
-				t.Errorf("usagepipe_dedup_unrecoverable_total = %v, want 0: the archive holds every deleted record", n)
-			}
-		})
-	}
-}
-
-// TestDedupAfterRetentionAboveFloor: retention deleted records newer than
-// the time the filter is rebuilt from after a restart (the floor), so a
-// copy's window does not move the floor: the archive's hours of deleted
-// records become holes at the assignment, and the copy recovers them.
-func TestDedupAfterRetentionAboveFloor(t *testing.T) {
-	for _, b := range kafkatest.Brokers(t) {
-		t.Run(b.Kind, func(t *testing.T) {
-			p := newRealTopic(t, b)
-			recs := spread("r-", 500, utc(2026, 2, 1), utc(2026, 2, 1).Add(500*time.Hour)) // one an hour
-			p.produceLogins(recs)
-			var regs registries
-			p.runReg("g", regs.next())
-			p.retain(1) // records 0–498 deleted; the floor is at record 474
-			p.produceLogins([]loginAt{recs[498], recs[499]})
-			p.runReg("g", regs.next())
-			want := reference.Compute(p.produced, reference.Options{})
-			if want.Accepted != 500 || want.Duplicates != 2 {
-				t.Fatalf("reference: %d accepted, %d duplicates; want 500 and 2", want.Accepted, want.Duplicates)
-			}
-			p.wantLoginsOnly(500)
-			if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 2 {
-				t.Errorf("usagepipe_events_duplicate_total = %v, want 2", n)
-			}
-			if n := regs.sum(t, "usagepipe_dedup_unrecoverable_total"); n != 0 {
-				t.Errorf("usagepipe_dedup_unrecoverable_total = %v, want 0", n)
-			}
-		})
+		for _, tc := range []struct {
+			name   string
+			keep   int64 // records retention keeps
+			copies []int // records sent again
+		}{
+			{"through a floor move", 10, []int{495, 480}},
+			{"above the floor", 1, []int{498, 499}},
+		} {
+			t.Run(b.Kind+"/"+tc.name, func(t *testing.T) {
+				p := newRealTopic(t, b)
+				recs := spread("r-", 500, utc(2026, 2, 1), utc(2026, 2, 1).Add(500*time.Hour))
+				p.produceLogins(recs)
+				var regs registries
+				p.runReg("g", regs.next())
+				p.retain(tc.keep)
+				var again []loginAt
+				for _, i := range tc.copies {
+					again = append(again, recs[i])
+				}
+				p.produceLogins(again)
+				p.runReg("g", regs.next())
+				want := reference.Compute(p.produced, reference.Options{})
+				if want.Accepted != 500 || want.Duplicates != 2 {
+					t.Fatalf("reference: %d accepted, %d duplicates; want 500 and 2", want.Accepted, want.Duplicates)
+				}
+				p.wantLoginsOnly(500)
+				if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 2 {
+					t.Errorf("usagepipe_events_duplicate_total = %v, want 2", n)
+				}
+				if n := regs.sum(t, "usagepipe_dedup_unrecoverable_total"); n != 0 {
+					t.Errorf("usagepipe_dedup_unrecoverable_total = %v, want 0: the archive holds every deleted record", n)
+				}
+			})
+		}
 	}
 }
 
