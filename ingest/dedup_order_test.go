@@ -177,6 +177,21 @@ func (r registries) sum(t *testing.T, name string) float64 {
 	return n
 }
 
+// wantExact checks a run that must be exact (contract section 2): the
+// reference accepts accepted records and finds duplicates, the rollups
+// hold accepted logins, and the runs counted duplicates as such.
+func (p *pipeline) wantExact(regs registries, accepted, duplicates int) {
+	p.t.Helper()
+	want := reference.Compute(p.produced, reference.Options{})
+	if want.Accepted != accepted || want.Duplicates != duplicates {
+		p.t.Fatalf("reference: %d accepted, %d duplicates; want %d and %d", want.Accepted, want.Duplicates, accepted, duplicates)
+	}
+	p.wantLoginsOnly(uint64(accepted))
+	if n := regs.sum(p.t, "usagepipe_events_duplicate_total"); n != float64(duplicates) {
+		p.t.Errorf("usagepipe_events_duplicate_total = %v, want %d", n, duplicates)
+	}
+}
+
 // TestDedupAfterRetention: retention deleted records still inside the dedup
 // window. Copies of kept and of deleted records are both duplicates: the
 // deleted ones are recognised from the archive of event IDs (docs/design.md,
@@ -211,14 +226,7 @@ func TestDedupAfterRetention(t *testing.T) {
 				}
 				p.produceLogins(again)
 				p.runReg("g", regs.next())
-				want := reference.Compute(p.produced, reference.Options{})
-				if want.Accepted != 500 || want.Duplicates != 2 {
-					t.Fatalf("reference: %d accepted, %d duplicates; want 500 and 2", want.Accepted, want.Duplicates)
-				}
-				p.wantLoginsOnly(500)
-				if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 2 {
-					t.Errorf("usagepipe_events_duplicate_total = %v, want 2", n)
-				}
+				p.wantExact(regs, 500, 2)
 				if n := regs.sum(t, "usagepipe_dedup_unrecoverable_total"); n != 0 {
 					t.Errorf("usagepipe_dedup_unrecoverable_total = %v, want 0: the archive holds every deleted record", n)
 				}
@@ -260,14 +268,7 @@ func TestDedupRetentionDuringAssignment(t *testing.T) {
 	if !deleted {
 		t.Fatal("no fetch below record 499: nothing was deleted during the assignment, so this run proves nothing")
 	}
-	want := reference.Compute(p.produced, reference.Options{})
-	if want.Accepted != 500 || want.Duplicates != 2 {
-		t.Fatalf("reference: %d accepted, %d duplicates; want 500 and 2", want.Accepted, want.Duplicates)
-	}
-	p.wantLoginsOnly(500)
-	if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 2 {
-		t.Errorf("usagepipe_events_duplicate_total = %v, want 2", n)
-	}
+	p.wantExact(regs, 500, 2)
 }
 
 // TestDedupArchiveAfterUpgrade: a database whose progress rows were
@@ -365,11 +366,7 @@ func TestDedupRetentionBeforeFlush(t *testing.T) {
 	if !deleted {
 		t.Fatal("no fetch at offset 2: the records came in one fetch, so this run proves nothing")
 	}
-	want := reference.Compute(p.produced, reference.Options{})
-	if want.Accepted != 2 || want.Duplicates != 1 {
-		t.Fatalf("reference: %d accepted, %d duplicates; want 2 and 1", want.Accepted, want.Duplicates)
-	}
-	p.wantLoginsOnly(2)
+	p.wantExact(regs, 2, 1)
 	if n := regs.sum(t, "usagepipe_dedup_recoveries_total"); n == 0 {
 		t.Error("no recovery: the copy's window did not reach the evicted hour, so this run proves nothing")
 	}
@@ -394,11 +391,7 @@ func TestDedupAfterRetentionOldKept(t *testing.T) {
 			p.retain(200) // only offset 0
 			p.produceLogins([]loginAt{{"gone", gone.ts.Add(time.Hour)}})
 			p.runReg("g", regs.next())
-			want := reference.Compute(p.produced, reference.Options{})
-			if want.Accepted != 201 || want.Duplicates != 1 {
-				t.Fatalf("reference: %d accepted, %d duplicates; want 201 and 1", want.Accepted, want.Duplicates)
-			}
-			p.wantLoginsOnly(201)
+			p.wantExact(regs, 201, 1)
 			if n := regs.sum(t, "usagepipe_dedup_recoveries_total"); n == 0 {
 				t.Error("no recovery: the copy did not move the floor, so this run proves nothing")
 			}
@@ -430,14 +423,7 @@ func TestDedupImportRerunAfterRetention(t *testing.T) {
 			again := append(append([]loginAt(nil), imp...), loginAt{"imp-new", utc(2026, 1, 9)})
 			p.produceLogins(again)
 			p.runReg("g", regs.next())
-			want := reference.Compute(p.produced, reference.Options{})
-			if want.Accepted != 451 || want.Duplicates != 300 {
-				t.Fatalf("reference: %d accepted, %d duplicates; want 451 and 300", want.Accepted, want.Duplicates)
-			}
-			p.wantLoginsOnly(451)
-			if n := regs.sum(t, "usagepipe_events_duplicate_total"); n != 300 {
-				t.Errorf("usagepipe_events_duplicate_total = %v, want 300", n)
-			}
+			p.wantExact(regs, 451, 300)
 			if n := regs.sum(t, "usagepipe_dedup_recoveries_total"); n == 0 {
 				t.Error("no recovery: the import did not move the floor, so this run proves nothing")
 			}
