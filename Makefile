@@ -30,9 +30,10 @@ test: deps test-go fuzz ## the whole suite: unit, integration (kfake + real Clic
 test-go:
 	USAGEPIPE_TEST_APACHE_KAFKA=$${USAGEPIPE_TEST_APACHE_KAFKA:-1} $(GO) test -count=1 -timeout 30m $(PKGS)
 
-fuzz: ## short fuzz runs of the decoder and timestamp parser
+fuzz: ## short fuzz runs of the decoder, the timestamp parser and the dedup archive's row decoder
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./ingest/decode
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRFC3339$$' -fuzztime $(FUZZTIME) ./ingest/decode
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeArchive$$' -fuzztime 100000x ./schema
 
 lint: ## gofmt, go vet, golangci-lint (when installable)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

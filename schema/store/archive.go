@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"unsafe"
 
 	"github.com/usagepipe/usagepipe/schema"
 )
@@ -35,7 +36,7 @@ func (s *Store) ReadArchive(ctx context.Context, q schema.ArchiveQuery, fn func(
 		return nil
 	}
 	where, args := archiveWhere(q)
-	sql := "SELECT offsets, ts_ms, event_ids FROM " + s.db + ".dedup_ids WHERE " + where
+	sql := "SELECT hour, off_lo, n, records FROM " + s.db + ".dedup_ids WHERE " + where
 	return s.topo.All.Use(ctx, func(r *schema.Replica) error {
 		if err := s.topo.CaughtUp(ctx, r, s.db, "dedup_ids"); err != nil {
 			return err
@@ -45,20 +46,21 @@ func (s *Store) ReadArchive(ctx context.Context, q schema.ArchiveQuery, fn func(
 			return fmt.Errorf("read dedup_ids: %w", err)
 		}
 		defer rows.Close()
-		var offs []uint64
-		var ts []int64
-		var ids []string
 		for rows.Next() {
-			if err := rows.Scan(&offs, &ts, &ids); err != nil {
+			var hour int64
+			var offLo uint64
+			var n uint32
+			var recs string
+			if err := rows.Scan(&hour, &offLo, &n, &recs); err != nil {
 				return fmt.Errorf("read dedup_ids: %w", err)
 			}
-			if len(ts) != len(offs) || len(ids) != len(offs) {
-				return fmt.Errorf("read dedup_ids: a row of %d offsets, %d timestamps and %d IDs", len(offs), len(ts), len(ids))
-			}
-			for i, o := range offs {
-				if off := int64(o); off >= q.Offsets.Lo && off < q.Offsets.Hi {
-					fn(off, ts[i], ids[i])
+			err := schema.DecodeArchive(unsafe.Slice(unsafe.StringData(recs), len(recs)), hour, offLo, int(n), func(off, ts int64, id string) {
+				if off >= q.Offsets.Lo && off < q.Offsets.Hi {
+					fn(off, ts, id) // a view of recs, which Scan allocated for this row
 				}
+			})
+			if err != nil {
+				return fmt.Errorf("read dedup_ids: partition %d, hour %d, offset %d: %w", q.Partition, hour, offLo, err)
 			}
 		}
 		if err := rows.Err(); err != nil {

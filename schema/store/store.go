@@ -6,9 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -114,7 +114,7 @@ var tables = [nTables]struct{ name, cols string }{
 	{"fact_seat_purchases", "account_id, month, occurred_ms, event_id, seats"},
 	{"rollup_marks", "account_id, month"},
 	{"ingest_progress", "topic, topic_id, partition, next_offset, dedup_from_ms, written_at, ids_from"},
-	{"dedup_ids", "topic, topic_id, partition, hour, off_lo, off_hi, offsets, ts_ms, event_ids"},
+	{"dedup_ids", "topic, topic_id, partition, hour, off_lo, off_hi, n, records"},
 }
 
 // Store writes facts to ClickHouse and reads the views back. Its methods
@@ -492,49 +492,42 @@ func (s *Store) writeDedupIDs(ctx context.Context, conn driver.Conn, _ *columns,
 		}
 	}()
 	inBlock := 0
-	var ids []string // reused: the client copies what Append is given
-	defer func() { clear(ids) }()
-	add := func(d *schema.DedupIDs, hour int64, offs []uint64, ts []int64, idx []int32, lo int) error {
-		for len(offs) > 0 {
-			k := min(len(offs), dedupRowRecords)
-			ids = slices.Grow(ids[:0], k)[:k]
-			for i := range ids {
-				j := lo + i
+	var enc schema.ArchiveEncoder // its buffer is reused: the client copies what Append is given
+	add := func(d *schema.DedupIDs, hour int64, idx []int32, lo, hi int) error {
+		n := hi - lo
+		if idx != nil {
+			n = len(idx)
+		}
+		for k := 0; k < n; {
+			m := min(n-k, dedupRowRecords)
+			at := func(i int) int {
 				if idx != nil {
-					j = int(idx[i])
+					return int(idx[k+i])
 				}
-				ids[i] = d.EventID(j)
+				return lo + k + i
 			}
-			if err := b.Append(d.Topic, d.TopicID, d.Partition, hour, offs[0], offs[k-1], offs[:k], ts[:k], ids); err != nil {
+			enc.Reset(hour, d.Offsets[at(0)])
+			for i := range m {
+				j := at(i)
+				enc.Add(d.Offsets[j], d.TsMs[j], d.EventID(j))
+			}
+			rec := enc.Bytes()
+			if err := b.Append(d.Topic, d.TopicID, d.Partition, hour, d.Offsets[at(0)], d.Offsets[at(m-1)], uint32(m), unsafe.String(unsafe.SliceData(rec), len(rec))); err != nil {
 				return fmt.Errorf("write %s: %w", name, err)
 			}
-			if inBlock += k; inBlock >= dedupBlockRecords {
+			if inBlock += m; inBlock >= dedupBlockRecords {
 				if err := b.Flush(); err != nil {
 					return fmt.Errorf("write %s: %w", name, err)
 				}
 				inBlock = 0
 			}
-			offs, ts, lo = offs[k:], ts[k:], lo+k
-			if idx != nil {
-				idx = idx[k:]
-			}
+			k += m
 		}
 		return nil
 	}
-	var offs []uint64 // reused for hours whose records are not one run
-	var ts []int64
 	for _, d := range f.DedupIDs {
 		for _, g := range hourGroups(d) {
-			if g.idx == nil {
-				err = add(d, g.hour, d.Offsets[g.lo:g.hi], d.TsMs[g.lo:g.hi], nil, g.lo)
-			} else {
-				offs, ts = slices.Grow(offs[:0], len(g.idx))[:len(g.idx)], slices.Grow(ts[:0], len(g.idx))[:len(g.idx)]
-				for i, j := range g.idx {
-					offs[i], ts[i] = d.Offsets[j], d.TsMs[j]
-				}
-				err = add(d, g.hour, offs, ts, g.idx, 0)
-			}
-			if err != nil {
+			if err := add(d, g.hour, g.idx, g.lo, g.hi); err != nil {
 				return err
 			}
 		}

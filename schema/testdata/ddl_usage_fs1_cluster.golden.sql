@@ -317,12 +317,16 @@ SETTINGS index_granularity = 1024;
 -- records Kafka's retention deleted are still recognised (contract
 -- section 2). A flush writes, after its facts and before its progress
 -- rows, one row per partition and hour of record time it read: that
--- hour's records as parallel arrays (offsets ascending), off_lo and off_hi
--- their least and greatest offset. Rows of replays and zombies repeat the
--- same records, maybe cut at other offsets, or miss some (a replay reset
--- past records retention deleted): readers take the union, and no merge
--- may drop a row (MergeTree, not ReplacingMergeTree: two rows with the
--- same key need not hold the same records).
+-- hour's n records, offsets ascending, off_lo and off_hi their least and
+-- greatest offset, encoded in records as, per record, uvarint(offset −
+-- previous offset, the first relative to off_lo), uvarint(timestamp −
+-- hour), uvarint(length of the event ID) and the event ID
+-- (schema/archive.go: one string per row is cheaper to write than arrays).
+-- Rows of replays and zombies repeat the same records, maybe cut at other
+-- offsets, or miss some (a replay reset past records retention deleted):
+-- readers take the union, and no merge may drop a row (MergeTree, not
+-- ReplacingMergeTree: two rows with the same key need not hold the same
+-- records).
 -- hour is the start of the record time's hour (epoch ms): a band of old
 -- time reads its own hours even where flushes mixed it with live traffic.
 -- ORDER BY (topic, topic_id, partition, hour, off_lo, off_hi): read per
@@ -338,9 +342,8 @@ CREATE TABLE IF NOT EXISTS usage.dedup_ids ON CLUSTER 'usagepipe_test'
     hour Int64,
     off_lo UInt64,
     off_hi UInt64,
-    offsets Array(UInt64),
-    ts_ms Array(Int64),
-    event_ids Array(String)
+    n UInt32,
+    records String
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/usagepipe/usage/all/dedup_ids', '{shard}-{replica}')
 ORDER BY (topic, topic_id, partition, hour, off_lo, off_hi);
