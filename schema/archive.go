@@ -176,10 +176,10 @@ func DecodeArchive(b []byte, hour int64, offLo uint64, n int, fn func(off, tsMs 
 			return fmt.Errorf("%w: event ID of record %d", errArchiveRow, len(recs))
 		}
 		b = b[k:]
-		last += d
-		if last > 1<<63-1 {
+		if d > 1<<63-1 || last+d > 1<<63-1 { // also no wrap-around
 			return fmt.Errorf("%w: offset of record %d", errArchiveRow, len(recs))
 		}
+		last += d
 		recs = append(recs, rec{int64(last), hour + int64(t), unsafe.String(&b[0], int(l))})
 		b = b[l:]
 	}
