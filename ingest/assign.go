@@ -157,16 +157,14 @@ func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int
 		if r.hasFrom {
 			if rf, ok := replayFrom[p]; ok {
 				st.dedup.SetFloor(start, r.from)
-				if s, ok := starts.Lookup(c.cfg.Topic, p); ok && s.Offset > 0 {
-					if min(s.Offset, r.idsFrom) > 0 && rf <= s.Offset && rf < r.pos {
-						// The first record kept is already inside the
-						// window: records retention deleted just before it
-						// may have been too, and below ids_from nothing
-						// recognises copies of them.
-						c.m.dedupUnrecoverable.Inc()
-						c.log.Warn("retention deleted records the duplicate filter needs: duplicates of them are counted",
-							"partition", p, "log_start", s.Offset, "ids_from", r.idsFrom, "dedup_from", time.UnixMilli(r.from).UTC())
-					}
+				if s, ok := starts.Lookup(c.cfg.Topic, p); ok && min(s.Offset, r.idsFrom) > 0 && rf <= s.Offset && rf < r.pos {
+					// The first record kept is already inside the window:
+					// records retention deleted just before it may have
+					// been too, and below ids_from nothing recognises
+					// copies of them.
+					c.m.dedupUnrecoverable.Inc()
+					c.log.Warn("retention deleted records the duplicate filter needs: duplicates of them are counted",
+						"partition", p, "log_start", s.Offset, "ids_from", r.idsFrom, "dedup_from", time.UnixMilli(r.from).UTC())
 				}
 			} else {
 				// The listing failed: nothing is known below the position,

@@ -562,8 +562,6 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 		if recs[0].Offset > expected {
 			c.checkReset(st, expected, recs[0].Offset)
 		}
-	}
-	if len(recs) > 0 {
 		w.prepare(st, recs[0], &w.ahead[0])
 	}
 	for i, r := range recs {

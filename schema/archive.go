@@ -16,8 +16,7 @@ import (
 // per valid record the flush writes facts for, in offset order, written
 // after those facts and before the progress row (an archived record is a
 // counted one). Columns, not rows, and the event IDs back to back in one
-// buffer: no allocation per record, and an hour's records go to ClickHouse
-// as slices of them.
+// buffer: no allocation per record.
 type DedupIDs struct {
 	Topic     string
 	TopicID   string
@@ -73,23 +72,10 @@ func HourOf(ts int64) int64 {
 type OffsetRange struct{ Lo, Hi int64 }
 
 // ArchiveHour is what dedup_ids holds of one hour of record time within an
-// offset range: the least and greatest offset of its rows.
+// offset range: bounds of the offsets of its rows (ArchiveHours).
 type ArchiveHour struct {
 	Hour           int64
 	MinOff, MaxOff int64
-}
-
-// ZeroTopicID is the topic ID of brokers that have none (before Kafka 2.8).
-const ZeroTopicID = "00000000000000000000000000000000"
-
-// IncarnationKey is the src_topic under which an incarnation's event counts
-// are stored: the topic name for the first incarnation a database saw (as
-// releases before topic IDs wrote), topic#topicID for every later one.
-func IncarnationKey(topic, topicID string, first bool) string {
-	if first {
-		return topic
-	}
-	return topic + "#" + topicID
 }
 
 // ArchiveQuery selects the archived records of one partition of one topic

@@ -15,3 +15,16 @@ type Progress struct {
 	// (rows of releases before the archive).
 	IDsFrom int64
 }
+
+// ZeroTopicID is the topic ID of brokers that have none (before Kafka 2.8).
+const ZeroTopicID = "00000000000000000000000000000000"
+
+// IncarnationKey is the src_topic under which an incarnation's event counts
+// are stored: the topic name for the first incarnation a database saw (as
+// releases before topic IDs wrote), topic#topicID for every later one.
+func IncarnationKey(topic, topicID string, first bool) string {
+	if first {
+		return topic
+	}
+	return topic + "#" + topicID
+}

@@ -179,7 +179,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Regi
 	}
 	rows := promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
 		Name: "usagepipe_clickhouse_rows_written_total",
-		Help: "Rows ClickHouse acknowledged, by table: the fact tables, rollup_marks, ingest_progress and dedup_ids.",
+		Help: "Rows ClickHouse acknowledged, by table: the fact tables, rollup_marks and ingest_progress; for dedup_ids, the records archived.",
 	}, []string{"table"})
 	s := &Store{conn: conn, topo: topo, db: db, timeout: cfg.WriteTimeout, log: log}
 	for i, t := range tables {
@@ -493,42 +493,43 @@ func (s *Store) writeDedupIDs(ctx context.Context, conn driver.Conn, _ *columns,
 	}()
 	inBlock := 0
 	var enc schema.ArchiveEncoder // its buffer is reused: the client copies what Append is given
-	add := func(d *schema.DedupIDs, hour int64, idx []int32, lo, hi int) error {
-		n := hi - lo
-		if idx != nil {
-			n = len(idx)
+	var first, last uint64
+	emit := func(d *schema.DedupIDs, hour int64) error {
+		rec := enc.Bytes()
+		if err := b.Append(d.Topic, d.TopicID, d.Partition, hour, first, last, uint32(enc.Len()), unsafe.String(unsafe.SliceData(rec), len(rec))); err != nil {
+			return fmt.Errorf("write %s: %w", name, err)
 		}
-		for k := 0; k < n; {
-			m := min(n-k, dedupRowRecords)
-			at := func(i int) int {
-				if idx != nil {
-					return int(idx[k+i])
-				}
-				return lo + k + i
-			}
-			enc.Reset(hour, d.Offsets[at(0)])
-			for i := range m {
-				j := at(i)
-				enc.Add(d.Offsets[j], d.TsMs[j], d.EventID(j))
-			}
-			rec := enc.Bytes()
-			if err := b.Append(d.Topic, d.TopicID, d.Partition, hour, d.Offsets[at(0)], d.Offsets[at(m-1)], uint32(m), unsafe.String(unsafe.SliceData(rec), len(rec))); err != nil {
+		if inBlock += enc.Len(); inBlock >= dedupBlockRecords {
+			if err := b.Flush(); err != nil {
 				return fmt.Errorf("write %s: %w", name, err)
 			}
-			if inBlock += m; inBlock >= dedupBlockRecords {
-				if err := b.Flush(); err != nil {
-					return fmt.Errorf("write %s: %w", name, err)
-				}
-				inBlock = 0
-			}
-			k += m
+			inBlock = 0
 		}
 		return nil
 	}
 	for _, d := range f.DedupIDs {
 		for _, g := range hourGroups(d) {
-			if err := add(d, g.hour, g.idx, g.lo, g.hi); err != nil {
-				return err
+			enc.Reset(g.hour, 0)
+			for _, r := range g.runs {
+				for j := r.lo; j < r.hi; j++ {
+					if enc.Len() == 0 {
+						first = d.Offsets[j]
+						enc.Reset(g.hour, first)
+					}
+					enc.Add(d.Offsets[j], d.TsMs[j], d.EventID(j))
+					last = d.Offsets[j]
+					if enc.Len() == dedupRowRecords {
+						if err := emit(d, g.hour); err != nil {
+							return err
+						}
+						enc.Reset(g.hour, 0)
+					}
+				}
+			}
+			if enc.Len() > 0 {
+				if err := emit(d, g.hour); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -545,48 +546,34 @@ const (
 )
 
 // hourGroup is the records of one hour of record time among a partition's
-// archive entries: the run [lo, hi), or the records idx (offset order)
-// where the hour's records are not one run.
+// archive entries: runs of consecutive entries [lo, hi), in offset order.
 type hourGroup struct {
-	hour   int64
-	lo, hi int
-	idx    []int32
+	hour int64
+	runs []entryRun
 }
 
-// hourGroups splits d's records by hour of record time. Records come in
-// offset order, mostly in runs of one hour: a run that is its hour's only
-// one is passed as a range of d's columns (no copy); the map is consulted
-// once per run, not per record.
+type entryRun struct{ lo, hi int }
+
+// hourGroups splits d's records by hour of record time, hours in the order
+// they first appear. Records come in offset order, mostly in long runs of
+// one hour: the map is consulted once per run, not per record.
 func hourGroups(d *schema.DedupIDs) []hourGroup {
-	type run struct{ lo, hi int }
-	var order []int64
-	runs := map[int64][]run{}
+	var out []hourGroup
+	byHour := map[int64]int{} // hour → index in out
 	for lo := 0; lo < d.Len(); {
 		h := schema.HourOf(d.TsMs[lo])
 		hi := lo + 1
 		for hi < d.Len() && d.TsMs[hi] >= h && d.TsMs[hi] < h+schema.HourMs {
 			hi++
 		}
-		if _, ok := runs[h]; !ok {
-			order = append(order, h)
+		k, ok := byHour[h]
+		if !ok {
+			k = len(out)
+			byHour[h] = k
+			out = append(out, hourGroup{hour: h})
 		}
-		runs[h] = append(runs[h], run{lo, hi})
+		out[k].runs = append(out[k].runs, entryRun{lo, hi})
 		lo = hi
-	}
-	out := make([]hourGroup, 0, len(order))
-	for _, h := range order {
-		rs := runs[h]
-		if len(rs) == 1 {
-			out = append(out, hourGroup{hour: h, lo: rs[0].lo, hi: rs[0].hi})
-			continue
-		}
-		var idx []int32
-		for _, r := range rs {
-			for j := r.lo; j < r.hi; j++ {
-				idx = append(idx, int32(j))
-			}
-		}
-		out = append(out, hourGroup{hour: h, idx: idx})
 	}
 	return out
 }
