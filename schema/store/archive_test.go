@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"testing"
 
@@ -108,4 +109,42 @@ func TestArchiveRoundTrip(t *testing.T) {
 	if !slices.Equal(hours, wantHours) {
 		t.Fatalf("ArchiveHours = %+v, want %+v", hours, wantHours)
 	}
+}
+
+// BenchmarkArchiveWrite writes flushes of 250k archive entries with
+// UUID-like event IDs (one partition, about 3 hours each) and reports the
+// bytes ClickHouse keeps per record after merging them.
+//
+//	go test ./schema/store -run '^$' -bench '^BenchmarkArchiveWrite$' -benchtime 4x
+func BenchmarkArchiveWrite(b *testing.B) {
+	st := open(b, nil, false)
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(1, 2))
+	const perFlush = 250_000
+	base := int64(1_767_225_600_000)
+	off := int64(0)
+	d := &schema.DedupIDs{Topic: "usage-events", TopicID: "0123456789abcdef0123456789abcdef"}
+	for b.Loop() {
+		b.StopTimer()
+		d.Reset()
+		for range perFlush {
+			id := fmt.Sprintf("%08x-%04x-%04x-%04x-%012x", rng.Uint32(), rng.Uint32()&0xffff, rng.Uint32()&0xffff, rng.Uint32()&0xffff, rng.Uint64()&0xffffffffffff)
+			d.Add(off, base+off*40+int64(rng.IntN(1000)), []byte(id))
+			off++
+		}
+		b.StartTimer()
+		if err := st.Write(ctx, &schema.Facts{DedupIDs: []*schema.DedupIDs{d}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if err := st.Conn().Exec(ctx, "OPTIMIZE TABLE "+st.Database()+".dedup_ids FINAL"); err != nil {
+		b.Fatal(err)
+	}
+	var bytes uint64
+	if err := st.Conn().QueryRow(ctx, "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = ? AND table = 'dedup_ids' AND active", st.Database()).Scan(&bytes); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(bytes)/float64(off), "disk_bytes/record")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(off), "ns/record")
 }
