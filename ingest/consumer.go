@@ -164,6 +164,8 @@ type partState struct {
 	delayAt   delayKey         // the key being counted into delayN (records of a partition mostly share it)
 	delayN    int
 
+	warnedAhead bool // a record stamped beyond the duplicate filter's clock limit was logged
+
 	// The duplicate filter's archive: every valid record at offsets
 	// [idsFrom, position) that a flush wrote facts for has its ID in
 	// dedup_ids. ids holds the records decided since the last flush,
@@ -499,6 +501,7 @@ func (c *Consumer) loop(ctx context.Context, targets map[int32]int64) error {
 // parallel and process dispatches and waits for them.
 func (c *Consumer) process(fetches kgo.Fetches) {
 	byWorker := make([][]kgo.FetchTopicPartition, len(c.workers))
+	nowMs := time.Now().UnixMilli() // the duplicate filters' clock (dedup.Set.SetClock)
 	fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
 		// Errors (a poll timeout is reported as partition -1) carry no records.
 		if ftp.Topic != c.cfg.Topic || ftp.Partition < 0 {
@@ -518,13 +521,13 @@ func (c *Consumer) process(fetches kgo.Fetches) {
 		if len(byWorker[i]) > 0 {
 			wg.Go(func() {
 				for _, ftp := range byWorker[i] {
-					c.processPartition(c.workers[i], ftp)
+					c.processPartition(c.workers[i], ftp, nowMs)
 				}
 			})
 		}
 	}
 	for _, ftp := range byWorker[0] {
-		c.processPartition(c.workers[0], ftp)
+		c.processPartition(c.workers[0], ftp, nowMs)
 	}
 	wg.Wait()
 }
@@ -535,13 +538,14 @@ func (c *Consumer) process(fetches kgo.Fetches) {
 const maxDedupReserve = 1 << 19
 
 // processPartition handles the records of one partition from one poll. It
-// touches only w and the partition's own state.
-func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
+// touches only w and the partition's own state. nowMs is this host's clock.
+func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition, nowMs int64) {
 	st := c.parts[ftp.Partition]
 	if ftp.Topic != c.cfg.Topic || st == nil {
 		return // revoked or lost since the fetch: the new owner reads it
 	}
-	var consumed, dups, replayed int
+	st.dedup.SetClock(nowMs)
+	var consumed, dups, replayed, ahead int
 	var accepted [numTypes]int
 	// Each record is decoded, and its dedup slot prefetched, one record
 	// ahead: the slot's cache miss overlaps the previous record's work.
@@ -631,6 +635,14 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 			c.recoverErr.CompareAndSwap(nil, &err)
 			break
 		}
+		if fresh && st.dedup.Ahead(ts) {
+			ahead++
+			if ahead == 1 && !st.warnedAhead {
+				st.warnedAhead = true
+				c.log.Warn("record stamped beyond this host's clock + 1h: the duplicate filter's eviction takes it as the clock + 1h; check the producers' and this host's clocks",
+					"partition", st.p, "offset", off, "timestamp", time.UnixMilli(ts).UTC().Format(time.RFC3339))
+			}
+		}
 		st.ids.Add(off, ts, d.ev.EventID)
 		if dup {
 			w.agg.Skip(st.p, off)
@@ -652,6 +664,9 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition) {
 	}
 	c.m.consumed.Add(float64(consumed))
 	c.m.duplicates.Add(float64(dups))
+	if ahead > 0 {
+		c.m.dedupAhead.Add(float64(ahead))
+	}
 	c.m.replayed.Add(float64(replayed))
 	for t, n := range accepted {
 		if n > 0 {

@@ -471,3 +471,47 @@ func testDedupSpills(t *testing.T, b *kafkatest.Broker, early bool) {
 		t.Errorf("usagepipe_events_duplicate_total = %v, want 1500", n)
 	}
 }
+
+// TestDedupRecordStampedAhead: one record stamped ten years ahead of the
+// clock, then 60 hours of records. The far-future record does not move the
+// filter's watermark (docs/design.md, "Records stamped ahead of the
+// clock"): the hours after it are evicted as usual, so the copy of a
+// record of the first of them is found by a recovery, and the next owner's
+// floor follows the rest of the stream. Before, the watermark stayed ten
+// years ahead and no hour written after that record was ever evicted (no
+// recovery; a floor in 2036). Copies of both are duplicates either way.
+func TestDedupRecordStampedAhead(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			base := time.Now().Add(-80 * time.Hour).Truncate(time.Hour)
+			ahead := time.Now().AddDate(10, 0, 0).Truncate(time.Millisecond)
+			later := spread("n-", 600, base.Add(time.Hour), base.Add(61*time.Hour))
+			recs := append([]loginAt{{"ahead", ahead}}, later...)
+			recs = append(recs, loginAt{"n-5", later[5].ts}, loginAt{"ahead", ahead})
+			p.produceLogins(recs)
+			var regs registries
+			p.runReg("g", regs.next())
+			p.wantExact(regs, 601, 2)
+			p.check() // every row of the grid, which now runs to the far-future record's quarter
+			if n := regs.sum(t, "usagepipe_dedup_records_ahead_total"); n != 2 {
+				t.Errorf("usagepipe_dedup_records_ahead_total = %v, want 2 (the record ten years ahead and its copy)", n)
+			}
+			if n := regs.sum(t, "usagepipe_dedup_recoveries_total"); n == 0 {
+				t.Error("no recovery: the hours after the record ten years ahead were never evicted (the watermark followed it)")
+			}
+			st := p.openStore()
+			defer st.Close()
+			var from int64
+			q := "SELECT max(dedup_from_ms) FROM " + p.db + ".ingest_progress"
+			if err := st.Conn().QueryRow(context.Background(), q).Scan(&from); err != nil {
+				t.Fatal(err)
+			}
+			// The watermark is at most the clock + 1h: the floor at most
+			// the clock − window.
+			if want := time.Now().Add(-24 * time.Hour); time.UnixMilli(from).After(want) {
+				t.Errorf("dedup_from_ms = %s, want at most %s (the clock − window)", time.UnixMilli(from).UTC(), want.UTC())
+			}
+		})
+	}
+}

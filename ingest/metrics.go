@@ -34,6 +34,7 @@ type metrics struct {
 	dedupRecoveries       prometheus.Counter
 	dedupRecoveredRecords prometheus.Counter
 	dedupUnrecoverable    prometheus.Counter
+	dedupAhead            prometheus.Counter
 }
 
 // ReadyGaugeOpts and ClickHouseUpGaugeOpts describe usagepipe_ready and
@@ -84,6 +85,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Records re-read from Kafka by duplicate-filter recoveries."}),
 		dedupUnrecoverable: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_dedup_unrecoverable_total",
 			Help: "Duplicate-filter recoveries that needed records Kafka's retention had already deleted: copies of those records may have been counted. Alert on any increase."}),
+		dedupAhead: f.NewCounter(prometheus.CounterOpts{Name: "usagepipe_dedup_records_ahead_total",
+			Help: "Valid records stamped more than 1h after this host's clock. They are decided as usual, but the duplicate filter's eviction takes them as the clock + 1h: check the producers' clocks and this host's (NTP)."}),
 		ownPartitions: f.NewGauge(prometheus.GaugeOpts{Name: "usagepipe_assigned_partitions",
 			Help: "Partitions of the events topic this instance owns."}),
 	}

@@ -81,8 +81,13 @@ type Set struct {
 	tab       []entry // len is a power of two; owned by own (table.go)
 	own       *owner
 	n         int   // entries in use
-	watermark int64 // greatest timestamp seen
+	watermark int64 // greatest timestamp seen, records beyond ahead as ahead or not at all (SetClock)
 	started   bool  // a timestamp was seen
+	lastTs    int64 // timestamp of the last record given
+	ahead     int64 // the host's clock + Slack (SetClock); math.MaxInt64: no limit
+	now       int64 // the host's clock (SetClock); math.MinInt64: none given
+	lastOn    int64 // timestamp of the last record not beyond ahead; math.MinInt64: none
+	lastOnAt  int64 // the clock when that record came, or when the first clock was given
 	filling   bool  // a recovery is filling the table: no eviction until it ends
 	lastSweep int64
 
@@ -148,6 +153,9 @@ func New(window time.Duration) *Set {
 		seeds:    [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 		floorTs:  math.MinInt64,
 		holesEnd: math.MinInt64,
+		ahead:    math.MaxInt64,
+		now:      math.MinInt64,
+		lastOn:   math.MinInt64,
 		hours:    map[int64]*hourStat{},
 		curHour:  math.MinInt64,
 		diskLo:   math.MaxInt64,
@@ -166,8 +174,34 @@ func (s *Set) SetFloor(off, ts int64) { s.floorOff, s.floorTs = off, ts }
 // Floor returns the current floor (offset, timestamp).
 func (s *Set) Floor() (off, ts int64) { return s.floorOff, s.floorTs }
 
-// Watermark returns the greatest timestamp seen, and whether any was.
+// Watermark returns the greatest timestamp seen (records stamped beyond
+// the clock's limit count as the limit, SetClock), and whether any was.
 func (s *Set) Watermark() (int64, bool) { return s.watermark, s.started }
+
+// slackMs is Slack in milliseconds.
+const slackMs = int64(Slack / time.Millisecond)
+
+// SetClock gives s this host's clock (epoch ms). A record stamped more than
+// Slack after it is decided like any other, but the watermark that
+// eviction follows takes it as the clock + Slack, and not at all while
+// the partition is read more than window + Slack behind the clock (a
+// backlog) unless no record has been on time for window + Slack of wall
+// time (every record is ahead): one record stamped years ahead would
+// otherwise keep every later hour in the table (docs/design.md, "Records
+// stamped ahead of the clock"). A Set never given a clock has no limit.
+func (s *Set) SetClock(nowMs int64) {
+	if s.now == math.MinInt64 {
+		s.lastOnAt = nowMs
+	}
+	s.now, s.ahead = nowMs, math.MaxInt64
+	if nowMs <= math.MaxInt64-slackMs {
+		s.ahead = nowMs + slackMs
+	}
+}
+
+// Ahead reports whether a record stamped tsMs is beyond the clock's limit
+// (SetClock).
+func (s *Set) Ahead(tsMs int64) bool { return tsMs > s.ahead }
 
 // Key returns id's key in s.
 func (s *Set) Key(id []byte) Key {
@@ -240,13 +274,28 @@ func (s *Set) CheckKey(k Key, tsMs, off int64) bool {
 		s.insertMore(k, tsMs)
 	}
 	s.touch(tsMs, off)
-	if tsMs > s.watermark || !s.started {
+	w, moves := tsMs, true
+	if tsMs > s.ahead {
+		// Beyond the clock's limit (SetClock): it counts as the limit.
+		// Not at all in a backlog, where the watermark would jump past
+		// everything read after it, unless no record has been on time
+		// for window + Slack of wall time (every record is ahead: a
+		// producer's clock, or this host's, is off).
+		w = s.ahead
+		moves = s.lastOn >= s.now-s.keep || s.lastOnAt <= s.now-s.keep
+	} else if s.now != math.MinInt64 && !s.filling {
+		// (A recovery's re-read records are older: they do not say
+		// where the stream is.)
+		s.lastOn, s.lastOnAt = tsMs, s.now
+	}
+	s.lastTs = tsMs
+	if moves && (w > s.watermark || !s.started) {
 		if !s.started {
 			// The first timestamp: there is nothing older to sweep, and a
 			// sweep now would shrink a table just sized by Reserve.
-			s.lastSweep, s.started = tsMs, true
+			s.lastSweep, s.started = w, true
 		}
-		s.watermark = max(s.watermark, tsMs)
+		s.watermark = max(s.watermark, w)
 		if s.watermark-s.lastSweep > s.keep && !s.filling {
 			s.sweep() // bound the memory of a set that stopped growing
 		}

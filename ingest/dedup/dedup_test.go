@@ -64,6 +64,70 @@ func TestSweepKeepsWhatTheWindowNeeds(t *testing.T) {
 	}
 }
 
+// TestClockBoundsEviction: 100 hours of records (10 an hour) with one
+// record stamped ten years ahead among them, or every record stamped ahead
+// of the host's clock. Given a clock (SetClock), the Set keeps about the
+// memory of an in-order stream (as TestSweepKeepsWhatTheWindowNeeds);
+// without one (as before SetClock), the far-future record held every later
+// hour. Copies within the window are duplicates in every case.
+func TestClockBoundsEviction(t *testing.T) {
+	const h = int64(time.Hour / time.Millisecond)
+	const ts0 = int64(1_795_000_000_000) // 2026-11-18
+	far := ts0 + 10*365*24*h
+	last := ts0 + 999*h/10
+	for _, tc := range []struct {
+		name   string
+		window time.Duration
+		far    int // the far-future record comes before record far (-1: none)
+		// clock is the host's clock when the stream is at ts (ok false:
+		// no clock given).
+		clock  func(ts int64) (now int64, ok bool)
+		maxLen int   // entries held at the end, at most
+		wm     int64 // the watermark at the end (0: not checked)
+	}{
+		{"live stream", 24 * time.Hour, 10, func(ts int64) (int64, bool) { return ts, true }, 2*260 + 3, last + h}, // the far copy counts as the clock + 1h
+		{"far record first", 24 * time.Hour, 0, func(ts int64) (int64, bool) { return ts, true }, 2*260 + 3, last + h},
+		{"backlog: the clock 1000h ahead of the stream", 24 * time.Hour, 10, func(int64) (int64, bool) { return ts0 + 1000*h, true }, 2*260 + 3, last},
+		{"backlog, far record first", 24 * time.Hour, 0, func(int64) (int64, bool) { return ts0 + 1000*h, true }, 2*260 + 3, last},
+		{"a producer 3h ahead of the clock, window 1h", time.Hour, -1, func(ts int64) (int64, bool) { return ts - 3*h, true }, (2*2 + 3 + 2) * 10, last - 2*h},
+		{"the clock steps back and forth by 50h", 24 * time.Hour, 10, func(ts int64) (int64, bool) { return ts - 50*h*(ts/(50*h)%2), true }, 2*(260+500) + 3, 0},
+		{"no clock: everything held", 24 * time.Hour, 10, func(int64) (int64, bool) { return 0, false }, 1000 + 2, far},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(tc.window)
+			check := func(id string, ts, off, stream int64) bool {
+				if now, ok := tc.clock(stream); ok {
+					s.SetClock(now)
+				}
+				return s.Check([]byte(id), ts, off)
+			}
+			off := int64(0)
+			for i := range 1000 {
+				ts := ts0 + int64(i)*h/10
+				if i == tc.far {
+					if check("far", far, off, ts) {
+						t.Fatal("a new id is a duplicate")
+					}
+					off++
+				}
+				if check(fmt.Sprint("e", i), ts, off, ts) {
+					t.Fatalf("e%d: a new id is a duplicate", i)
+				}
+				off++
+			}
+			if !check("e999", last, off, last) || tc.far >= 0 && !check("far", far, off+1, last) {
+				t.Fatal("a copy is not a duplicate")
+			}
+			if n := s.Len(); n > tc.maxLen {
+				t.Errorf("%d entries held, want at most %d", n, tc.maxLen)
+			}
+			if wm, ok := s.Watermark(); tc.wm != 0 && (!ok || wm != tc.wm) {
+				t.Errorf("watermark %d (%v), want %d", wm, ok, tc.wm)
+			}
+		})
+	}
+}
+
 // TestCollidingSlots puts keys that start in the same slot next to each
 // other and checks each is found as itself.
 func TestCollidingSlots(t *testing.T) {

@@ -249,7 +249,9 @@ func diskKey(buf *[diskKeyLen]byte, set uint64, epoch int64, k Key) []byte {
 // [lo, hi] among the epochs from..to.
 func (d *Disk) lookup(set uint64, k Key, fromEpoch, toEpoch int64, epochMs, lo, hi int64) (bool, error) {
 	var buf [diskKeyLen]byte
-	for e := fromEpoch; e <= toEpoch; e += epochMs {
+	// Counted, not e <= toEpoch: toEpoch may be the last epoch below
+	// math.MaxInt64, where e + epochMs wraps.
+	for n, e := (toEpoch-fromEpoch)/epochMs, fromEpoch; n >= 0; n, e = n-1, e+epochMs {
 		v, closer, err := d.db.Get(diskKey(&buf, set, e, k))
 		if errors.Is(err, pebble.ErrNotFound) {
 			continue

@@ -60,28 +60,35 @@ type modelCaller struct {
 	unknown    int // recoveries that needed records retention had deleted
 	disk       *Disk
 	limit      int
+	clock      func(o int) int64 // the host's clock when record o is read; nil: no clock
 }
 
 // assign starts a new Set at durable position x, as the consumer does: the
-// floor comes from the previous owner's watermark, and [floor, x) is re-read
-// only to fill the Set.
+// floor comes from the previous owner's watermark (or, with none, its
+// floor), and [floor, x) is re-read only to fill the Set.
 func (c *modelCaller) assign(x int, prev *Set) {
 	s := New(c.window)
 	if c.disk != nil {
 		s.UseDisk(c.disk, c.limit)
 	}
+	if c.clock != nil {
+		s.SetClock(c.clock(x))
+	}
 	if prev != nil {
-		if wm, ok := prev.Watermark(); ok {
-			f := wm - s.keep
-			off := min(c.log.listOffsets(f), int64(x))
-			s.SetFloor(off, f)
-			for q := off; q < int64(x); q++ {
-				if r := c.log.recs[q]; r.valid {
-					s.CheckKey(s.Key([]byte(r.id)), r.ts, q)
-				}
+		f, ok := prev.Watermark()
+		f -= s.keep
+		if !ok {
+			// No watermark: it read nothing, or only records stamped
+			// ahead of its clock. The consumer then keeps the floor it
+			// was assigned; any floor is right, since S = ListOffsets(F).
+			_, f = prev.Floor()
+		}
+		off := min(c.log.listOffsets(f), int64(x))
+		s.SetFloor(off, f)
+		for q := off; q < int64(x); q++ {
+			if r := c.log.recs[q]; r.valid {
+				s.CheckKey(s.Key([]byte(r.id)), r.ts, q)
 			}
-		} else {
-			s.SetFloor(prev.Floor())
 		}
 	}
 	c.s = s
@@ -90,6 +97,9 @@ func (c *modelCaller) assign(x int, prev *Set) {
 // decide recovers what the Set needs and decides record o.
 func (c *modelCaller) decide(o int) bool {
 	r := c.log.recs[o]
+	if c.clock != nil {
+		c.s.SetClock(c.clock(o))
+	}
 	if rec := c.s.Recovery(r.ts, int64(o)); rec != nil {
 		c.recoveries++
 		start := c.log.listOffsets(rec.Lo)
@@ -164,6 +174,16 @@ func genLog(rng *rand.Rand, shape string, n int, window int64) *modelLog {
 			default:
 				ts += rng.Int64N(30 * 60_000)
 			}
+		case "far ahead":
+			ts += rng.Int64N(10 * 60_000)
+			if rng.IntN(100) == 0 {
+				// A producer's clock years ahead: one record, the stream
+				// goes on (kept in ts only for this record).
+				r.ts = ts + (1+rng.Int64N(20))*365*day
+				r.id = newID()
+				l.recs = append(l.recs, r)
+				continue
+			}
 		case "back and forth":
 			if rng.IntN(30) == 0 {
 				ts = base + rng.Int64N(200*day)
@@ -209,7 +229,7 @@ func TestMatchesTheContract(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer disk.Close()
-	for _, shape := range []string{"in order", "jitter", "import re-runs", "back and forth"} {
+	for _, shape := range []string{"in order", "jitter", "import re-runs", "back and forth", "far ahead"} {
 		t.Run(shape, func(t *testing.T) {
 			recoveries := 0
 			for seed := range uint64(120) {
@@ -221,6 +241,17 @@ func TestMatchesTheContract(t *testing.T) {
 					restarts[rng.IntN(len(l.recs))] = true
 				}
 				c := &modelCaller{t: t, log: l, window: window}
+				// The host's clock: none, following the stream (lagging
+				// or leading it by up to two days, stepping back too),
+				// far behind it (every record is ahead of it), or jumping.
+				switch clockRng := rand.New(rand.NewPCG(seed, 13)); seed / 2 % 4 {
+				case 1:
+					c.clock = func(o int) int64 { return l.recs[o].ts + clockRng.Int64N(4*day) - 2*day }
+				case 2:
+					c.clock = func(int) int64 { return l.recs[0].ts - 30*day }
+				case 3:
+					c.clock = func(int) int64 { return l.recs[0].ts + clockRng.Int64N(300*day) - 30*day }
+				}
 				if seed%2 == 1 {
 					// A tiny memory: hours spill to disk all the time.
 					c.disk, c.limit = disk, 50+int(seed%7)*40

@@ -25,9 +25,19 @@ func (s *Set) lookupDisk(k Key, ts int64) bool {
 	if s.disk == nil || s.diskErr != nil {
 		return false
 	}
-	diskLookups.Add(1)
 	lo, hi := ts-s.window, ts+s.window
-	found, err := s.disk.lookup(s.diskID, k, s.epochOf(max(lo, s.diskLo)), s.epochOf(min(hi, s.diskHi-1)), s.epochMs, lo, hi)
+	eLo, eHi := s.epochOf(max(lo, s.diskLo)), s.epochOf(min(hi, s.diskHi-1))
+	spilled := false
+	for n, e := (eHi-eLo)/s.epochMs, eLo; n >= 0 && !spilled; n, e = n-1, e+s.epochMs {
+		spilled = s.epochHours[e] > 0
+	}
+	if !spilled {
+		// diskLo..diskHi is a hull: hours far apart (one stamped years
+		// ahead) leave the epochs between them empty.
+		return false
+	}
+	diskLookups.Add(1)
+	found, err := s.disk.lookup(s.diskID, k, eLo, eHi, s.epochMs, lo, hi)
 	if err != nil {
 		s.diskErr = err
 	}
@@ -47,11 +57,19 @@ func (s *Set) spill() {
 	for h := range count {
 		hours = append(hours, h)
 	}
+	// Hours beyond both the watermark and window + Slack past the last
+	// record go first: stamped far ahead of the clock (SetClock) and of
+	// the stream, they are needed only when it gets there. (A producer a
+	// few hours ahead writes the hours after the watermark: those stay.)
+	beyond := max(s.watermark, s.lastTs)
+	if beyond <= math.MaxInt64-s.keep {
+		beyond += s.keep
+	}
 	touched := func(h int64) int64 {
-		if st := s.hours[h]; st != nil {
+		if st := s.hours[h]; st != nil && h <= beyond {
 			return st.touched
 		}
-		return math.MinInt64 // entries of an hour without stats: none expected
+		return math.MinInt64 // also entries of an hour without stats: none expected
 	}
 	sort.Slice(hours, func(i, j int) bool {
 		ti, tj := touched(hours[i]), touched(hours[j])
