@@ -564,7 +564,7 @@ func (c *Consumer) processPartition(w *worker, ftp kgo.FetchTopicPartition, nowM
 			expected = st.fetchFrom
 		}
 		if recs[0].Offset > expected {
-			c.checkReset(st, expected, recs[0].Offset)
+			c.checkReset(st, expected, recs[0].Offset, ftp.LogStartOffset)
 		}
 		w.prepare(st, recs[0], &w.ahead[0])
 	}

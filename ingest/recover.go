@@ -227,8 +227,8 @@ func (c *Consumer) readRange(ctx context.Context, p int32, from, to int64, fn fu
 				done = true
 				return
 			}
-			n++
 			if !r.Attrs.IsControl() {
+				n++ // records, not transaction markers
 				fn(r, dec)
 			}
 			// The record being decided (offset to or later) exists, so the
@@ -279,16 +279,20 @@ func (c *Consumer) pendingIDs(st *partState) []*schema.DedupIDs {
 // neither given to the filter nor covered by the archive's holes (two
 // reviews found it). The filter then claims nothing below the first
 // record, so the first window moves the floor through Kafka and the
-// archive. Records lost unread are counted as at an assignment.
-func (c *Consumer) checkReset(st *partState, expected, first int64) {
-	logStart := int64(-1)
-	starts, err := c.adm.ListStartOffsets(c.flushCtx, c.cfg.Topic)
-	if err == nil {
-		err = starts.Error()
-	}
-	if err == nil {
-		if s, ok := starts.Lookup(c.cfg.Topic, st.p); ok {
-			logStart = s.Offset
+// archive. Records lost unread are counted as at an assignment. fetched is
+// the log start the fetch response carried (-1: none, then it is listed).
+func (c *Consumer) checkReset(st *partState, expected, first, fetched int64) {
+	logStart := fetched
+	if logStart < 0 {
+		// A broker that did not say (fetch versions before 5): ask.
+		starts, err := c.adm.ListStartOffsets(c.flushCtx, c.cfg.Topic)
+		if err == nil {
+			err = starts.Error()
+		}
+		if err == nil {
+			if s, ok := starts.Lookup(c.cfg.Topic, st.p); ok {
+				logStart = s.Offset
+			}
 		}
 	}
 	if logStart >= 0 && logStart <= expected {

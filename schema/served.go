@@ -200,8 +200,8 @@ func (s *Served) byShard(accounts map[string]int32) []map[string]int32 {
 
 // recomputeTimeout is the server-side limit of one recompute INSERT
 // (max_execution_time), and versionMaxAge how old a version may be when a
-// chunk starts: together they keep every row landing within ~30 s of its
-// updated_at, which the contract's "updated_at >= U - 60 s" poll needs.
+// chunk starts: with landLimit they keep every row landing within ~41 s of
+// its updated_at, which the contract's "updated_at >= U - 60 s" poll needs.
 const (
 	recomputeTimeout = 20
 	versionMaxAge    = 10 * time.Second
