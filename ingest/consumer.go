@@ -57,6 +57,10 @@ type Consumer struct {
 	m   *metrics
 	cl  *kgo.Client
 	adm *kadm.Client
+	// probe fetches for aborted records (aborted.go) on connections of its
+	// own: the group client's fetch connection is busy with its long
+	// polls. Made on first use; closed by Run.
+	probe *kgo.Client
 
 	// mu guards everything below; it is held by the poll loop while it
 	// processes a poll and by the rebalance callbacks.
@@ -165,6 +169,12 @@ type partState struct {
 	delayN    int
 
 	warnedAhead bool // a record stamped beyond the duplicate filter's clock limit was logged
+
+	// Aborted records below the last stable offset (aborted.go): the
+	// position and last stable offset, and since when both stood still
+	// (zero: not yet seen).
+	stallPos, stallHwm int64
+	stallSince         time.Time
 
 	// The duplicate filter's archive: every valid record at offsets
 	// [idsFrom, position) that a flush wrote facts for has its ID in
@@ -358,6 +368,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer func() {
 		c.cl.AllowRebalance() // Close waits for a blocked rebalance (even after a panic)
 		c.cl.Close()
+		if c.probe != nil {
+			c.probe.Close()
+		}
 		if err := disk.Close(); err != nil {
 			c.log.Warn("close the duplicate filter's disk", "err", err)
 		}
@@ -466,6 +479,7 @@ func (c *Consumer) loop(ctx context.Context, targets map[int32]int64) error {
 		c.mu.Lock()
 		c.process(fetches)
 		c.collect()
+		c.probeAborted(ctx, time.Now())
 		if c.cfg.UntilCaughtUp && c.reached(targets) {
 			// The backfill has read everything it has to: write and commit
 			// it now instead of after the flush interval and another poll.

@@ -23,6 +23,10 @@
 //     holds, the part of the partition it needs is re-read first by a
 //     direct reader (recover.go); past Config.DedupMemory older hours move
 //     to an on-disk store (ingest/dedup).
+//   - Transactions: read_committed; markers advance the position. Aborted
+//     records the client drops just below an open transaction are found
+//     by a fetch of the consumer's own (aborted.go), so the position
+//     reaches the last stable offset without waiting for that transaction.
 //   - Revoke: flush and commit, then let go. Loss: drop state, commit
 //     nothing. A zombie's late writes are harmless; its commit is fenced by
 //     the group generation.

@@ -867,3 +867,104 @@ func TestDeadLetterTopicMissing(t *testing.T) {
 		})
 	}
 }
+
+// TestAbortedBelowOpenTransaction: producer A's transaction is aborted
+// after producer B's began, so A's records lie just below the last stable
+// offset (B's first record) and A's abort marker above it. The client
+// returns none of A's records, and nothing else until B's transaction
+// ends; the consumer finds by a fetch of its own that those offsets hold
+// only aborted records and moves its position past them (aborted.go):
+// --until-caught-up exits with B still open, its progress at the last
+// stable offset, and a running consumer's lag 0. Before, both waited for
+// B's transaction (here two minutes). Then B commits and its record counts.
+func TestAbortedBelowOpenTransaction(t *testing.T) {
+	for _, b := range kafkatest.Brokers(t) {
+		t.Run(b.Kind, func(t *testing.T) {
+			p := newRealTopic(t, b)
+			start := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
+			p.logins("c", 100, start, "", false, p.topic) // offsets 0–99
+			ctx := context.Background()
+			txn := func(id string) *kgo.Client {
+				cl, err := kgo.NewClient(kgo.SeedBrokers(p.brokers...), kgo.DefaultProduceTopic(p.topic),
+					kgo.TransactionalID(id+p.topic), kgo.TransactionTimeout(2*time.Minute))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(cl.Close)
+				if err := cl.BeginTransaction(); err != nil {
+					t.Fatal(err)
+				}
+				return cl
+			}
+			value := func(id string, ts time.Time) []byte {
+				return fmt.Appendf(nil, `{"event_id":%q,"type":"login","account_id":"acme","user_id":"u-b","occurred_at":%d}`, id, ts.UnixMilli())
+			}
+			a := txn("ta-")
+			for i := range 50 { // offsets 100–149, aborted below
+				ts := start.Add(time.Duration(200+i) * time.Second)
+				if err := a.ProduceSync(ctx, &kgo.Record{Key: []byte("acme"), Value: value(fmt.Sprint("a-", i), ts), Timestamp: ts}).FirstErr(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			bc := txn("tb-")
+			ts := start.Add(300 * time.Second)
+			brec := &kgo.Record{Key: []byte("acme"), Value: value("b-0", ts), Timestamp: ts}
+			if err := bc.ProduceSync(ctx, brec).FirstErr(); err != nil { // offset 150: the last stable offset while open
+				t.Fatal(err)
+			}
+			if err := a.EndTransaction(ctx, kgo.TryAbort); err != nil { // its marker lands above B's record
+				t.Fatal(err)
+			}
+			if brec.Offset != 150 {
+				t.Fatalf("B's record at offset %d, want 150", brec.Offset)
+			}
+
+			reg := prometheus.NewRegistry()
+			done := make(chan struct{})
+			go func() { defer close(done); p.runReg("g", reg) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Error("--until-caught-up still waiting after 30 s: the aborted records below the open transaction held the position")
+				if err := bc.EndTransaction(ctx, kgo.TryAbort); err != nil { // lets the run end
+					t.Error(err)
+				}
+				<-done
+				return
+			}
+			if pr := p.progress(); pr.next != 150 {
+				t.Errorf("progress at %d, want the last stable offset 150", pr.next)
+			}
+			p.wantLogins(99)
+
+			// A long-running consumer (another database: it reads the
+			// topic again) shows a lag of 0 with B still open.
+			db := p.db
+			p.db = chtest.NewDatabase(t)
+			live := prometheus.NewRegistry()
+			stop := p.start("g-live", live)
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				if lag, ok := gauge(t, live, "usagepipe_consumer_lag_records"); ok && lag == 0 &&
+					counter(t, live, "usagepipe_records_consumed_total") == 100 {
+					break
+				}
+				if time.Now().After(deadline) {
+					lag, _ := gauge(t, live, "usagepipe_consumer_lag_records")
+					t.Fatalf("lag gauge %v after 30 s with B open, want 0", lag)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			stop()
+			p.db = db
+
+			if err := bc.EndTransaction(ctx, kgo.TryCommit); err != nil {
+				t.Fatal(err)
+			}
+			p.produced = append(p.produced, reference.Record{Topic: p.topic, Partition: brec.Partition, Offset: brec.Offset,
+				TimestampMs: brec.Timestamp.UnixMilli(), Key: brec.Key, Value: brec.Value})
+			p.runReg("g", nil)
+			p.wantLogins(100) // and every rollup column against the reference
+		})
+	}
+}
