@@ -19,15 +19,25 @@ var globalTables = map[string]bool{
 	"dedup_ids":          true,
 }
 
-// LocalView is the name of the per-node view under reader object name on
-// a cluster, where name itself is a Distributed table over these views.
+// LocalView is the name of the per-node view under reader object name in
+// the cluster layout before 2026-12-08, where name was a Distributed table
+// over these views; migrate drops both (docs/design.md, "Readers on a
+// cluster read the replicated served tables").
 func LocalView(name string) string { return name + "_local" }
+
+// servedTables are the served tables the reader views read.
+var servedTables = []string{"served_rollups", "served_feature_sets"}
+
+// ServedAll is the name of the Distributed table over served table name
+// on a cluster, which the reader views read.
+func ServedAll(name string) string { return name + "_all" }
 
 var (
 	createDBRE    = regexp.MustCompile(`CREATE DATABASE IF NOT EXISTS \w+`)
 	createTableRE = regexp.MustCompile(`CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)`)
 	engineRE      = regexp.MustCompile(`ENGINE = (\w*MergeTree)(?:\(([^)]*)\))?`)
 	createViewRE  = regexp.MustCompile(`CREATE VIEW (\w+)\.(\w+) AS`)
+	viewFromRE    = regexp.MustCompile(`FROM (\w+)\.(served_rollups|served_feature_sets) AS`)
 )
 
 // onCluster rewrites one rendered single-server statement for cfg.Cluster.
@@ -37,7 +47,10 @@ func onCluster(cfg Config, sql string) string {
 	case createDBRE.MatchString(sql):
 		return createDBRE.ReplaceAllString(sql, "$0"+on)
 	case createViewRE.MatchString(sql):
-		return createViewRE.ReplaceAllString(sql, "CREATE VIEW $1.${2}_local"+on+" AS")
+		// The view on every node, reading every shard's served rows
+		// through the Distributed table over them.
+		sql = viewFromRE.ReplaceAllString(sql, "FROM $1.${2}_all AS")
+		return createViewRE.ReplaceAllString(sql, "CREATE VIEW $1.$2"+on+" AS")
 	case createTableRE.MatchString(sql):
 		m := createTableRE.FindStringSubmatch(sql)
 		db, table := m[1], m[2]
@@ -61,28 +74,35 @@ func onCluster(cfg Config, sql string) string {
 	return sql
 }
 
-// distributedDDL is the Distributed table that readers query under view
-// name on a cluster: the columns of the view, read from each shard's
-// local view.
-func distributedDDL(cfg Config, name string) string {
-	cols := rollupColumns
-	if name == "account_quarter_features" {
-		cols = featureColumns
-	}
-	return fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s.%s ON CLUSTER %s\n(\n    %s\n)\nENGINE = Distributed(%s, %s, %s)",
-		cfg.Database, name, lit(cfg.Cluster), strings.Join(cols, ",\n    "), lit(cfg.Cluster), lit(cfg.Database), lit(LocalView(name)))
+// servedAllDDL is the Distributed table over served table name on a
+// cluster: the reader views read through it, so that each shard is read on
+// a replica whose delay ClickHouse checks. It has no sharding key: nothing
+// writes through it.
+func servedAllDDL(cfg Config, name string) string {
+	db := cfg.Database
+	return fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s.%s ON CLUSTER %s AS %s.%s\nENGINE = Distributed(%s, %s, %s)",
+		db, ServedAll(name), lit(cfg.Cluster), db, name, lit(cfg.Cluster), lit(db), lit(name))
 }
 
-var (
-	rollupColumns = []string{
-		"account_id String", "quarter_start Date", "quarter_end Date", "quarter String",
-		"seats_purchased UInt64", "seats_assigned UInt64", "seat_utilization Float64",
-		"active_users UInt64", "active_assigned_users UInt64", "activation_rate Float64",
-		"logins UInt64", "feature_events UInt64", "features_used UInt64",
-		"last_activity_at DateTime('UTC')", "updated_at DateTime('UTC')",
+// shardReader is reader view name's SELECT on one server, as a subquery:
+// on a cluster node, what the view reads from that node's shard.
+func shardReader(cfg Config, name string) (string, error) {
+	cfg = cfg.withDefaults()
+	cfg.Cluster = ""
+	for _, v := range views {
+		if v.name != name {
+			continue
+		}
+		sql, err := renderFile(cfg, v.file, "shard")
+		if err != nil {
+			return "", err
+		}
+		prefix := "CREATE VIEW " + cfg.Database + "." + name + " AS"
+		i := strings.Index(sql, prefix)
+		if i < 0 {
+			return "", fmt.Errorf("schema: %s: no %q", v.file, prefix)
+		}
+		return "(" + sql[i+len(prefix):] + ")", nil
 	}
-	featureColumns = []string{
-		"account_id String", "quarter_start Date", "quarter_end Date", "quarter String",
-		"feature String", "active_users UInt64", "events UInt64",
-	}
-)
+	return "", fmt.Errorf("schema: no reader view %s", name)
+}

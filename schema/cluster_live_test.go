@@ -2,10 +2,14 @@ package schema_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/usagepipe/usagepipe/schema"
 	"github.com/usagepipe/usagepipe/schema/chcluster"
@@ -108,7 +112,242 @@ func TestClusterReadsOnlyCaughtUpReplicas(t *testing.T) {
 func TestClusterShards(t *testing.T) {
 	ctx, c := startCluster(t)
 	t.Run("last quarter from every shard", func(t *testing.T) { lastQuarterFromEveryShard(ctx, t, c) })
+	t.Run("readers skip a lagging replica", func(t *testing.T) { readersSkipLaggingReplica(ctx, t, c) })
+	t.Run("upgrade from per-node views", func(t *testing.T) { upgradeFromPerNodeViews(ctx, t, c) })
 	t.Run("sweep with a shard down", func(t *testing.T) { sweepWithAShardDown(ctx, t, c) })
+}
+
+// upgradeFromPerNodeViews: migrate turns a cluster database of the layout
+// before 2026-12-08 (each reader name a Distributed table over a per-node
+// view <name>_local) into views over the Distributed served tables, on
+// every node, drops the per-node views, and changes nothing when run
+// again; the rows read are the same before and after.
+func upgradeFromPerNodeViews(ctx context.Context, t *testing.T, c *chcluster.Cluster) {
+	db := "t_upgrade_readers"
+	st, topo, sv := clusterDB(ctx, t, c, db)
+	a0, a1 := accountOn(topo, 0), accountOn(topo, 1)
+	evs := []ev{
+		{id: "l1", typ: event.Login, account: a0, user: "u1", ms: ms("2026-02-10T00:00:00Z"), offset: 1},
+		{id: "f1", typ: event.FeatureUsed, account: a1, user: "u2", feature: "export", ms: ms("2026-05-10T00:00:00Z"), offset: 2},
+	}
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Recompute(ctx, map[string]int32{a0: sv.QuarterOf(2026*12 + 1), a1: sv.QuarterOf(2026*12 + 4)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg := schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name}
+	on := " ON CLUSTER '" + c.Name + "'"
+	g := topo.All
+	exec := func(q string) {
+		t.Helper()
+		if err := g.Use(ctx, func(r *schema.Replica) error { return r.Conn.Exec(ctx, q) }); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	// The previous layout, as its migrate left it.
+	for _, name := range []string{"account_quarter_rollups", "account_quarter_features"} {
+		sel, err := schema.ShardReader(cfg, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec("CREATE VIEW " + db + "." + name + "_local" + on + " AS " + sel[1:len(sel)-1])
+		exec("DROP TABLE " + db + "." + name + on)
+		exec("CREATE TABLE " + db + "." + name + on + " AS " + db + "." + name + "_local ENGINE = Distributed('" + c.Name + "', '" + db + "', '" + name + "_local')")
+	}
+	readAll := func(when string) []string {
+		t.Helper()
+		var defs []string
+		for i := range 3 {
+			n := c.Node(i)
+			nst, err := store.Open(ctx, store.Config{Addr: []string{n.Addr}, Database: db}, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows, err := nst.ReadRollups(ctx)
+			if err != nil {
+				t.Fatalf("%s: rollups on %s: %v", when, n.Addr, err)
+			}
+			fs, err := nst.ReadFeatures(ctx)
+			if err != nil {
+				t.Fatalf("%s: features on %s: %v", when, n.Addr, err)
+			}
+			// a0: Q1 (and the grid through Q2); a1: Q2, with one feature row.
+			if len(rows) != 3 || len(fs) != 1 || fs[0].AccountID != a1 || fs[0].Feature != "export" {
+				t.Fatalf("%s: node %s reads %d rollups, features %+v; want 3 rows and a1's export", when, n.Addr, len(rows), fs)
+			}
+			for _, name := range []string{"account_quarter_rollups", "account_quarter_features", "account_quarter_rollups_local", "account_quarter_features_local"} {
+				var engine, def string
+				err := nst.Conn().QueryRow(ctx, "SELECT engine, create_table_query FROM system.tables WHERE database = ? AND name = ?", db, name).Scan(&engine, &def)
+				if err != nil && !errors.Is(err, sql.ErrNoRows) {
+					t.Fatal(err)
+				}
+				defs = append(defs, n.Addr+" "+name+" "+engine+" "+def)
+			}
+			nst.Close()
+		}
+		return defs
+	}
+	before := readAll("previous layout")
+	if !strings.Contains(before[0], " Distributed ") {
+		t.Fatalf("the previous layout was not built: %s", before[0])
+	}
+	if err := schema.MigrateOn(ctx, topo, cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	after := readAll("after migrate")
+	for _, d := range after {
+		f := strings.SplitN(d, " ", 4)
+		switch local := strings.HasSuffix(f[1], "_local"); {
+		case local && f[2] != "":
+			t.Errorf("after migrate: %s is still there", d)
+		case !local && (f[2] != "View" || !strings.Contains(f[3], db+"."+f[1]) || !strings.Contains(f[3], "_all AS served_")):
+			t.Errorf("after migrate: %s is not the view over the Distributed served table", d)
+		}
+	}
+	for i := range 3 {
+		var left []string
+		nst, err := store.Open(ctx, store.Config{Addr: []string{c.Node(i).Addr}, Database: db}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows, err := nst.Conn().Query(ctx, "SELECT name FROM system.tables WHERE database = ? AND (name LIKE '%_new' OR name LIKE '%replaced%')", db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var n string
+			if err := rows.Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			left = append(left, n)
+		}
+		rows.Close()
+		nst.Close()
+		if len(left) > 0 {
+			t.Errorf("after migrate: node %s still has %v", c.Node(i).Addr, left)
+		}
+	}
+	if err := schema.MigrateOn(ctx, topo, cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	if again := readAll("after a second migrate"); strings.Join(again, "\n") != strings.Join(after, "\n") {
+		t.Errorf("a second migrate changed the readers:\n%s\nwas\n%s", strings.Join(again, "\n"), strings.Join(after, "\n"))
+	}
+}
+
+// readersSkipLaggingReplica: the reader views read each shard through a
+// Distributed table over the replicated served tables, so ClickHouse
+// checks the delay of the replica it reads (docs/design.md, "Readers on a
+// cluster read the replicated served tables"). A node whose replica of
+// shard 1 stopped fetching answers with the other replica's newer rows
+// under the readers' profile (max_replica_delay_for_distributed_queries,
+// fallback_to_stale_replicas_for_distributed_queries = 0), for both
+// reader names. Before, the readers were Distributed tables over per-node
+// views, which report no delay: that node served its own stale row.
+func readersSkipLaggingReplica(ctx context.Context, t *testing.T, c *chcluster.Cluster) {
+	db := "t_reader_lag"
+	st, topo, sv := clusterDB(ctx, t, c, db)
+	topo.LagWait = time.Second
+	acct := accountOn(topo, 0)
+	r1 := topo.Shards[0].Replicas[1]
+	q := sv.QuarterOf(2026*12 + 1)
+	evs := []ev{{id: "l1", typ: event.Login, account: acct, user: "u1", ms: ms("2026-02-10T00:00:00Z"), offset: 1}}
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
+		t.Fatal(err)
+	}
+	tables := []string{"fact_account_months", "fact_user_activity", "fact_feature_users", "fact_event_counts", "fact_seat_events", "fact_seat_purchases", "rollup_marks", "served_rollups", "served_feature_sets"}
+	if err := topo.CaughtUp(ctx, r1, db, tables...); err != nil {
+		t.Fatalf("replica %s after the first write: %v", r1.Addr, err)
+	}
+
+	// read runs on r1's node what a reader runs, with the delay bound
+	// maxDelay: the account's active users and its feature rows.
+	read := func(maxDelay int) (active uint64, features []string, err error) {
+		qctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+			"max_replica_delay_for_distributed_queries":          maxDelay,
+			"fallback_to_stale_replicas_for_distributed_queries": 0,
+		}))
+		if err := r1.Conn.QueryRow(qctx, "SELECT active_users FROM "+db+".account_quarter_rollups WHERE account_id = ? AND quarter_start = '2026-01-01'", acct).Scan(&active); err != nil {
+			return 0, nil, err
+		}
+		rows, err := r1.Conn.Query(qctx, "SELECT feature FROM "+db+".account_quarter_features WHERE account_id = ? ORDER BY feature", acct)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var f string
+			if err := rows.Scan(&f); err != nil {
+				return 0, nil, err
+			}
+			features = append(features, f)
+		}
+		return active, features, rows.Err()
+	}
+	if a, f, err := read(300); err != nil || a != 1 || len(f) != 0 {
+		t.Fatalf("before the lag: active %d, features %v, %v; want 1 and none", a, f, err)
+	}
+
+	// r1 stops fetching; the next facts and served rows reach only r0.
+	for _, tb := range tables {
+		if err := r1.Conn.Exec(ctx, "SYSTEM STOP FETCHES "+db+"."+tb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs = append(evs,
+		ev{id: "l2", typ: event.Login, account: acct, user: "u2", ms: ms("2026-02-11T00:00:00Z"), offset: 2},
+		ev{id: "f1", typ: event.FeatureUsed, account: acct, user: "u2", feature: "export", ms: ms("2026-02-11T00:01:00Z"), offset: 3})
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Until r1's delay passes the bound, which ClickHouse counts from the
+	// oldest entry r1 has not fetched.
+	var delay uint64
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if err := r1.Conn.QueryRow(ctx, "SELECT min(absolute_delay) FROM system.replicas WHERE database = ? AND table IN ('served_rollups', 'served_feature_sets')", db).Scan(&delay); err != nil {
+			t.Fatal(err)
+		}
+		if delay > 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica %s reports a delay of %d s after 30 s without fetches", r1.Addr, delay)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// The server's default bound (300 s) still reads r1 itself: the lag is
+	// real, and the test would see it.
+	if a, f, err := read(300); err != nil || a != 1 || len(f) != 0 {
+		t.Fatalf("with a 300 s bound on %s (delay %d s): active %d, features %v, %v; want r1's own old row", r1.Addr, delay, a, f, err)
+	}
+	// The readers' bound: the other replica answers for shard 1.
+	if a, f, err := read(2); err != nil || a != 2 || len(f) != 1 || f[0] != "export" {
+		t.Fatalf("with a 2 s bound on %s (delay %d s): active %d, features %v, %v; want 2 and [export] from the other replica", r1.Addr, delay, a, f, err)
+	}
+
+	for _, tb := range tables {
+		if err := r1.Conn.Exec(ctx, "SYSTEM START FETCHES "+db+"."+tb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	topo.LagWait = 30 * time.Second
+	if err := topo.CaughtUp(ctx, r1, db, tables...); err != nil {
+		t.Fatalf("replica %s after fetching again: %v", r1.Addr, err)
+	}
+	if a, f, err := read(300); err != nil || a != 2 || len(f) != 1 {
+		t.Fatalf("after r1 caught up: active %d, features %v, %v; want 2 and [export]", a, f, err)
+	}
+	var diffs []string
+	if n, err := sv.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil || n != 1 || len(diffs) > 0 {
+		t.Fatalf("verify: %d accounts, %v, differences %v", n, err, diffs)
+	}
 }
 
 // lastQuarterFromEveryShard: on a cluster the stream's last
@@ -273,4 +512,132 @@ func startCluster(t *testing.T) (context.Context, *chcluster.Cluster) {
 	}
 	t.Cleanup(c.Stop)
 	return ctx, c
+}
+
+// TestClusterReadersSilentZooKeeper bounds the window that ClickHouse's
+// replica delay does not see (docs/design.md, "Why the poll misses
+// nothing"): a replica whose ZooKeeper link goes silent reports no delay
+// until its session is declared lost, so it serves its old rows for up to
+// the session timeout T_s. After the landing of a newer row, a reader on
+// that node under the readers' settings (delay bound D) gets the new row
+// or an error, never the old one, from T_s + D + 1 s on.
+func TestClusterReadersSilentZooKeeper(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
+	c, err := chcluster.StartWith(ctx, t.TempDir(), chcluster.Options{ZooKeeperProxy: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	db := "t_silent_zk"
+	st, topo, sv := clusterDB(ctx, t, c, db)
+	topo.LagWait = time.Second
+	acct := accountOn(topo, 0)
+	r1 := topo.Shards[0].Replicas[1]
+	var n1 *chcluster.Node
+	for _, n := range c.Nodes() {
+		if n.Addr == r1.Addr {
+			n1 = n
+		}
+	}
+	if n1 == nil || n1.Shard != 1 {
+		t.Fatalf("no node of shard 1 at %s", r1.Addr)
+	}
+	q := sv.QuarterOf(2026*12 + 1)
+	evs := []ev{{id: "l1", typ: event.Login, account: acct, user: "u1", ms: ms("2026-02-10T00:00:00Z"), offset: 1}}
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
+		t.Fatal(err)
+	}
+	tables := []string{"fact_account_months", "fact_user_activity", "fact_feature_users", "fact_event_counts", "fact_seat_events", "fact_seat_purchases", "rollup_marks", "served_rollups", "served_feature_sets"}
+	if err := topo.CaughtUp(ctx, r1, db, tables...); err != nil {
+		t.Fatalf("replica %s after the first write: %v", r1.Addr, err)
+	}
+	const maxDelay = 2
+	rctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+		"max_replica_delay_for_distributed_queries":          maxDelay,
+		"fallback_to_stale_replicas_for_distributed_queries": 0,
+	}))
+	read := func() (uint64, error) {
+		var a uint64
+		err := r1.Conn.QueryRow(rctx, "SELECT active_users FROM "+db+".account_quarter_rollups WHERE account_id = ? AND quarter_start = '2026-01-01'", acct).Scan(&a)
+		return a, err
+	}
+	if a, err := read(); err != nil || a != 1 {
+		t.Fatalf("before: active %d, %v; want 1", a, err)
+	}
+
+	if err := n1.SilenceZooKeeper(true); err != nil {
+		t.Fatal(err)
+	}
+	evs = append(evs, ev{id: "l2", typ: event.Login, account: acct, user: "u2", ms: ms("2026-02-11T00:00:00Z"), offset: 2})
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	// The new row lands after this (strict: measured from before the
+	// recompute rather than from its landing).
+	landed := time.Now()
+	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("recompute took %v", time.Since(landed).Round(time.Millisecond))
+	// A reader on n1 must not get the old row once T_s + D + 1 s passed
+	// (2 s more for scheduling on a busy machine).
+	bound := time.Duration(chcluster.SessionTimeoutMS)*time.Millisecond + (maxDelay+1)*time.Second + 2*time.Second
+	var lastStale time.Duration
+	fresh, errs := 0, 0
+	for time.Since(landed) < bound+5*time.Second {
+		a, err := read()
+		at := time.Since(landed)
+		switch {
+		case err != nil:
+			errs++
+		case a == 1:
+			lastStale = at
+			if at > bound {
+				t.Fatalf("a reader on %s got the old row %v after the new one landed (bound %v)", r1.Addr, at.Round(time.Millisecond), bound)
+			}
+		case a == 2:
+			fresh++
+		default:
+			t.Fatalf("active %d", a)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Logf("old row served for %v after the new one landed (session timeout %d ms); %d fresh reads, %d errors after",
+		lastStale.Round(time.Millisecond), chcluster.SessionTimeoutMS, fresh, errs)
+	if fresh == 0 {
+		t.Fatalf("no read on %s returned the new row within %v (%d errors)", r1.Addr, bound+5*time.Second, errs)
+	}
+
+	if err := n1.SilenceZooKeeper(false); err != nil {
+		t.Fatal(err)
+	}
+	// The node finds its session expired and opens a new one.
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		var ro uint8
+		if err := r1.Conn.QueryRow(ctx, "SELECT max(is_readonly) FROM system.replicas WHERE database = ?", db).Scan(&ro); err != nil {
+			t.Fatal(err)
+		}
+		if ro == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica %s still read-only 60 s after its link came back", r1.Addr)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	topo.LagWait = 60 * time.Second
+	if err := topo.CaughtUp(ctx, r1, db, tables...); err != nil {
+		t.Fatalf("replica %s after its link came back: %v", r1.Addr, err)
+	}
+	if a, err := read(); err != nil || a != 2 {
+		t.Fatalf("after the link came back: active %d, %v; want 2", a, err)
+	}
+	var diffs []string
+	if n, err := sv.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil || n != 1 || len(diffs) > 0 {
+		t.Fatalf("verify: %d accounts, %v, differences %v", n, err, diffs)
+	}
 }

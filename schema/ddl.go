@@ -84,8 +84,9 @@ type rendered struct {
 }
 
 // DDL returns every statement Migrate may run for cfg, rendered, in order:
-// the database and bookkeeping table, the migrations' statements, then the
-// views. Migrate runs the views as CREATE OR REPLACE VIEW where the server
+// the database and bookkeeping table, the migrations' statements, on a
+// cluster the Distributed tables over the served tables, then the views.
+// Migrate runs the views as CREATE OR REPLACE VIEW where the server
 // supports it, and otherwise as DROP TABLE IF EXISTS + CREATE VIEW IF NOT
 // EXISTS.
 func DDL(cfg Config) ([]string, error) {
@@ -102,13 +103,13 @@ func DDL(cfg Config) ([]string, error) {
 			out = append(out, s.sql)
 		}
 	}
+	if r.cfg.Cluster != "" {
+		for _, t := range servedTables {
+			out = append(out, servedAllDDL(r.cfg, t))
+		}
+	}
 	for _, s := range r.views {
 		out = append(out, s.sql)
-	}
-	if r.cfg.Cluster != "" {
-		for _, v := range views {
-			out = append(out, distributedDDL(r.cfg, v.name))
-		}
 	}
 	return out, nil
 }

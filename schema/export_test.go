@@ -67,3 +67,6 @@ func ReaderMarkerV1(cfg Config) string {
 	}
 	return checksum(rollups + "\n" + features)[:16]
 }
+
+// ShardReader exposes a reader view's SELECT on one server (a subquery).
+var ShardReader = shardReader

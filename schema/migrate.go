@@ -129,7 +129,7 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 		// nothing kept those rows current meanwhile, so sweep them before
 		// the views switch to them.
 		for i, v := range views {
-			engine, def, err := viewDefinition(ctx, conn, db, r.viewName(v.name))
+			engine, def, err := viewDefinition(ctx, conn, db, v.name)
 			if err != nil {
 				return err
 			}
@@ -160,15 +160,44 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 		return retireServedV1(ctx, conn, r, log)
 	}
 	replace := supportsCreateOrReplaceView(sv.Version.Major, sv.Version.Minor)
+	if t.Clustered() {
+		// The views read every shard through these (docs/design.md,
+		// "Readers on a cluster read the replicated served tables").
+		for _, table := range servedTables {
+			if err := conn.Exec(ctx, servedAllDDL(r.cfg, table)); err != nil {
+				return fmt.Errorf("migrate: distributed table %s: %w", ServedAll(table), err)
+			}
+		}
+	}
 	for i, v := range views {
 		s := r.views[i]
-		name := r.viewName(v.name)
+		name := v.name
 		engine, def, err := viewDefinition(ctx, conn, db, name)
 		if err != nil {
 			return err
 		}
 		if engine == "View" && strings.Contains(def, s.marker) {
 			continue // this very definition is installed
+		}
+		if engine == "Distributed" && t.Clustered() && strings.Contains(def, "'"+LocalView(name)+"'") {
+			// The reader of the cluster layout before 2026-12-08, over
+			// per-node views: it holds no rows. The view takes its name in
+			// one RENAME, so readers never miss the name.
+			if err := swapInView(ctx, conn, r, name, s.sql); err != nil {
+				return err
+			}
+			got, ours, err := settledView(ctx, conn, db, name, s.marker)
+			if err != nil {
+				return err
+			}
+			if ours {
+				if err := record(ctx, conn, db, name, "view", 0, s.marker, got); err != nil {
+					return err
+				}
+				log.Info("replaced the reader table of the previous cluster layout by a view", "database", db, "view", name, "fiscal_start_month", r.cfg.FiscalStartMonth)
+				continue
+			}
+			engine = "View" // another migrate's view: (re)created below
 		}
 		if engine != "" && engine != "View" {
 			// A table of that name (made by hand or by some older design):
@@ -205,22 +234,20 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 		log.Info("created view", "database", db, "view", name, "fiscal_start_month", r.cfg.FiscalStartMonth, "replaced", engine != "")
 	}
 	if t.Clustered() {
-		// The names readers query: Distributed tables over the views.
+		// The per-node views of the previous cluster layout.
 		for _, v := range views {
-			engine, _, err := viewDefinition(ctx, conn, db, v.name)
+			local := LocalView(v.name)
+			engine, _, err := viewDefinition(ctx, conn, db, local)
 			if err != nil {
 				return err
 			}
-			if engine == "Distributed" {
+			if engine != "View" {
 				continue
 			}
-			if engine != "" {
-				return fmt.Errorf("migrate: %s.%s is a %s, not the Distributed table a cluster reads; move it away first", db, v.name, engine)
+			if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+db+"."+local+r.onCluster()); err != nil {
+				return fmt.Errorf("migrate: drop view %s: %w", local, err)
 			}
-			if err := conn.Exec(ctx, distributedDDL(r.cfg, v.name)); err != nil {
-				return fmt.Errorf("migrate: distributed table %s: %w", v.name, err)
-			}
-			log.Info("created distributed table", "database", db, "table", v.name, "cluster", t.Cluster)
+			log.Info("dropped a per-node view of the previous cluster layout", "database", db, "view", local)
 		}
 	}
 	return retireServedV1(ctx, conn, r, log)
@@ -257,13 +284,29 @@ func retireServedV1(ctx context.Context, conn driver.Conn, r *rendered, log *slo
 	return nil
 }
 
-// viewName is the name of the view object of reader object name: the name
-// itself, or on a cluster the per-node view under its Distributed table.
-func (r *rendered) viewName(name string) string {
-	if r.cfg.Cluster != "" {
-		return LocalView(name)
+// swapInView replaces reader table name (a Distributed table of the
+// previous cluster layout) by view create: the view is made under a
+// temporary name, then one RENAME moves the table aside and the view in
+// (one ON CLUSTER entry, run in order on each node, also on a node that
+// was down and runs the queue later), then the old table is dropped.
+func swapInView(ctx context.Context, conn driver.Conn, r *rendered, name, create string) error {
+	db, on := r.cfg.Database, r.onCluster()
+	tmp, aside := name+"_new", fmt.Sprintf("%s_replaced_%d", name, time.Now().Unix())
+	prefix := "CREATE VIEW " + db + "." + name + " "
+	if !strings.Contains(create, prefix) {
+		return fmt.Errorf("migrate: view %s: no %q in its statement", name, prefix)
 	}
-	return name
+	for _, q := range []string{
+		"DROP TABLE IF EXISTS " + db + "." + tmp + on, // left by a migrate that stopped here
+		strings.Replace(create, prefix, "CREATE VIEW IF NOT EXISTS "+db+"."+tmp+" ", 1),
+		"RENAME TABLE " + db + "." + name + " TO " + db + "." + aside + ", " + db + "." + tmp + " TO " + db + "." + name + on,
+		"DROP TABLE IF EXISTS " + db + "." + aside + on,
+	} {
+		if err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("migrate: replace reader table %s by a view: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // onCluster is the ON CLUSTER clause of r's DDL ("" on one server).

@@ -1106,7 +1106,7 @@ const (
 // difference. It returns the number of accounts checked. Meaningful once
 // the pipeline has caught up (rows of accounts being written may differ
 // for a moment). On a cluster each shard is compared on a caught-up
-// replica, with its own view under the Distributed table.
+// replica, with the reader views' SELECT on its own served tables.
 func (s *Served) Verify(ctx context.Context, accounts []string, each func(Difference)) (checked int, err error) {
 	db := s.cfg.Database
 	all := accounts == nil
@@ -1150,19 +1150,24 @@ func (s *Served) Verify(ctx context.Context, accounts []string, each func(Differ
 // account there, so rows of any other account are differences too.
 func (s *Served) verifyOn(ctx context.Context, conn driver.Conn, accounts []string, all bool, each func(Difference)) error {
 	db := s.cfg.Database
-	view := func(name string) string {
+	view := func(name string) (string, error) {
 		if s.topo.Clustered() {
-			return LocalView(name)
+			// This shard's part of what readers read.
+			return shardReader(s.cfg, name)
 		}
-		return name
+		return db + "." + name, nil
 	}
 	from := s.QuarterOf(MinMonth)
 	// What readers read; where they read tables (a copy), the served rows
 	// the copy is made from as well.
 	type source struct{ label, table, from string }
-	sources := []source{
-		{"account_quarter_rollups", "account_quarter_rollups", db + "." + view("account_quarter_rollups")},
-		{"account_quarter_features", "account_quarter_features", db + "." + view("account_quarter_features")},
+	var sources []source
+	for _, name := range []string{"account_quarter_rollups", "account_quarter_features"} {
+		from, err := view(name)
+		if err != nil {
+			return err
+		}
+		sources = append(sources, source{name, name, from})
 	}
 	copyTables, err := s.ReaderTablesOn()
 	if err != nil {

@@ -27,7 +27,7 @@ func (sc *scenario) check(ctx context.Context) {
 	}
 
 	// The readers' tables, read on every node (one on a single server).
-	// On a cluster they are Distributed tables; with 18.16's default
+	// On a cluster they read Distributed tables; with 18.16's default
 	// prefer_localhost_replica = 1 a read on s1r2 reads shard 1 on s1r2
 	// itself, so reading on every node reads every replica. Replication is
 	// asynchronous: each node gets up to 90 s (in all) to agree.

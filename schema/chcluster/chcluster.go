@@ -21,7 +21,10 @@
 // process has one goroutine that waits for its exit; Node.Stop, Node.Kill
 // and Cluster.Stop end the process and wait for that goroutine. Every
 // process gets SIGKILL when the thread that started it exits, so none
-// outlives the test binary. No metrics.
+// outlives the test binary. With Options.ZooKeeperProxy each node reaches
+// ZooKeeper through a proxy goroutine of the Cluster (accept loop and two
+// copiers per connection), which Stop closes and waits for;
+// Node.SilenceZooKeeper may be called from any goroutine. No metrics.
 package chcluster
 
 import (
@@ -53,8 +56,9 @@ type Cluster struct {
 	ZooKeeper string // host:port of ZooKeeper
 	Dir       string // holds zookeeper/ and one directory per node
 
-	zk    *zooKeeper
-	nodes []*Node
+	zk      *zooKeeper
+	nodes   []*Node
+	proxies []*zkProxy // with Options.ZooKeeperProxy
 }
 
 // Node is one clickhouse-server of the cluster.
@@ -64,7 +68,8 @@ type Node struct {
 	Replica string // the replica macro, unique across the cluster
 	Dir     string // data directory
 
-	srv *chserver.Server
+	srv     *chserver.Server
+	zkProxy *zkProxy // with Options.ZooKeeperProxy
 }
 
 // layout is the cluster's nodes in order: Node(i) is layout()[i].
@@ -72,10 +77,23 @@ func layout() []Node {
 	return []Node{{Shard: 1, Replica: "s1r1"}, {Shard: 1, Replica: "s1r2"}, {Shard: 2, Replica: "s2r1"}}
 }
 
+// Options change how StartWith starts a cluster.
+type Options struct {
+	// ZooKeeperProxy: every node reaches ZooKeeper through a proxy of its
+	// own in this process, so that Node.SilenceZooKeeper can make its
+	// link go silent.
+	ZooKeeperProxy bool
+}
+
 // Start starts ZooKeeper and then the nodes (in parallel), with their data
 // under dir (created if needed), and returns when every node accepts
 // connections. On failure it stops whatever it started.
 func Start(ctx context.Context, dir string) (*Cluster, error) {
+	return StartWith(ctx, dir, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(ctx context.Context, dir string, opt Options) (*Cluster, error) {
 	nodes := layout()
 	// The ports: ZooKeeper, then per node its native and interserver ports.
 	ports, err := chserver.FreePorts(1 + 2*len(nodes))
@@ -106,6 +124,16 @@ func Start(ctx context.Context, dir string) (*Cluster, error) {
 	for i := range nodes {
 		n := &nodes[i]
 		n.Dir = filepath.Join(dir, n.Replica)
+		zkPort := ports[0]
+		if opt.ZooKeeperProxy {
+			p, err := newZKProxy(zk.addr)
+			if err != nil {
+				c.Stop()
+				return nil, err
+			}
+			n.zkProxy, zkPort = p, p.port()
+			c.proxies = append(c.proxies, p)
+		}
 		extra := fmt.Sprintf(`  <interserver_http_host>127.0.0.1</interserver_http_host>
   <interserver_http_port>%d</interserver_http_port>
   <remote_servers>
@@ -118,7 +146,7 @@ func Start(ctx context.Context, dir string) (*Cluster, error) {
   </zookeeper>
   <macros><shard>%02d</shard><replica>%s</replica></macros>
   <distributed_ddl><path>%s</path></distributed_ddl>`,
-			ports[2+2*i], Name, remote.String(), Name, ports[0], SessionTimeoutMS, n.Shard, n.Replica, DDLPath)
+			ports[2+2*i], Name, remote.String(), Name, zkPort, SessionTimeoutMS, n.Shard, n.Replica, DDLPath)
 		wg.Go(func() {
 			n.srv, errs[i] = chserver.StartWith(ctx, n.Dir, tcp(i), chserver.Options{ExtraConfig: extra})
 			if n.srv != nil {
@@ -160,7 +188,22 @@ func (c *Cluster) Stop() {
 		wg.Go(func() { _ = n.Stop() })
 	}
 	wg.Wait()
+	for _, p := range c.proxies {
+		p.stop()
+	}
 	c.zk.stop(syscall.SIGTERM)
+}
+
+// SilenceZooKeeper makes the node's link to ZooKeeper drop every byte
+// (on) or carry them again (off), keeping its connections open; the node
+// sees its session expire after SessionTimeoutMS. It needs a cluster
+// started with Options.ZooKeeperProxy.
+func (n *Node) SilenceZooKeeper(on bool) error {
+	if n.zkProxy == nil {
+		return fmt.Errorf("node %s: no ZooKeeper proxy (chcluster.Options.ZooKeeperProxy)", n.Replica)
+	}
+	n.zkProxy.silent.Store(on)
+	return nil
 }
 
 // Stop terminates the node (SIGTERM, then SIGKILL after 10s) and waits;

@@ -356,6 +356,12 @@ ORDER BY (topic, topic_id, partition, hour, off_lo, off_hi);
 -- EXISTS).
 ALTER TABLE usage.ingest_progress ADD COLUMN ids_from Int64 DEFAULT -1;
 
+CREATE TABLE IF NOT EXISTS usage.served_rollups_all ON CLUSTER 'usagepipe_test' AS usage.served_rollups
+ENGINE = Distributed('usagepipe_test', 'usage', 'served_rollups');
+
+CREATE TABLE IF NOT EXISTS usage.served_feature_sets_all ON CLUSTER 'usagepipe_test' AS usage.served_feature_sets
+ENGINE = Distributed('usagepipe_test', 'usage', 'served_feature_sets');
+
 -- account_quarter_rollups (contract section 4): one row per
 -- (account_id, quarter_start), read from served_rollups. FINAL keeps the
 -- greatest version of each key, so a plain SELECT sees exactly one row
@@ -366,7 +372,7 @@ ALTER TABLE usage.ingest_progress ADD COLUMN ids_from Int64 DEFAULT -1;
 -- calendars stay in the table, unread). The table alias ends in a hash of
 -- this rendered statement: migrate finds it in system.tables to know the
 -- view is this version.
-CREATE VIEW usage.account_quarter_rollups_local ON CLUSTER 'usagepipe_test' AS
+CREATE VIEW usage.account_quarter_rollups ON CLUSTER 'usagepipe_test' AS
 SELECT
     account_id,
     quarter_start,
@@ -383,7 +389,7 @@ SELECT
     features_used,
     last_activity_at,
     updated_at
-FROM usage.served_rollups AS served_vaad0789603f05c28 FINAL
+FROM usage.served_rollups_all AS served_v33d7dc443fcc4455 FINAL
 WHERE fy = 1;
 
 -- account_quarter_features (contract section 4): one row per
@@ -393,7 +399,7 @@ WHERE fy = 1;
 -- account_quarter_rollups.sql and docs/design.md, "Feature sets").
 -- Fiscal year start month: 1. The table alias carries
 -- a hash of this statement.
-CREATE VIEW usage.account_quarter_features_local ON CLUSTER 'usagepipe_test' AS
+CREATE VIEW usage.account_quarter_features ON CLUSTER 'usagepipe_test' AS
 SELECT
     account_id,
     quarter_start,
@@ -402,38 +408,6 @@ SELECT
     feature,
     active_users,
     events
-FROM usage.served_feature_sets AS served_vbc15bf1ad85b6953 FINAL
+FROM usage.served_feature_sets_all AS served_vdd2dbe8581c6bc9f FINAL
 ARRAY JOIN features AS feature, active_users, events
 WHERE fy = 1;
-
-CREATE TABLE IF NOT EXISTS usage.account_quarter_rollups ON CLUSTER 'usagepipe_test'
-(
-    account_id String,
-    quarter_start Date,
-    quarter_end Date,
-    quarter String,
-    seats_purchased UInt64,
-    seats_assigned UInt64,
-    seat_utilization Float64,
-    active_users UInt64,
-    active_assigned_users UInt64,
-    activation_rate Float64,
-    logins UInt64,
-    feature_events UInt64,
-    features_used UInt64,
-    last_activity_at DateTime('UTC'),
-    updated_at DateTime('UTC')
-)
-ENGINE = Distributed('usagepipe_test', 'usage', 'account_quarter_rollups_local');
-
-CREATE TABLE IF NOT EXISTS usage.account_quarter_features ON CLUSTER 'usagepipe_test'
-(
-    account_id String,
-    quarter_start Date,
-    quarter_end Date,
-    quarter String,
-    feature String,
-    active_users UInt64,
-    events UInt64
-)
-ENGINE = Distributed('usagepipe_test', 'usage', 'account_quarter_features_local');
