@@ -1,9 +1,12 @@
 package schema
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
 // Cluster DDL: the single-server statements, rewritten for a cluster
@@ -105,4 +108,32 @@ func shardReader(cfg Config, name string) (string, error) {
 		return "(" + sql[i+len(prefix):] + ")", nil
 	}
 	return "", fmt.Errorf("schema: no reader view %s", name)
+}
+
+// checkReaderObject reports, as a Difference, reader name on conn's node
+// when it is not the view migrate installs for cfg (another calendar's or
+// release's, the previous layout's Distributed table, or missing).
+func checkReaderObject(ctx context.Context, conn driver.Conn, node string, cfg Config, name string) (*Difference, error) {
+	r, err := render(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for i, v := range views {
+		if v.name != name {
+			continue
+		}
+		engine, def, err := viewDefinition(ctx, conn, cfg.Database, name)
+		if err != nil {
+			return nil, err
+		}
+		if engine == "View" && strings.Contains(def, r.views[i].marker) {
+			return nil, nil
+		}
+		if engine == "" {
+			engine = "no table"
+		}
+		return &Difference{Table: name, Key: "reader object on " + node,
+			Served: engine, Computed: "the view of this release and fiscal start month " + fmt.Sprint(cfg.withDefaults().FiscalStartMonth) + ": run usagepipe migrate"}, nil
+	}
+	return nil, fmt.Errorf("schema: no reader view %s", name)
 }

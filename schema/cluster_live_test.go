@@ -2,10 +2,12 @@ package schema_test
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
+	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,26 +33,11 @@ func TestClusterReadsOnlyCaughtUpReplicas(t *testing.T) {
 	topo.LagWait = time.Second
 	acct := accountOn(topo, 0)
 	r0, r1 := topo.Shards[0].Replicas[0], topo.Shards[0].Replicas[1]
-	q := sv.QuarterOf(2026*12 + 1)
-	evs := []ev{{id: "l1", typ: event.Login, account: acct, user: "u1", ms: ms("2026-02-10T00:00:00Z"), offset: 1}}
-	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
-		t.Fatal(err)
-	}
-	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
-		t.Fatal(err)
-	}
-	tables := []string{"fact_account_months", "fact_user_activity", "fact_feature_users", "fact_event_counts", "fact_seat_events", "fact_seat_purchases", "rollup_marks", "served_rollups", "served_feature_sets"}
-	if err := topo.CaughtUp(ctx, r1, db, tables...); err != nil {
-		t.Fatalf("replica %s after the first write: %v", r1.Addr, err)
-	}
+	q, evs, tables := firstLogin(ctx, t, st, topo, sv, acct, r1, db)
 
 	// The second replica stops fetching: the next facts reach only the
 	// first.
-	for _, tb := range tables {
-		if err := r1.Conn.Exec(ctx, "SYSTEM STOP FETCHES "+db+"."+tb); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fetches(ctx, t, r1, db, tables, false)
 	evs = append(evs, ev{id: "l2", typ: event.Login, account: acct, user: "u2", ms: ms("2026-02-11T00:00:00Z"), offset: 2})
 	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
 		t.Fatal(err)
@@ -88,11 +75,7 @@ func TestClusterReadsOnlyCaughtUpReplicas(t *testing.T) {
 	if err := c.Node(0).Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, tb := range tables {
-		if err := r1.Conn.Exec(ctx, "SYSTEM START FETCHES "+db+"."+tb); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fetches(ctx, t, r1, db, tables, true)
 	topo.LagWait = 30 * time.Second
 	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
 		t.Fatal(err)
@@ -120,8 +103,11 @@ func TestClusterShards(t *testing.T) {
 // upgradeFromPerNodeViews: migrate turns a cluster database of the layout
 // before 2026-12-08 (each reader name a Distributed table over a per-node
 // view <name>_local) into views over the Distributed served tables, on
-// every node, drops the per-node views, and changes nothing when run
-// again; the rows read are the same before and after.
+// every node, with two migrates running at once (every instance of a new
+// release migrates when it starts) and readers reading meanwhile; it drops
+// the per-node views and an interrupted upgrade's leftovers (not a young
+// object that may be another migrate's), and changes nothing when run
+// again. Every node reads the same rows before and after.
 func upgradeFromPerNodeViews(ctx context.Context, t *testing.T, c *chcluster.Cluster) {
 	db := "t_upgrade_readers"
 	st, topo, sv := clusterDB(ctx, t, c, db)
@@ -138,14 +124,15 @@ func upgradeFromPerNodeViews(ctx context.Context, t *testing.T, c *chcluster.Clu
 	}
 	cfg := schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name}
 	on := " ON CLUSTER '" + c.Name + "'"
-	g := topo.All
 	exec := func(q string) {
 		t.Helper()
-		if err := g.Use(ctx, func(r *schema.Replica) error { return r.Conn.Exec(ctx, q) }); err != nil {
+		if err := topo.All.Use(ctx, func(r *schema.Replica) error { return r.Conn.Exec(ctx, q) }); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	// The previous layout, as its migrate left it.
+	// The previous layout, as its migrate left it, and leftovers of an
+	// upgrade interrupted long ago (dropped) and of one under way (kept).
+	old, young := "_swap_1000000000_1", fmt.Sprintf("_swap_%d_2", time.Now().Unix())
 	for _, name := range []string{"account_quarter_rollups", "account_quarter_features"} {
 		sel, err := schema.ShardReader(cfg, name)
 		if err != nil {
@@ -154,85 +141,139 @@ func upgradeFromPerNodeViews(ctx context.Context, t *testing.T, c *chcluster.Clu
 		exec("CREATE VIEW " + db + "." + name + "_local" + on + " AS " + sel[1:len(sel)-1])
 		exec("DROP TABLE " + db + "." + name + on)
 		exec("CREATE TABLE " + db + "." + name + on + " AS " + db + "." + name + "_local ENGINE = Distributed('" + c.Name + "', '" + db + "', '" + name + "_local')")
+		exec("CREATE VIEW " + db + "." + name + old + on + " AS SELECT 1 AS x")
+		exec("CREATE TABLE " + db + "." + name + old + "_old" + on + " AS " + db + "." + name + "_local ENGINE = Distributed('" + c.Name + "', '" + db + "', '" + name + "_local')")
+		exec("CREATE VIEW " + db + "." + name + young + on + " AS SELECT 1 AS x")
 	}
-	readAll := func(when string) []string {
+	readAll := func(when string) []nodeRead {
 		t.Helper()
-		var defs []string
+		var out []nodeRead
 		for i := range 3 {
 			n := c.Node(i)
 			nst, err := store.Open(ctx, store.Config{Addr: []string{n.Addr}, Database: db}, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			rows, err := nst.ReadRollups(ctx)
-			if err != nil {
+			var nr nodeRead
+			if nr.rollups, err = nst.ReadRollups(ctx); err != nil {
 				t.Fatalf("%s: rollups on %s: %v", when, n.Addr, err)
 			}
-			fs, err := nst.ReadFeatures(ctx)
-			if err != nil {
+			if nr.features, err = nst.ReadFeatures(ctx); err != nil {
 				t.Fatalf("%s: features on %s: %v", when, n.Addr, err)
 			}
 			// a0: Q1 (and the grid through Q2); a1: Q2, with one feature row.
-			if len(rows) != 3 || len(fs) != 1 || fs[0].AccountID != a1 || fs[0].Feature != "export" {
-				t.Fatalf("%s: node %s reads %d rollups, features %+v; want 3 rows and a1's export", when, n.Addr, len(rows), fs)
+			if len(nr.rollups) != 3 || len(nr.features) != 1 || nr.features[0].AccountID != a1 || nr.features[0].Feature != "export" {
+				t.Fatalf("%s: node %s reads %d rollups, features %+v; want 3 rows and a1's export", when, n.Addr, len(nr.rollups), nr.features)
 			}
-			for _, name := range []string{"account_quarter_rollups", "account_quarter_features", "account_quarter_rollups_local", "account_quarter_features_local"} {
-				var engine, def string
-				err := nst.Conn().QueryRow(ctx, "SELECT engine, create_table_query FROM system.tables WHERE database = ? AND name = ?", db, name).Scan(&engine, &def)
-				if err != nil && !errors.Is(err, sql.ErrNoRows) {
-					t.Fatal(err)
-				}
-				defs = append(defs, n.Addr+" "+name+" "+engine+" "+def)
-			}
-			nst.Close()
-		}
-		return defs
-	}
-	before := readAll("previous layout")
-	if !strings.Contains(before[0], " Distributed ") {
-		t.Fatalf("the previous layout was not built: %s", before[0])
-	}
-	if err := schema.MigrateOn(ctx, topo, cfg, nil); err != nil {
-		t.Fatal(err)
-	}
-	after := readAll("after migrate")
-	for _, d := range after {
-		f := strings.SplitN(d, " ", 4)
-		switch local := strings.HasSuffix(f[1], "_local"); {
-		case local && f[2] != "":
-			t.Errorf("after migrate: %s is still there", d)
-		case !local && (f[2] != "View" || !strings.Contains(f[3], db+"."+f[1]) || !strings.Contains(f[3], "_all AS served_")):
-			t.Errorf("after migrate: %s is not the view over the Distributed served table", d)
-		}
-	}
-	for i := range 3 {
-		var left []string
-		nst, err := store.Open(ctx, store.Config{Addr: []string{c.Node(i).Addr}, Database: db}, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rows, err := nst.Conn().Query(ctx, "SELECT name FROM system.tables WHERE database = ? AND (name LIKE '%_new' OR name LIKE '%replaced%')", db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var n string
-			if err := rows.Scan(&n); err != nil {
+			nr.objects = map[string]string{}
+			rows, err := nst.Conn().Query(ctx, "SELECT name, engine, create_table_query FROM system.tables WHERE database = ? AND name LIKE 'account_quarter_%'", db)
+			if err != nil {
 				t.Fatal(err)
 			}
-			left = append(left, n)
+			for rows.Next() {
+				var name, engine, def string
+				if err := rows.Scan(&name, &engine, &def); err != nil {
+					t.Fatal(err)
+				}
+				nr.objects[name] = engine + " " + def
+			}
+			rows.Close()
+			nst.Close()
+			out = append(out, nr)
 		}
-		rows.Close()
-		nst.Close()
-		if len(left) > 0 {
-			t.Errorf("after migrate: node %s still has %v", c.Node(i).Addr, left)
+		return out
+	}
+	before := readAll("previous layout")
+	if !strings.HasPrefix(before[0].objects["account_quarter_rollups"], "Distributed ") {
+		t.Fatalf("the previous layout was not built: %q", before[0].objects["account_quarter_rollups"])
+	}
+
+	// verify sees that the readers do not read this release's views: one
+	// difference per reader name on the replica it verifies each shard on.
+	var objDiffs []string
+	if _, err := sv.Verify(ctx, nil, func(d schema.Difference) {
+		if strings.HasPrefix(d.Key, "reader object on ") && d.Served == "Distributed" {
+			objDiffs = append(objDiffs, d.Table+" "+d.Key)
+		}
+	}); err != nil || len(objDiffs) != 4 {
+		t.Fatalf("verify on the previous layout: %v; reader-object differences %v, want 2 names × 2 shards", err, objDiffs)
+	}
+
+	// Two migrates at once, and a reader on every node meanwhile.
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	readErrs := make([]int, 3)
+	for i := range 3 {
+		readers.Go(func() {
+			nst, err := store.Open(ctx, store.Config{Addr: []string{c.Node(i).Addr}, Database: db}, nil, nil)
+			if err != nil {
+				readErrs[i] = -1
+				return
+			}
+			defer nst.Close()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				if _, err := nst.ReadRollups(ctx); err != nil {
+					readErrs[i]++
+				}
+			}
+		})
+	}
+	migrateErrs := make([]error, 2)
+	var migrates sync.WaitGroup
+	for k := range 2 {
+		migrates.Go(func() { migrateErrs[k] = schema.MigrateOn(ctx, topo, cfg, nil) })
+	}
+	migrates.Wait()
+	close(stop)
+	readers.Wait()
+	t.Logf("reads that failed during the two migrates, per node: %v (18.16: an Ordinary database, RENAME of two tables is not atomic)", readErrs)
+	for k, err := range migrateErrs {
+		if err != nil {
+			t.Errorf("migrate %d of 2: %v", k+1, err)
+		}
+	}
+	after := readAll("after migrate")
+	for i, nr := range after {
+		n := c.Node(i).Addr
+		for _, name := range []string{"account_quarter_rollups", "account_quarter_features"} {
+			got := nr.objects[name]
+			if !strings.HasPrefix(got, "View CREATE VIEW "+db+"."+name+" ") || !strings.Contains(got, "_all AS served_") {
+				t.Errorf("after migrate: %s on %s is %q, not the view over the Distributed served table", name, n, got)
+			}
+			for _, gone := range []string{name + "_local", name + old, name + old + "_old"} {
+				if o, ok := nr.objects[gone]; ok {
+					t.Errorf("after migrate: %s on %s is still there: %q", gone, n, o)
+				}
+			}
+			if _, ok := nr.objects[name+young]; !ok {
+				t.Errorf("after migrate: %s on %s, which may be another migrate's, was dropped", name+young, n)
+			}
+		}
+		for k, o := range nr.objects {
+			if strings.Contains(k, "_swap_") && !strings.HasSuffix(k, young) {
+				t.Errorf("after migrate: %s on %s is left: %q", k, n, o)
+			}
+		}
+		if !rowsEqual(nr, before[i]) {
+			t.Errorf("node %s reads other rows after migrate:\n%+v\n%+v\nwas\n%+v\n%+v", n, nr.rollups, nr.features, before[i].rollups, before[i].features)
 		}
 	}
 	if err := schema.MigrateOn(ctx, topo, cfg, nil); err != nil {
 		t.Fatal(err)
 	}
-	if again := readAll("after a second migrate"); strings.Join(again, "\n") != strings.Join(after, "\n") {
-		t.Errorf("a second migrate changed the readers:\n%s\nwas\n%s", strings.Join(again, "\n"), strings.Join(after, "\n"))
+	for i, nr := range readAll("after a second migrate") {
+		if !maps.Equal(nr.objects, after[i].objects) || !rowsEqual(nr, after[i]) {
+			t.Errorf("a second migrate changed node %s:\n%v\nwas\n%v", c.Node(i).Addr, nr.objects, after[i].objects)
+		}
+	}
+	var diffs []string
+	if n, err := sv.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil || n != 2 || len(diffs) > 0 {
+		t.Fatalf("verify: %d accounts, %v, differences %v", n, err, diffs)
 	}
 }
 
@@ -251,18 +292,7 @@ func readersSkipLaggingReplica(ctx context.Context, t *testing.T, c *chcluster.C
 	topo.LagWait = time.Second
 	acct := accountOn(topo, 0)
 	r1 := topo.Shards[0].Replicas[1]
-	q := sv.QuarterOf(2026*12 + 1)
-	evs := []ev{{id: "l1", typ: event.Login, account: acct, user: "u1", ms: ms("2026-02-10T00:00:00Z"), offset: 1}}
-	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
-		t.Fatal(err)
-	}
-	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
-		t.Fatal(err)
-	}
-	tables := []string{"fact_account_months", "fact_user_activity", "fact_feature_users", "fact_event_counts", "fact_seat_events", "fact_seat_purchases", "rollup_marks", "served_rollups", "served_feature_sets"}
-	if err := topo.CaughtUp(ctx, r1, db, tables...); err != nil {
-		t.Fatalf("replica %s after the first write: %v", r1.Addr, err)
-	}
+	q, evs, tables := firstLogin(ctx, t, st, topo, sv, acct, r1, db)
 
 	// read runs on r1's node what a reader runs, with the delay bound
 	// maxDelay: the account's active users and its feature rows.
@@ -293,11 +323,7 @@ func readersSkipLaggingReplica(ctx context.Context, t *testing.T, c *chcluster.C
 	}
 
 	// r1 stops fetching; the next facts and served rows reach only r0.
-	for _, tb := range tables {
-		if err := r1.Conn.Exec(ctx, "SYSTEM STOP FETCHES "+db+"."+tb); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fetches(ctx, t, r1, db, tables, false)
 	evs = append(evs,
 		ev{id: "l2", typ: event.Login, account: acct, user: "u2", ms: ms("2026-02-11T00:00:00Z"), offset: 2},
 		ev{id: "f1", typ: event.FeatureUsed, account: acct, user: "u2", feature: "export", ms: ms("2026-02-11T00:01:00Z"), offset: 3})
@@ -332,11 +358,7 @@ func readersSkipLaggingReplica(ctx context.Context, t *testing.T, c *chcluster.C
 		t.Fatalf("with a 2 s bound on %s (delay %d s): active %d, features %v, %v; want 2 and [export] from the other replica", r1.Addr, delay, a, f, err)
 	}
 
-	for _, tb := range tables {
-		if err := r1.Conn.Exec(ctx, "SYSTEM START FETCHES "+db+"."+tb); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fetches(ctx, t, r1, db, tables, true)
 	topo.LagWait = 30 * time.Second
 	if err := topo.CaughtUp(ctx, r1, db, tables...); err != nil {
 		t.Fatalf("replica %s after fetching again: %v", r1.Addr, err)
@@ -348,6 +370,19 @@ func readersSkipLaggingReplica(ctx context.Context, t *testing.T, c *chcluster.C
 	if n, err := sv.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil || n != 1 || len(diffs) > 0 {
 		t.Fatalf("verify: %d accounts, %v, differences %v", n, err, diffs)
 	}
+}
+
+// nodeRead is what one node's readers see: rows, and the objects named
+// account_quarter_* (engine and definition).
+type nodeRead struct {
+	rollups  []schema.Rollup
+	features []schema.FeatureRow
+	objects  map[string]string
+}
+
+// rowsEqual: a and b read the same rows.
+func rowsEqual(a, b nodeRead) bool {
+	return reflect.DeepEqual(a.rollups, b.rollups) && reflect.DeepEqual(a.features, b.features)
 }
 
 // lastQuarterFromEveryShard: on a cluster the stream's last
@@ -500,6 +535,43 @@ func accountOn(topo *schema.Topology, i int) string {
 	}
 }
 
+// shardTables are the sharded replicated tables that a recompute reads
+// and writes.
+var shardTables = []string{"fact_account_months", "fact_user_activity", "fact_feature_users", "fact_event_counts", "fact_seat_events", "fact_seat_purchases", "rollup_marks", "served_rollups", "served_feature_sets"}
+
+// firstLogin writes one login of acct (user u1, 2026 Q1) and its served
+// row, and waits until replica r holds them. It returns the quarter, the
+// events written and the tables to check r on.
+func firstLogin(ctx context.Context, t *testing.T, st *store.Store, topo *schema.Topology, sv *schema.Served, acct string, r *schema.Replica, db string) (int32, []ev, []string) {
+	t.Helper()
+	q := sv.QuarterOf(2026*12 + 1)
+	evs := []ev{{id: "l1", typ: event.Login, account: acct, user: "u1", ms: ms("2026-02-10T00:00:00Z"), offset: 1}}
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := topo.CaughtUp(ctx, r, db, shardTables...); err != nil {
+		t.Fatalf("replica %s after the first write: %v", r.Addr, err)
+	}
+	return q, evs, shardTables
+}
+
+// fetches starts (on) or stops replica r's fetches of tables of db.
+func fetches(ctx context.Context, t *testing.T, r *schema.Replica, db string, tables []string, on bool) {
+	t.Helper()
+	verb := "SYSTEM STOP FETCHES "
+	if on {
+		verb = "SYSTEM START FETCHES "
+	}
+	for _, tb := range tables {
+		if err := r.Conn.Exec(ctx, verb+db+"."+tb); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // startCluster starts a test cluster (stopped when the test ends) and
 // gives the test 4 minutes.
 func startCluster(t *testing.T) (context.Context, *chcluster.Cluster) {
@@ -543,18 +615,7 @@ func TestClusterReadersSilentZooKeeper(t *testing.T) {
 	if n1 == nil || n1.Shard != 1 {
 		t.Fatalf("no node of shard 1 at %s", r1.Addr)
 	}
-	q := sv.QuarterOf(2026*12 + 1)
-	evs := []ev{{id: "l1", typ: event.Login, account: acct, user: "u1", ms: ms("2026-02-10T00:00:00Z"), offset: 1}}
-	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
-		t.Fatal(err)
-	}
-	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
-		t.Fatal(err)
-	}
-	tables := []string{"fact_account_months", "fact_user_activity", "fact_feature_users", "fact_event_counts", "fact_seat_events", "fact_seat_purchases", "rollup_marks", "served_rollups", "served_feature_sets"}
-	if err := topo.CaughtUp(ctx, r1, db, tables...); err != nil {
-		t.Fatalf("replica %s after the first write: %v", r1.Addr, err)
-	}
+	q, evs, tables := firstLogin(ctx, t, st, topo, sv, acct, r1, db)
 	const maxDelay = 2
 	rctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
 		"max_replica_delay_for_distributed_queries":          maxDelay,
@@ -589,8 +650,8 @@ func TestClusterReadersSilentZooKeeper(t *testing.T) {
 	var lastStale time.Duration
 	fresh, errs := 0, 0
 	for time.Since(landed) < bound+5*time.Second {
+		at := time.Since(landed) // when the read started
 		a, err := read()
-		at := time.Since(landed)
 		switch {
 		case err != nil:
 			errs++
@@ -615,23 +676,17 @@ func TestClusterReadersSilentZooKeeper(t *testing.T) {
 	if err := n1.SilenceZooKeeper(false); err != nil {
 		t.Fatal(err)
 	}
-	// The node finds its session expired and opens a new one.
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		var ro uint8
-		if err := r1.Conn.QueryRow(ctx, "SELECT max(is_readonly) FROM system.replicas WHERE database = ?", db).Scan(&ro); err != nil {
-			t.Fatal(err)
-		}
-		if ro == 0 {
+	// The node finds its session expired, opens a new one and fetches.
+	topo.LagWait = 5 * time.Second
+	for deadline := time.Now().Add(90 * time.Second); ; {
+		err := topo.CaughtUp(ctx, r1, db, tables...)
+		if err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("replica %s still read-only 60 s after its link came back", r1.Addr)
+			t.Fatalf("replica %s 90 s after its link came back: %v", r1.Addr, err)
 		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	topo.LagWait = 60 * time.Second
-	if err := topo.CaughtUp(ctx, r1, db, tables...); err != nil {
-		t.Fatalf("replica %s after its link came back: %v", r1.Addr, err)
+		time.Sleep(time.Second)
 	}
 	if a, err := read(); err != nil || a != 2 {
 		t.Fatalf("after the link came back: active %d, %v; want 2", a, err)

@@ -182,13 +182,22 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 		if engine == "Distributed" && t.Clustered() && strings.Contains(def, "'"+LocalView(name)+"'") {
 			// The reader of the cluster layout before 2026-12-08, over
 			// per-node views: it holds no rows. The view takes its name in
-			// one RENAME, so readers never miss the name.
-			if err := swapInView(ctx, conn, r, name, s.sql); err != nil {
-				return err
-			}
+			// one statement (docs/design.md, "Readers on a cluster read the
+			// replicated served tables", Upgrade).
+			swapErr := swapInView(ctx, conn, r, name, s.sql)
 			got, ours, err := settledView(ctx, conn, db, name, s.marker)
 			if err != nil {
 				return err
+			}
+			if swapErr != nil && !ours {
+				// Another migrate may have swapped first (then the name is
+				// a view, created again below); anything else is an error.
+				if e, _, err := viewDefinition(ctx, conn, db, name); err != nil {
+					return err
+				} else if e != "View" && e != "" {
+					return swapErr
+				}
+				log.Warn("replacing the reader table of the previous cluster layout failed; creating the view", "database", db, "view", name, "err", swapErr)
 			}
 			if ours {
 				if err := record(ctx, conn, db, name, "view", 0, s.marker, got); err != nil {
@@ -234,8 +243,13 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 		log.Info("created view", "database", db, "view", name, "fiscal_start_month", r.cfg.FiscalStartMonth, "replaced", engine != "")
 	}
 	if t.Clustered() {
-		// The per-node views of the previous cluster layout.
+		// The per-node views of the previous cluster layout, and what an
+		// interrupted upgrade left (before the per-node views: a
+		// leftover Distributed table reads them).
 		for _, v := range views {
+			if err := dropSwapLeftovers(ctx, conn, r, v.name, log); err != nil {
+				return err
+			}
 			local := LocalView(v.name)
 			engine, _, err := viewDefinition(ctx, conn, db, local)
 			if err != nil {
@@ -285,26 +299,84 @@ func retireServedV1(ctx context.Context, conn driver.Conn, r *rendered, log *slo
 }
 
 // swapInView replaces reader table name (a Distributed table of the
-// previous cluster layout) by view create: the view is made under a
-// temporary name, then one RENAME moves the table aside and the view in
-// (one ON CLUSTER entry, run in order on each node, also on a node that
-// was down and runs the queue later), then the old table is dropped.
+// previous cluster layout) by view create: the view is made under a name
+// of this call's own, then takes the reader name in one statement (one
+// ON CLUSTER entry, run in order on each node, also on a node that was
+// down and runs the queue later), and the old table is dropped. In an
+// Atomic database (current releases) that statement is EXCHANGE TABLES,
+// atomic for readers; in an Ordinary one (18.16) it is a RENAME of both,
+// between whose two halves a reader may find no table of that name.
 func swapInView(ctx context.Context, conn driver.Conn, r *rendered, name, create string) error {
 	db, on := r.cfg.Database, r.onCluster()
-	tmp, aside := name+"_new", fmt.Sprintf("%s_replaced_%d", name, time.Now().Unix())
+	tmp := fmt.Sprintf("%s%s%d_%d", name, swapTmpInfix, time.Now().Unix(), rand.Uint32())
 	prefix := "CREATE VIEW " + db + "." + name + " "
 	if !strings.Contains(create, prefix) {
 		return fmt.Errorf("migrate: view %s: no %q in its statement", name, prefix)
 	}
+	var dbEngine string
+	if err := conn.QueryRow(ctx, "SELECT engine FROM system.databases WHERE name = ?", db).Scan(&dbEngine); err != nil {
+		return fmt.Errorf("migrate: read the engine of database %s: %w", db, err)
+	}
+	swap := "RENAME TABLE " + db + "." + name + " TO " + db + "." + tmp + "_old, " + db + "." + tmp + " TO " + db + "." + name + on
+	old := tmp + "_old"
+	if dbEngine == "Atomic" {
+		swap, old = "EXCHANGE TABLES "+db+"."+name+" AND "+db+"."+tmp+on, tmp
+	}
 	for _, q := range []string{
-		"DROP TABLE IF EXISTS " + db + "." + tmp + on, // left by a migrate that stopped here
-		strings.Replace(create, prefix, "CREATE VIEW IF NOT EXISTS "+db+"."+tmp+" ", 1),
-		"RENAME TABLE " + db + "." + name + " TO " + db + "." + aside + ", " + db + "." + tmp + " TO " + db + "." + name + on,
-		"DROP TABLE IF EXISTS " + db + "." + aside + on,
+		strings.Replace(create, prefix, "CREATE VIEW "+db+"."+tmp+" ", 1),
+		swap,
+		"DROP TABLE IF EXISTS " + db + "." + old + on,
 	} {
 		if err := conn.Exec(ctx, q); err != nil {
 			return fmt.Errorf("migrate: replace reader table %s by a view: %w", name, err)
 		}
+	}
+	return nil
+}
+
+// swapTmpInfix marks the objects swapInView makes: a view
+// <name>_swap_<unix>_<random> before it takes the reader's name, and the
+// replaced table under that name (plus "_old" on 18.16) until dropped.
+const swapTmpInfix = "_swap_"
+
+// swapLeftoverAge: objects of swapInView this old are leftovers (a swap
+// takes seconds; an ON CLUSTER statement gives up after 180 s).
+const swapLeftoverAge = 10 * time.Minute
+
+// dropSwapLeftovers drops what an interrupted swapInView may have left
+// for reader name: views of its own naming that never took the name, and
+// replaced tables (Distributed over the per-node view) never dropped.
+func dropSwapLeftovers(ctx context.Context, conn driver.Conn, r *rendered, name string, log *slog.Logger) error {
+	db := r.cfg.Database
+	rows, err := conn.Query(ctx, "SELECT name, engine, create_table_query FROM system.tables WHERE database = ? AND startsWith(name, ?)", db, name+swapTmpInfix)
+	if err != nil {
+		return fmt.Errorf("migrate: look for leftovers of %s: %w", name, err)
+	}
+	var drop []string
+	for rows.Next() {
+		var n, engine, def string
+		if err := rows.Scan(&n, &engine, &def); err != nil {
+			rows.Close()
+			return fmt.Errorf("migrate: look for leftovers of %s: %w", name, err)
+		}
+		// Younger ones may belong to a migrate still under way.
+		var made int64
+		if _, err := fmt.Sscanf(strings.TrimPrefix(n, name+swapTmpInfix), "%d_", &made); err != nil || time.Since(time.Unix(made, 0)) < swapLeftoverAge {
+			continue
+		}
+		if engine == "View" || engine == "Distributed" && strings.Contains(def, "'"+LocalView(name)+"'") {
+			drop = append(drop, n)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("migrate: look for leftovers of %s: %w", name, err)
+	}
+	for _, n := range drop {
+		if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+db+"."+n+r.onCluster()); err != nil {
+			return fmt.Errorf("migrate: drop leftover %s: %w", n, err)
+		}
+		log.Info("dropped a leftover of replacing a reader table", "database", db, "table", n)
 	}
 	return nil
 }

@@ -1106,7 +1106,9 @@ const (
 // difference. It returns the number of accounts checked. Meaningful once
 // the pipeline has caught up (rows of accounts being written may differ
 // for a moment). On a cluster each shard is compared on a caught-up
-// replica, with the reader views' SELECT on its own served tables.
+// replica, with the reader views' SELECT on its own served tables, once
+// that replica's reader objects are the views migrate installs (each one
+// that is not is a difference).
 func (s *Served) Verify(ctx context.Context, accounts []string, each func(Difference)) (checked int, err error) {
 	db := s.cfg.Database
 	all := accounts == nil
@@ -1133,7 +1135,7 @@ func (s *Served) Verify(ctx context.Context, accounts []string, each func(Differ
 					return fmt.Errorf("verify: list accounts: %w", err)
 				}
 			}
-			return s.verifyOn(ctx, r.Conn, lists[i], all, func(d Difference) { diffs = append(diffs, d) })
+			return s.verifyOn(ctx, r.Conn, r.Addr, lists[i], all, func(d Difference) { diffs = append(diffs, d) })
 		})
 		if err != nil {
 			return checked, err
@@ -1148,11 +1150,18 @@ func (s *Served) Verify(ctx context.Context, accounts []string, each func(Differ
 
 // verifyOn is Verify of accounts on conn's server; all: accounts are every
 // account there, so rows of any other account are differences too.
-func (s *Served) verifyOn(ctx context.Context, conn driver.Conn, accounts []string, all bool, each func(Difference)) error {
+func (s *Served) verifyOn(ctx context.Context, conn driver.Conn, node string, accounts []string, all bool, each func(Difference)) error {
 	db := s.cfg.Database
 	view := func(name string) (string, error) {
 		if s.topo.Clustered() {
-			// This shard's part of what readers read.
+			// This shard's part of what readers read, once this node's
+			// reader object is that view.
+			if d, err := checkReaderObject(ctx, conn, node, s.cfg, name); err != nil || d != nil {
+				if d != nil {
+					each(*d)
+				}
+				return "", err
+			}
 			return shardReader(s.cfg, name)
 		}
 		return db + "." + name, nil
@@ -1167,7 +1176,9 @@ func (s *Served) verifyOn(ctx context.Context, conn driver.Conn, accounts []stri
 		if err != nil {
 			return err
 		}
-		sources = append(sources, source{name, name, from})
+		if from != "" {
+			sources = append(sources, source{name, name, from})
+		}
 	}
 	copyTables, err := s.ReaderTablesOn()
 	if err != nil {

@@ -73,7 +73,7 @@ CREATE SETTINGS PROFILE IF NOT EXISTS usage_analyst_profile
              -- clusters: never read a replica lagging more than 5 s, fail
              -- rather than read a stale one or leave a shard out; CONST so
              -- that readonly = 2 cannot loosen them. With a ZooKeeper
-             -- session timeout of at most 10 s this keeps the updated_at
+             -- session timeout of at most 8 s this keeps the updated_at
              -- poll exact (docs/operations.md, "Clusters").
              max_replica_delay_for_distributed_queries = 5 CONST,
              fallback_to_stale_replicas_for_distributed_queries = 0 CONST,

@@ -119,20 +119,25 @@ func StartWith(ctx context.Context, dir string, opt Options) (*Cluster, error) {
 		}
 		fmt.Fprintf(&remote, "\n    <shard>\n      <internal_replication>true</internal_replication>%s\n    </shard>", replicas.String())
 	}
+	if opt.ZooKeeperProxy {
+		for i := range nodes {
+			p, err := newZKProxy(zk.addr)
+			if err != nil {
+				c.Stop()
+				return nil, err
+			}
+			nodes[i].zkProxy = p
+			c.proxies = append(c.proxies, p)
+		}
+	}
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
 	for i := range nodes {
 		n := &nodes[i]
 		n.Dir = filepath.Join(dir, n.Replica)
 		zkPort := ports[0]
-		if opt.ZooKeeperProxy {
-			p, err := newZKProxy(zk.addr)
-			if err != nil {
-				c.Stop()
-				return nil, err
-			}
-			n.zkProxy, zkPort = p, p.port()
-			c.proxies = append(c.proxies, p)
+		if n.zkProxy != nil {
+			zkPort = n.zkProxy.port()
 		}
 		extra := fmt.Sprintf(`  <interserver_http_host>127.0.0.1</interserver_http_host>
   <interserver_http_port>%d</interserver_http_port>

@@ -58,8 +58,10 @@ func (p *zkProxy) accept() {
 		}
 		p.conns = append(p.conns, c, u)
 		p.mu.Unlock()
-		p.wg.Go(func() { p.pipe(u, c); u.Close() })
-		p.wg.Go(func() { p.pipe(c, u); c.Close() })
+		// Each direction closes both ends when it ends, so the other
+		// ends too (a node that reconnects leaves no idle pair behind).
+		p.wg.Go(func() { p.pipe(u, c); u.Close(); c.Close() })
+		p.wg.Go(func() { p.pipe(c, u); c.Close(); u.Close() })
 	}
 }
 
