@@ -80,10 +80,7 @@ func TestClusterReadsOnlyCaughtUpReplicas(t *testing.T) {
 	if err := sv.Recompute(ctx, map[string]int32{acct: q}, nil); err != nil {
 		t.Fatal(err)
 	}
-	var diffs []string
-	if n, err := sv.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil || n != 1 || len(diffs) > 0 {
-		t.Fatalf("verify: %d accounts, %v, differences %v", n, err, diffs)
-	}
+	verifyClean(ctx, t, sv, 1)
 	rows, err := st.ReadRollups(ctx)
 	if err != nil || len(rows) != 1 || rows[0].ActiveUsers != 2 {
 		t.Fatalf("rollups: %+v, %v; want one row with both users active", rows, err)
@@ -271,10 +268,7 @@ func upgradeFromPerNodeViews(ctx context.Context, t *testing.T, c *chcluster.Clu
 			t.Errorf("a second migrate changed node %s:\n%v\nwas\n%v", c.Node(i).Addr, nr.objects, after[i].objects)
 		}
 	}
-	var diffs []string
-	if n, err := sv.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil || n != 2 || len(diffs) > 0 {
-		t.Fatalf("verify: %d accounts, %v, differences %v", n, err, diffs)
-	}
+	verifyClean(ctx, t, sv, 2)
 }
 
 // readersSkipLaggingReplica: the reader views read each shard through a
@@ -366,10 +360,7 @@ func readersSkipLaggingReplica(ctx context.Context, t *testing.T, c *chcluster.C
 	if a, f, err := read(300); err != nil || a != 2 || len(f) != 1 {
 		t.Fatalf("after r1 caught up: active %d, features %v, %v; want 2 and [export]", a, f, err)
 	}
-	var diffs []string
-	if n, err := sv.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil || n != 1 || len(diffs) > 0 {
-		t.Fatalf("verify: %d accounts, %v, differences %v", n, err, diffs)
-	}
+	verifyClean(ctx, t, sv, 1)
 }
 
 // nodeRead is what one node's readers see: rows, and the objects named
@@ -436,10 +427,7 @@ func lastQuarterFromEveryShard(ctx context.Context, t *testing.T, c *chcluster.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	var diffs []string
-	if n, err := sv2.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil || n != 2 || len(diffs) > 0 {
-		t.Fatalf("verify in a fresh process: %d accounts, %v, differences %v", n, err, diffs)
-	}
+	verifyClean(ctx, t, sv2, 2)
 }
 
 // sweepWithAShardDown: a sweep that cannot read one shard still
@@ -572,6 +560,16 @@ func fetches(ctx context.Context, t *testing.T, r *schema.Replica, db string, ta
 	}
 }
 
+// verifyClean fails t unless verify checks accounts accounts and finds
+// no difference.
+func verifyClean(ctx context.Context, t *testing.T, sv *schema.Served, accounts int) {
+	t.Helper()
+	var diffs []string
+	if n, err := sv.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Table+" "+d.Key) }); err != nil || n != accounts || len(diffs) > 0 {
+		t.Fatalf("verify: %d accounts (want %d), %v, differences %v", n, accounts, err, diffs)
+	}
+}
+
 // startCluster starts a test cluster (stopped when the test ends) and
 // gives the test 4 minutes.
 func startCluster(t *testing.T) (context.Context, *chcluster.Cluster) {
@@ -691,8 +689,5 @@ func TestClusterReadersSilentZooKeeper(t *testing.T) {
 	if a, err := read(); err != nil || a != 2 {
 		t.Fatalf("after the link came back: active %d, %v; want 2", a, err)
 	}
-	var diffs []string
-	if n, err := sv.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Key) }); err != nil || n != 1 || len(diffs) > 0 {
-		t.Fatalf("verify: %d accounts, %v, differences %v", n, err, diffs)
-	}
+	verifyClean(ctx, t, sv, 1)
 }
