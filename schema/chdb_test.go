@@ -25,6 +25,9 @@ type chdbSpec struct {
 	Inserts    []chdbInsert      `json:"inserts"`
 	After      []string          `json:"after"`
 	Queries    map[string]string `json:"queries"`
+	// Config, when set, is written as config.xml where chDB starts, which
+	// it reads (e.g. remote_servers for Distributed tables).
+	Config string `json:"-"`
 }
 
 type chdbInsert struct {
@@ -62,6 +65,11 @@ func runChDB(t *testing.T, spec chdbSpec) chdbResult {
 	}
 	if err := os.WriteFile(in, b, 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if spec.Config != "" {
+		if err := os.WriteFile(filepath.Join(dir, "config.xml"), []byte(spec.Config), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cmd := exec.Command(py, script, in, out)
 	cmd.Dir = dir // chDB reads a config.xml from its working directory

@@ -51,6 +51,80 @@ func TestClusterDDLParsesOnCurrentClickHouse(t *testing.T) {
 	}
 }
 
+// TestClusterReaderSwapOnCurrentClickHouse: on a current engine (chDB,
+// whose databases are Atomic) migrate's upgrade swap turns the previous
+// cluster layout's reader, a Distributed table over a per-node view, into
+// the view over the Distributed served table with EXCHANGE TABLES, which
+// ClickHouse allows between those engines; the view keeps its marker, so
+// migrate recognises it, and nothing temporary is left. ON CLUSTER is
+// left out (chDB has no ZooKeeper); the 18.16 cluster runs the RENAME form
+// with it (TestClusterShards/upgrade_from_per-node_views).
+func TestClusterReaderSwapOnCurrentClickHouse(t *testing.T) {
+	const db, cl = "usage", "usagepipe_test"
+	cfg := schema.Config{Database: db, FiscalStartMonth: 1, Cluster: cl}
+	strip := func(s string) string { return strings.ReplaceAll(s, " ON CLUSTER '"+cl+"'", "") }
+	single, err := schema.DDL(schema.Config{Database: db, FiscalStartMonth: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clustered, err := schema.DDL(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := chdbSpec{Inserts: []chdbInsert{}, After: []string{}, Queries: map[string]string{},
+		Config: "<clickhouse><remote_servers><" + cl + "><shard><replica><host>127.0.0.1</host><port>1</port></replica></shard></" + cl + "></remote_servers></clickhouse>"}
+	for _, s := range single {
+		if !strings.Contains(s, "CREATE VIEW") {
+			spec.Statements = append(spec.Statements, s)
+		}
+	}
+	for _, s := range clustered {
+		if strings.Contains(s, "ENGINE = Distributed") {
+			spec.Statements = append(spec.Statements, strip(s))
+		}
+	}
+	markers := map[string]string{}
+	for _, name := range []string{"account_quarter_rollups", "account_quarter_features"} {
+		sel, err := schema.ShardReader(cfg, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec.Statements = append(spec.Statements,
+			"CREATE VIEW "+db+"."+name+"_local AS "+sel[1:len(sel)-1],
+			"CREATE TABLE "+db+"."+name+" AS "+db+"."+name+"_local ENGINE = Distributed('"+cl+"', '"+db+"', '"+name+"_local')")
+		create, marker, err := schema.ClusterViewSQL(cfg, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		markers[name] = marker
+		qs, err := schema.SwapStatements(db, name, strip(create), name+"_swap_1_1", true, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec.After = append(spec.After, qs...)
+	}
+	spec.Queries["objects"] = "SELECT name, engine, create_table_query FROM system.tables WHERE database = '" + db + "' AND (name LIKE 'account_quarter_%' OR name LIKE '%_all') ORDER BY name"
+	res := runChDB(t, spec)
+	got := map[string][2]string{}
+	for _, row := range res.Results["objects"].Data {
+		got[fmt.Sprint(row[0])] = [2]string{fmt.Sprint(row[1]), fmt.Sprint(row[2])}
+	}
+	for name, marker := range markers {
+		o := got[name]
+		if o[0] != "View" || !strings.Contains(o[1], marker) || !strings.Contains(o[1], "_all AS served_") {
+			t.Errorf("chDB %s: %s after the swap is %q", res.Version, name, o)
+		}
+	}
+	for name, o := range got {
+		if strings.Contains(name, "_swap_") {
+			t.Errorf("chDB %s: %s left after the swap: %q", res.Version, name, o)
+		}
+	}
+	if len(got) != 6 { // the two views, the two per-node views (migrate drops them next), the two _all tables
+		t.Errorf("chDB %s: objects after the swap: %v", res.Version, got)
+	}
+}
+
 func sqlString(s string) string {
 	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`, "\n", `\n`)
 	return "'" + r.Replace(s) + "'"

@@ -2,6 +2,7 @@ package schema
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 
@@ -70,3 +71,20 @@ func ReaderMarkerV1(cfg Config) string {
 
 // ShardReader exposes a reader view's SELECT on one server (a subquery).
 var ShardReader = shardReader
+
+// SwapStatements exposes how migrate swaps a cluster reader's view in.
+var SwapStatements = swapStatements
+
+// ClusterViewSQL is the rendered cluster DDL of reader view name.
+func ClusterViewSQL(cfg Config, name string) (sql, marker string, err error) {
+	r, err := render(cfg)
+	if err != nil {
+		return "", "", err
+	}
+	for i, v := range views {
+		if v.name == name {
+			return r.views[i].sql, r.views[i].marker, nil
+		}
+	}
+	return "", "", fmt.Errorf("no view %s", name)
+}

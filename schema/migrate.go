@@ -192,11 +192,14 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 			if swapErr != nil && !ours {
 				// Another migrate may have swapped first (then the name is
 				// a view, created again below); anything else is an error.
-				if e, _, err := viewDefinition(ctx, conn, db, name); err != nil {
+				e, _, err := viewDefinition(ctx, conn, db, name)
+				if err != nil {
 					return err
-				} else if e != "View" && e != "" {
+				}
+				if e != "View" && e != "" {
 					return swapErr
 				}
+				engine = e
 				log.Warn("replacing the reader table of the previous cluster layout failed; creating the view", "database", db, "view", name, "err", swapErr)
 			}
 			if ours {
@@ -206,7 +209,9 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 				log.Info("replaced the reader table of the previous cluster layout by a view", "database", db, "view", name, "fiscal_start_month", r.cfg.FiscalStartMonth)
 				continue
 			}
-			engine = "View" // another migrate's view: (re)created below
+			if swapErr == nil {
+				engine = "View" // another migrate's view: (re)created below
+			}
 		}
 		if engine != "" && engine != "View" {
 			// A table of that name (made by hand or by some older design):
@@ -307,31 +312,41 @@ func retireServedV1(ctx context.Context, conn driver.Conn, r *rendered, log *slo
 // atomic for readers; in an Ordinary one (18.16) it is a RENAME of both,
 // between whose two halves a reader may find no table of that name.
 func swapInView(ctx context.Context, conn driver.Conn, r *rendered, name, create string) error {
-	db, on := r.cfg.Database, r.onCluster()
-	tmp := fmt.Sprintf("%s%s%d_%d", name, swapTmpInfix, time.Now().Unix(), rand.Uint32())
-	prefix := "CREATE VIEW " + db + "." + name + " "
-	if !strings.Contains(create, prefix) {
-		return fmt.Errorf("migrate: view %s: no %q in its statement", name, prefix)
-	}
 	var dbEngine string
-	if err := conn.QueryRow(ctx, "SELECT engine FROM system.databases WHERE name = ?", db).Scan(&dbEngine); err != nil {
-		return fmt.Errorf("migrate: read the engine of database %s: %w", db, err)
+	if err := conn.QueryRow(ctx, "SELECT engine FROM system.databases WHERE name = ?", r.cfg.Database).Scan(&dbEngine); err != nil {
+		return fmt.Errorf("migrate: read the engine of database %s: %w", r.cfg.Database, err)
 	}
-	swap := "RENAME TABLE " + db + "." + name + " TO " + db + "." + tmp + "_old, " + db + "." + tmp + " TO " + db + "." + name + on
-	old := tmp + "_old"
-	if dbEngine == "Atomic" {
-		swap, old = "EXCHANGE TABLES "+db+"."+name+" AND "+db+"."+tmp+on, tmp
+	tmp := fmt.Sprintf("%s%s%d_%d", name, swapTmpInfix, time.Now().Unix(), rand.Uint32())
+	qs, err := swapStatements(r.cfg.Database, name, create, tmp, dbEngine == "Atomic", r.onCluster())
+	if err != nil {
+		return err
 	}
-	for _, q := range []string{
-		strings.Replace(create, prefix, "CREATE VIEW "+db+"."+tmp+" ", 1),
-		swap,
-		"DROP TABLE IF EXISTS " + db + "." + old + on,
-	} {
+	for _, q := range qs {
 		if err := conn.Exec(ctx, q); err != nil {
 			return fmt.Errorf("migrate: replace reader table %s by a view: %w", name, err)
 		}
 	}
 	return nil
+}
+
+// swapStatements are swapInView's statements: view create (of reader
+// name) made as tmp, swapped in (atomic: EXCHANGE TABLES, else RENAME),
+// the replaced table dropped.
+func swapStatements(db, name, create, tmp string, atomic bool, onCluster string) ([]string, error) {
+	prefix := "CREATE VIEW " + db + "." + name + " "
+	if !strings.Contains(create, prefix) {
+		return nil, fmt.Errorf("migrate: view %s: no %q in its statement", name, prefix)
+	}
+	swap := "RENAME TABLE " + db + "." + name + " TO " + db + "." + tmp + "_old, " + db + "." + tmp + " TO " + db + "." + name + onCluster
+	old := tmp + "_old"
+	if atomic {
+		swap, old = "EXCHANGE TABLES "+db+"."+name+" AND "+db+"."+tmp+onCluster, tmp
+	}
+	return []string{
+		strings.Replace(create, prefix, "CREATE VIEW "+db+"."+tmp+" ", 1),
+		swap,
+		"DROP TABLE IF EXISTS " + db + "." + old + onCluster,
+	}, nil
 }
 
 // swapTmpInfix marks the objects swapInView makes: a view
