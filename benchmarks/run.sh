@@ -65,6 +65,7 @@ log "microbenchmarks"
 	-test.cpuprofile "$OUT/micro.cpu.pprof") | tee "$OUT/micro.txt"
 go test -run '^$' -bench '^BenchmarkDecode$' -count 1 ./ingest/decode | tee -a "$OUT/micro.txt"
 go test -run '^$' -bench '^BenchmarkArchiveWrite$' -benchtime 4x ./schema/store | tee -a "$OUT/micro.txt"
+go test -run '^$' -bench '^BenchmarkClusterReads$' -benchtime 5x ./schema | tee -a "$OUT/micro.txt"
 go tool pprof -top -tagfocus=phase=timed -nodecount 30 "$OUT/micro.test" "$OUT/micro.cpu.pprof" >"$OUT/micro.cpu.top.txt" 2>/dev/null || true
 
 : >"$OUT/history.txt"

@@ -481,7 +481,7 @@ func sweepWithAShardDown(ctx context.Context, t *testing.T, c *chcluster.Cluster
 // clusterDB opens database db on c, migrated for calendar 1 (closed when
 // the test ends), with its Served; the cluster must have two shards, the
 // first with two replicas.
-func clusterDB(ctx context.Context, t *testing.T, c *chcluster.Cluster, db string) (*store.Store, *schema.Topology, *schema.Served) {
+func clusterDB(ctx context.Context, t testing.TB, c *chcluster.Cluster, db string) (*store.Store, *schema.Topology, *schema.Served) {
 	t.Helper()
 	st, err := store.Open(ctx, store.Config{Addr: c.Addrs(), Database: db, Cluster: c.Name}, nil, nil)
 	if err != nil {
@@ -572,7 +572,7 @@ func verifyClean(ctx context.Context, t *testing.T, sv *schema.Served, accounts 
 
 // startCluster starts a test cluster (stopped when the test ends) and
 // gives the test 4 minutes.
-func startCluster(t *testing.T) (context.Context, *chcluster.Cluster) {
+func startCluster(t testing.TB) (context.Context, *chcluster.Cluster) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	t.Cleanup(cancel)
