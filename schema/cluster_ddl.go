@@ -100,6 +100,7 @@ func shardReader(cfg Config, name string) (string, error) {
 		if err != nil {
 			return "", err
 		}
+		sql = installSQL(sql, 0)
 		prefix := "CREATE VIEW " + cfg.Database + "." + name + " AS"
 		i := strings.Index(sql, prefix)
 		if i < 0 {

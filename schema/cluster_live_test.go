@@ -94,7 +94,90 @@ func TestClusterShards(t *testing.T) {
 	t.Run("last quarter from every shard", func(t *testing.T) { lastQuarterFromEveryShard(ctx, t, c) })
 	t.Run("readers skip a lagging replica", func(t *testing.T) { readersSkipLaggingReplica(ctx, t, c) })
 	t.Run("upgrade from per-node views", func(t *testing.T) { upgradeFromPerNodeViews(ctx, t, c) })
+	t.Run("updated_at across a calendar switch", func(t *testing.T) { updatedAtAcrossCalendarSwitch(ctx, t, c) })
 	t.Run("sweep with a shard down", func(t *testing.T) { sweepWithAShardDown(ctx, t, c) })
+}
+
+// updatedAtAcrossCalendarSwitch: the contract's poll (section 4: keep the
+// greatest updated_at U read, next read updated_at >= U - 60 s) sees every
+// row after the fiscal calendar changed and changed back, although those
+// rows were computed an hour before (nothing changed them since): the
+// views' updated_at is never before the second migrate installed them
+// (docs/design.md, "updated_at across a calendar switch"). Before, the
+// poll after the switch back read no row at all. On views (a cluster
+// here; current releases on one server); 18.16's reader tables re-stamp
+// rows new to the copy themselves.
+func updatedAtAcrossCalendarSwitch(ctx context.Context, t *testing.T, c *chcluster.Cluster) {
+	db := "t_calendar_switch"
+	st, topo, sv := clusterDB(ctx, t, c, db)
+	x, y := accountOn(topo, 0), accountOn(topo, 1)
+	evs := []ev{
+		{id: "x1", typ: event.Login, account: x, user: "u1", ms: ms("2026-02-10T00:00:00Z"), offset: 1},
+		{id: "y1", typ: event.FeatureUsed, account: y, user: "u2", feature: "export", ms: ms("2026-05-10T00:00:00Z"), offset: 2},
+	}
+	if err := st.Write(ctx, factsOf(evs, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Recompute(ctx, map[string]int32{x: sv.QuarterOf(2026*12 + 1), y: sv.QuarterOf(2026*12 + 4)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The calendar-1 rows as if computed an hour ago, from facts marked
+	// two hours ago (so that no sweep recomputes them).
+	cols := "fy, account_id, quarter_start, quarter_end, quarter, seats_purchased, seats_assigned, seat_utilization, active_users, active_assigned_users, activation_rate, logins, feature_events, features_used, last_activity_at"
+	for _, sh := range topo.Shards {
+		for _, q := range []string{
+			"INSERT INTO " + db + ".served_rollups (" + cols + ", updated_at, version) SELECT " + cols + ", updated_at - 3600, version + 1 FROM " + db + ".served_rollups FINAL WHERE fy = 1",
+			"ALTER TABLE " + db + ".rollup_marks DROP PARTITION tuple()",
+			"INSERT INTO " + db + ".rollup_marks (account_id, month, marked_at) SELECT account_id, month, now() - 7200 FROM " + db + ".fact_account_months",
+		} {
+			if err := sh.Replicas[0].Conn.Exec(ctx, q); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+	}
+	poll := func(since string) (rows, all int, greatest time.Time) {
+		t.Helper()
+		for i := range 3 {
+			conn := c.Node(i)
+			nst, err := store.Open(ctx, store.Config{Addr: []string{conn.Addr}, Database: db}, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var n, total uint64
+			var u time.Time
+			err = nst.Conn().QueryRow(ctx, "SELECT countIf(updated_at >= toDateTime(?, 'UTC') - 60), count(), max(updated_at) FROM "+db+".account_quarter_rollups", since).Scan(&n, &total, &u)
+			nst.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i > 0 && (int(n) != rows || int(total) != all) {
+				t.Fatalf("node %s polls %d of %d rows, node 0 %d of %d", conn.Addr, n, total, rows, all)
+			}
+			rows, all, greatest = int(n), int(total), u
+		}
+		return rows, all, greatest
+	}
+	switchTo := func(fs int) {
+		t.Helper()
+		if err := schema.MigrateOn(ctx, topo, schema.Config{Database: db, FiscalStartMonth: fs, Cluster: c.Name}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	switchTo(4)
+	_, all4, u := poll("1970-01-01 00:00:00")
+	if all4 == 0 {
+		t.Fatal("no rows under calendar 4")
+	}
+	switchTo(1)
+	rows, all, _ := poll(u.UTC().Format("2006-01-02 15:04:05"))
+	if all == 0 || rows != all {
+		t.Fatalf("after switching back to calendar 1 a poll with U = %v reads %d of the %d rows", u, rows, all)
+	}
+	sv1, err := schema.NewServedOn(topo, schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyClean(ctx, t, sv1, 2)
 }
 
 // upgradeFromPerNodeViews: migrate turns a cluster database of the layout

@@ -109,7 +109,7 @@ func DDL(cfg Config) ([]string, error) {
 		}
 	}
 	for _, s := range r.views {
-		out = append(out, s.sql)
+		out = append(out, installSQL(s.sql, 0))
 	}
 	return out, nil
 }
@@ -170,12 +170,24 @@ func render(cfg Config) (*rendered, error) {
 // markerPlaceholder stands for a view's marker while its hash is computed.
 const markerPlaceholder = "MARKER_PLACEHOLDER"
 
+// switchedAtPlaceholder stands for the second a view is installed at (the
+// floor of its updated_at) in a rendered view: the marker does not depend
+// on it, and migrate puts the server's clock there when it installs the
+// view (installSQL); DDL shows 0.
+const switchedAtPlaceholder = "SWITCHED_AT"
+
+// installSQL is view statement sql with its install second sec.
+func installSQL(sql string, sec uint32) string {
+	return strings.ReplaceAll(sql, switchedAtPlaceholder, fmt.Sprint(sec))
+}
+
 // tmplData is what a SQL template may use. Accounts, FromQ and FromDate
 // only appear in the compute_*.sql templates (served.go).
 type tmplData struct {
 	DB               string
 	FiscalStartMonth int
 	Marker           string
+	SwitchedAt       string // views: see switchedAtPlaceholder
 	Accounts         string // a boolean SQL expression on account_id
 	FromQ            int32  // the first quarter index computed
 	FromDate         string // a Date SQL expression: that quarter's first day
@@ -186,7 +198,7 @@ type tmplData struct {
 }
 
 func renderFile(cfg Config, file, marker string) (string, error) {
-	return renderData(cfg, file, tmplData{DB: cfg.Database, FiscalStartMonth: cfg.FiscalStartMonth, Marker: marker})
+	return renderData(cfg, file, tmplData{DB: cfg.Database, FiscalStartMonth: cfg.FiscalStartMonth, Marker: marker, SwitchedAt: switchedAtPlaceholder})
 }
 
 func renderData(cfg Config, file string, data tmplData) (string, error) {

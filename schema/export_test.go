@@ -83,7 +83,7 @@ func ClusterViewSQL(cfg Config, name string) (sql, marker string, err error) {
 	}
 	for i, v := range views {
 		if v.name == name {
-			return r.views[i].sql, r.views[i].marker, nil
+			return installSQL(r.views[i].sql, 0), r.views[i].marker, nil
 		}
 	}
 	return "", "", fmt.Errorf("no view %s", name)

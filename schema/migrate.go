@@ -184,7 +184,11 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 			// per-node views: it holds no rows. The view takes its name in
 			// one statement (docs/design.md, "Readers on a cluster read the
 			// replicated served tables", Upgrade).
-			swapErr := swapInView(ctx, conn, r, name, s.sql)
+			at, err := serverSecond(ctx, conn)
+			if err != nil {
+				return fmt.Errorf("migrate: view %s: %w", name, err)
+			}
+			swapErr := swapInView(ctx, conn, r, name, installSQL(s.sql, at))
 			got, ours, err := settledView(ctx, conn, db, name, s.marker)
 			if err != nil {
 				return err
@@ -223,7 +227,14 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 			log.Warn("moved a table out of a view's way", "database", db, "table", name, "now", aside, "engine", engine)
 		}
 		for attempt := 1; ; attempt++ {
-			for _, q := range viewStatements(db, name, s.sql, replace, r.onCluster()) {
+			// The floor of the view's updated_at: readers see this
+			// calendar's rows from now on (docs/design.md, "updated_at
+			// across a calendar switch").
+			at, err := serverSecond(ctx, conn)
+			if err != nil {
+				return fmt.Errorf("migrate: view %s: %w", name, err)
+			}
+			for _, q := range viewStatements(db, name, installSQL(s.sql, at), replace, r.onCluster()) {
 				if err := conn.Exec(ctx, q); err != nil {
 					return fmt.Errorf("migrate: view %s: %w", name, err)
 				}

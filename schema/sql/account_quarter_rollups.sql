@@ -7,7 +7,11 @@
 -- Fiscal year start month: {{.FiscalStartMonth}} (rows of other fiscal
 -- calendars stay in the table, unread). The table alias ends in a hash of
 -- this rendered statement: migrate finds it in system.tables to know the
--- view is this version.
+-- view is this version. updated_at is never before {{.SwitchedAt}}, the
+-- server second at which migrate installed this view (readers switched to
+-- this calendar's rows), so that an updated_at poll sees every row after
+-- a change of fiscal calendar (docs/design.md, "updated_at across a
+-- calendar switch").
 CREATE VIEW {{.DB}}.account_quarter_rollups AS
 SELECT
     account_id,
@@ -24,6 +28,6 @@ SELECT
     feature_events,
     features_used,
     last_activity_at,
-    updated_at
+    if(updated_at < toDateTime({{.SwitchedAt}}, 'UTC'), toDateTime({{.SwitchedAt}}, 'UTC'), updated_at) AS updated_at
 FROM {{.DB}}.served_rollups AS served_{{.Marker}} FINAL
 WHERE fy = {{.FiscalStartMonth}}

@@ -350,7 +350,11 @@ ALTER TABLE analytics.ingest_progress ADD COLUMN ids_from Int64 DEFAULT -1;
 -- Fiscal year start month: 4 (rows of other fiscal
 -- calendars stay in the table, unread). The table alias ends in a hash of
 -- this rendered statement: migrate finds it in system.tables to know the
--- view is this version.
+-- view is this version. updated_at is never before 0, the
+-- server second at which migrate installed this view (readers switched to
+-- this calendar's rows), so that an updated_at poll sees every row after
+-- a change of fiscal calendar (docs/design.md, "updated_at across a
+-- calendar switch").
 CREATE VIEW analytics.account_quarter_rollups AS
 SELECT
     account_id,
@@ -367,8 +371,8 @@ SELECT
     feature_events,
     features_used,
     last_activity_at,
-    updated_at
-FROM analytics.served_rollups AS served_v492d14975b9572ce FINAL
+    if(updated_at < toDateTime(0, 'UTC'), toDateTime(0, 'UTC'), updated_at) AS updated_at
+FROM analytics.served_rollups AS served_v036a4243e7d65587 FINAL
 WHERE fy = 4;
 
 -- account_quarter_features (contract section 4): one row per

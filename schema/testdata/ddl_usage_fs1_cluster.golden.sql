@@ -371,7 +371,11 @@ ENGINE = Distributed('usagepipe_test', 'usage', 'served_feature_sets');
 -- Fiscal year start month: 1 (rows of other fiscal
 -- calendars stay in the table, unread). The table alias ends in a hash of
 -- this rendered statement: migrate finds it in system.tables to know the
--- view is this version.
+-- view is this version. updated_at is never before 0, the
+-- server second at which migrate installed this view (readers switched to
+-- this calendar's rows), so that an updated_at poll sees every row after
+-- a change of fiscal calendar (docs/design.md, "updated_at across a
+-- calendar switch").
 CREATE VIEW usage.account_quarter_rollups ON CLUSTER 'usagepipe_test' AS
 SELECT
     account_id,
@@ -388,8 +392,8 @@ SELECT
     feature_events,
     features_used,
     last_activity_at,
-    updated_at
-FROM usage.served_rollups_all AS served_v33d7dc443fcc4455 FINAL
+    if(updated_at < toDateTime(0, 'UTC'), toDateTime(0, 'UTC'), updated_at) AS updated_at
+FROM usage.served_rollups_all AS served_v664c510ea1ce7407 FINAL
 WHERE fy = 1;
 
 -- account_quarter_features (contract section 4): one row per
