@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -184,9 +185,9 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 			// per-node views: it holds no rows. The view takes its name in
 			// one statement (docs/design.md, "Readers on a cluster read the
 			// replicated served tables", Upgrade).
-			at, err := serverSecond(ctx, conn)
+			at, err := viewFloor(ctx, conn, r, name)
 			if err != nil {
-				return fmt.Errorf("migrate: view %s: %w", name, err)
+				return err
 			}
 			swapErr := swapInView(ctx, conn, r, name, installSQL(s.sql, at))
 			got, ours, err := settledView(ctx, conn, db, name, s.marker)
@@ -211,6 +212,7 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 					return err
 				}
 				log.Info("replaced the reader table of the previous cluster layout by a view", "database", db, "view", name, "fiscal_start_month", r.cfg.FiscalStartMonth)
+				warnLateNodes(ctx, t, r, name, s.marker, got, log)
 				continue
 			}
 			if swapErr == nil {
@@ -227,14 +229,18 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 			log.Warn("moved a table out of a view's way", "database", db, "table", name, "now", aside, "engine", engine)
 		}
 		for attempt := 1; ; attempt++ {
-			// The floor of the view's updated_at: readers see this
-			// calendar's rows from now on (docs/design.md, "updated_at
-			// across a calendar switch").
-			at, err := serverSecond(ctx, conn)
-			if err != nil {
-				return fmt.Errorf("migrate: view %s: %w", name, err)
-			}
-			for _, q := range viewStatements(db, name, installSQL(s.sql, at), replace, r.onCluster()) {
+			for _, q := range viewStatements(db, name, s.sql, replace, r.onCluster()) {
+				if strings.Contains(q, switchedAtPlaceholder) {
+					// The floor of the view's updated_at, read right
+					// before the statement that shows the view (after
+					// 18.16's DROP): docs/design.md, "updated_at across a
+					// calendar switch".
+					at, err := viewFloor(ctx, conn, r, name)
+					if err != nil {
+						return err
+					}
+					q = installSQL(q, at)
+				}
 				if err := conn.Exec(ctx, q); err != nil {
 					return fmt.Errorf("migrate: view %s: %w", name, err)
 				}
@@ -257,6 +263,7 @@ func migrate(ctx context.Context, t *Topology, cfg Config, log *slog.Logger, upT
 			return err
 		}
 		log.Info("created view", "database", db, "view", name, "fiscal_start_month", r.cfg.FiscalStartMonth, "replaced", engine != "")
+		warnLateNodes(ctx, t, r, name, s.marker, def, log)
 	}
 	if t.Clustered() {
 		// The per-node views of the previous cluster layout, and what an
@@ -358,6 +365,84 @@ func swapStatements(db, name, create, tmp string, atomic bool, onCluster string)
 		swap,
 		"DROP TABLE IF EXISTS " + db + "." + old + onCluster,
 	}, nil
+}
+
+// floorRE finds the floor of an installed view's updated_at.
+var floorRE = regexp.MustCompile(`if\(updated_at < toDateTime\((\d+), 'UTC'\)`)
+
+// viewFloor is the floor (L) to install reader view name with: the
+// installed view's own when it shows the same fiscal calendar (a new
+// release of the view: the rows readers see do not change, so neither
+// does their updated_at; 0 for a view from before the floor), else the
+// server's clock now (a calendar switch).
+func viewFloor(ctx context.Context, conn driver.Conn, r *rendered, name string) (uint32, error) {
+	db := r.cfg.Database
+	for _, n := range []string{name, LocalView(name)} { // _local: the cluster layout before 2026-12-08
+		engine, def, err := viewDefinition(ctx, conn, db, n)
+		if err != nil {
+			return 0, err
+		}
+		if engine != "View" {
+			continue
+		}
+		if !regexp.MustCompile(`WHERE fy = ` + fmt.Sprint(r.cfg.FiscalStartMonth) + `\b`).MatchString(def) {
+			break
+		}
+		if m := floorRE.FindStringSubmatch(def); m != nil {
+			v, err := strconv.ParseUint(m[1], 10, 32)
+			if err != nil {
+				return 0, fmt.Errorf("migrate: view %s: floor %q: %w", n, m[1], err)
+			}
+			return uint32(v), nil
+		}
+		return 0, nil
+	}
+	at, err := serverSecond(ctx, conn)
+	if err != nil {
+		return 0, fmt.Errorf("migrate: view %s: %w", name, err)
+	}
+	return at, nil
+}
+
+// warnLateNodes logs the nodes of a cluster that do not show reader view
+// name as def (its marker and floor) yet, or installed it more than 30 s
+// after the first node did (a node down during migrate runs the ON CLUSTER
+// statement when back): after a calendar change, a poll of updated_at
+// through such a node can miss rows (docs/operations.md, "Readers").
+func warnLateNodes(ctx context.Context, t *Topology, r *rendered, name, marker, def string, log *slog.Logger) {
+	if !t.Clustered() {
+		return
+	}
+	floor := ""
+	if m := floorRE.FindStringSubmatch(def); m != nil {
+		floor = m[0]
+	}
+	type node struct {
+		addr string
+		at   int64
+	}
+	var ok []node
+	first := int64(0)
+	for _, sh := range t.Shards {
+		for _, rep := range sh.Replicas {
+			var at int64
+			var got string
+			err := rep.Conn.QueryRow(ctx, "SELECT toInt64(metadata_modification_time), create_table_query FROM system.tables WHERE database = ? AND name = ?", r.cfg.Database, name).Scan(&at, &got)
+			if err != nil || !strings.Contains(got, marker) || !strings.Contains(got, floor) {
+				log.Warn("a node does not show this view yet; until it does, a poll of updated_at through it can miss rows after a calendar change", "database", r.cfg.Database, "view", name, "node", rep.Addr, "err", err)
+				continue
+			}
+			ok = append(ok, node{rep.Addr, at})
+			if first == 0 || at < first {
+				first = at
+			}
+		}
+	}
+	for _, n := range ok {
+		if n.at > first+30 {
+			log.Warn("a node installed the view late; a poll of updated_at through it can miss rows after a calendar change", "database", r.cfg.Database, "view", name, "node", n.addr, "late_s", n.at-first)
+		}
+	}
 }
 
 // swapTmpInfix marks the objects swapInView makes: a view
