@@ -10,7 +10,9 @@
 // Design, each table's engine and ORDER BY, and why writing a fact twice
 // changes nothing: README.md in this folder. On a ClickHouse cluster
 // (Config.Cluster) the same statements are rewritten ON CLUSTER with
-// Replicated engines (cluster_ddl.go), and Topology (cluster.go) says which
+// Replicated engines (cluster_ddl.go; the readers are views over
+// Distributed tables of the served tables, and cluster_readers.go upgrades
+// the earlier layout), and Topology (cluster.go) says which
 // shard holds an account and reads a shard only on a replica that caught up
 // (docs/design.md, "ClickHouse clusters"). On one server older than 20.1
 // the two reader objects are tables kept by Copy (copy.go; docs/design.md,
