@@ -173,11 +173,7 @@ func updatedAtAcrossCalendarSwitch(ctx context.Context, t *testing.T, c *chclust
 	if all == 0 || rows != all {
 		t.Fatalf("after switching back to calendar 1 a poll with U = %v reads %d of the %d rows", u, rows, all)
 	}
-	sv1, err := schema.NewServedOn(topo, schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifyClean(ctx, t, sv1, 2)
+	verifyFresh(ctx, t, topo, schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name}, 2)
 }
 
 // upgradeFromPerNodeViews: migrate turns a cluster database of the layout
@@ -510,11 +506,7 @@ func lastQuarterFromEveryShard(ctx context.Context, t *testing.T, c *chcluster.C
 		t.Errorf("rows %v, want %v", got, want)
 	}
 	// A fresh process's verify agrees.
-	sv2, err := schema.NewServedOn(topo, schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifyClean(ctx, t, sv2, 2)
+	verifyFresh(ctx, t, topo, schema.Config{Database: db, FiscalStartMonth: 1, Cluster: c.Name}, 2)
 }
 
 // sweepWithAShardDown: a sweep that cannot read one shard still
@@ -655,6 +647,16 @@ func verifyClean(ctx context.Context, t *testing.T, sv *schema.Served, accounts 
 	if n, err := sv.Verify(ctx, nil, func(d schema.Difference) { diffs = append(diffs, d.Table+" "+d.Key) }); err != nil || n != accounts || len(diffs) > 0 {
 		t.Fatalf("verify: %d accounts (want %d), %v, differences %v", n, accounts, err, diffs)
 	}
+}
+
+// verifyFresh is verifyClean in a fresh process's Served for cfg.
+func verifyFresh(ctx context.Context, t *testing.T, topo *schema.Topology, cfg schema.Config, accounts int) {
+	t.Helper()
+	sv, err := schema.NewServedOn(topo, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyClean(ctx, t, sv, accounts)
 }
 
 // startCluster starts a test cluster (stopped when the test ends) and
