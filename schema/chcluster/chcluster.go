@@ -93,7 +93,27 @@ func Start(ctx context.Context, dir string) (*Cluster, error) {
 }
 
 // StartWith is Start with options.
+//
+// The ports are chosen free, then bound by the servers a moment later; in
+// between the kernel may hand one to another process's outgoing
+// connection. A start that fails so ("Address already in use") is
+// stopped and tried again with new ports, in a fresh subdirectory of dir,
+// up to three times in all.
 func StartWith(ctx context.Context, dir string, opt Options) (*Cluster, error) {
+	for attempt := 1; ; attempt++ {
+		d := dir
+		if attempt > 1 {
+			d = filepath.Join(dir, fmt.Sprintf("retry%d", attempt))
+		}
+		c, err := startOnce(ctx, d, opt)
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "Address already in use") {
+			return c, err
+		}
+	}
+}
+
+// startOnce is one attempt of StartWith.
+func startOnce(ctx context.Context, dir string, opt Options) (*Cluster, error) {
 	nodes := layout()
 	// The ports: ZooKeeper, then per node its native and interserver ports.
 	ports, err := chserver.FreePorts(1 + 2*len(nodes))

@@ -101,21 +101,31 @@ func StartWith(ctx context.Context, dir string, port int, opts Options) (*Server
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("clickhouse dir: %w", err)
 	}
-	ports, err := FreePorts(2)
-	if err != nil {
-		return nil, err
+	// The ports are free when chosen and bound a moment later; in between
+	// another process's outgoing connection may take one. A launch that
+	// fails so is tried again with new ports (the ports this function
+	// chose; a caller's port stays), three times in all.
+	for attempt := 1; ; attempt++ {
+		ports, err := FreePorts(2)
+		if err != nil {
+			return nil, err
+		}
+		p := port
+		if p == 0 {
+			p = ports[1]
+		}
+		s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", p), Dir: dir, Port: p, bin: bin, httpPort: ports[0], opts: opts}
+		if err := s.writeConfig(); err != nil {
+			return nil, err
+		}
+		err = s.launch(ctx)
+		if err == nil {
+			return s, nil
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "Address already in use") {
+			return nil, err
+		}
 	}
-	if port == 0 {
-		port = ports[1]
-	}
-	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: dir, Port: port, bin: bin, httpPort: ports[0], opts: opts}
-	if err := s.writeConfig(); err != nil {
-		return nil, err
-	}
-	if err := s.launch(ctx); err != nil {
-		return nil, err
-	}
-	return s, nil
 }
 
 // Restart starts the server again on the same ports, data directory and
